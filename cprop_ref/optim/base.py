@@ -1,0 +1,287 @@
+"""The optimizer shell: parameter groups, per-parameter state, checked steps, state dicts.
+
+Subclasses supply the hyperparameter table and one function, :meth:`Optimizer._compute`,
+that maps ``(param, grad, state, group)`` to the new parameter and the new state
+without modifying anything (the hot loop of the optimizer family). :meth:`Optimizer.step`
+checks every gradient first, computes every update, and only then writes them, so a
+step that raises leaves parameters and state exactly as they were.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import checkpoint
+from ..gradients import check_gradients, check_nonfinite_policy, check_parameter, compute_dtype
+from ..hyperparams import Validator
+
+ParamState = dict[str, Any]
+Update = tuple[np.ndarray, ParamState]
+
+
+class Optimizer:
+    """Base class of cprop-ref's optimizers (the optimizer protocol, see ``docs/optimizers.md``).
+
+    ``params`` is a list of NumPy arrays, updated in place, or a list of parameter groups:
+    dicts with a ``"params"`` list and their own hyperparameters, as in PyTorch.
+    ``nonfinite`` says what a NaN or infinite gradient does: ``"raise"`` (default; the step
+    changes nothing), ``"skip"`` (that parameter and its state are left alone for the
+    step) or ``"propagate"`` (the formulas are applied as they are).
+    """
+
+    hyperparams: ClassVar[dict[str, Validator]] = {}
+    #: Hyperparameters without a default (``lr`` of SGD).
+    required: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *, nonfinite: str = "raise") -> None:
+        self.nonfinite = check_nonfinite_policy(nonfinite)
+        self.defaults = {name: value for name, value in defaults.items()}
+        for name, value in self.defaults.items():
+            if value is not None:
+                self.defaults[name] = self._validate(name, value, type(self).__name__)
+        self.param_groups: list[dict[str, Any]] = []
+        self.state: list[ParamState] = []
+        if isinstance(params, np.ndarray):
+            raise ValueError("params must be a list of arrays or of parameter groups, not a single array")
+        groups = list(params)
+        if not groups:
+            raise ValueError("params is empty: the optimizer needs at least one parameter")
+        if all(isinstance(g, dict) for g in groups):
+            for group in groups:
+                self.add_param_group(group)
+        else:
+            self.add_param_group({"params": groups})
+
+    # -- parameter groups ---------------------------------------------------------------
+
+    def _validate(self, name: str, value: Any, where: str) -> Any:
+        try:
+            return self.hyperparams[name](name, value)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+
+    def _check_group(self, group: dict[str, Any], where: str) -> None:
+        """Cross-hyperparameter rules (override); single values are checked by the table."""
+
+    def add_param_group(self, group: dict[str, Any]) -> None:
+        """Add a group of parameters with its own hyperparameters (missing ones take the defaults)."""
+        index = len(self.param_groups)
+        where = f"{type(self).__name__} param group {index}"
+        if not isinstance(group, dict) or "params" not in group:
+            raise ValueError(f"{where}: a parameter group is a dict with a 'params' list")
+        unknown = set(group) - set(self.hyperparams) - {"params"}
+        if unknown:
+            raise ValueError(f"{where}: unknown hyperparameter(s) {sorted(unknown)}; known: {sorted(self.hyperparams)}")
+        params = group["params"]
+        params = [params] if isinstance(params, np.ndarray) else list(params)
+        if not params:
+            raise ValueError(f"{where}: 'params' is empty")
+        existing = {id(p) for p in self.params}
+        for j, p in enumerate(params):
+            check_parameter(p, f"{where}, parameter {j}")
+            if id(p) in existing:
+                raise ValueError(f"{where}, parameter {j}: this array is already in the optimizer")
+            existing.add(id(p))
+        new_group: dict[str, Any] = {"params": params}
+        for name in self.hyperparams:
+            value = group.get(name, self.defaults.get(name))
+            if value is None:
+                raise ValueError(f"{where}: hyperparameter {name} is required")
+            new_group[name] = self._validate(name, value, where)
+        self._check_group(new_group, where)
+        self.param_groups.append(new_group)
+        self.state.extend({} for _ in params)
+
+    def _validated_groups(self) -> list[dict[str, Any]]:
+        """Re-check the groups' hyperparameters (users change ``lr`` and others between
+        steps) and return normalised copies, so a bad value is caught before anything moves."""
+        groups = []
+        for index, group in enumerate(self.param_groups):
+            where = f"{type(self).__name__} param group {index}"
+            checked = {"params": group["params"]}
+            for name in self.hyperparams:
+                checked[name] = self._validate(name, group[name], where)
+            self._check_group(checked, where)
+            groups.append(checked)
+        return groups
+
+    @property
+    def params(self) -> list[np.ndarray]:
+        """All parameters, group after group: the order ``step(grads)`` expects."""
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def param_names(self) -> list[str]:
+        """``"parameter k (group i, index j)"`` for every parameter, in ``params`` order."""
+        names = []
+        for i, group in enumerate(self.param_groups):
+            for j in range(len(group["params"])):
+                names.append(f"parameter {len(names)} (group {i}, index {j})")
+        return names
+
+    def _flat(self, groups: list[dict[str, Any]]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        return [(p, group) for group in groups for p in group["params"]]
+
+    # -- stepping -----------------------------------------------------------------------
+
+    def check_grads(self, grads: Sequence[np.ndarray | None]) -> list[np.ndarray | None]:
+        """Validate ``grads`` for this optimizer and apply its non-finite policy; changes nothing."""
+        return check_gradients(self.params, self.param_names(), grads, self.nonfinite)
+
+    def step(self, grads: Sequence[np.ndarray | None]) -> None:
+        """One optimization step. ``grads[k]`` is the gradient of ``params[k]`` (``None``: no
+        step for that parameter, and its state does not advance)."""
+        groups = self._validated_groups()
+        checked = self.check_grads(grads)
+        updates: list[tuple[int, Update]] = []
+        # IEEE results (inf on overflow) are the defined ones; a user's np.seterr(all="raise")
+        # must not abort a step half-way.
+        with np.errstate(all="ignore"):
+            for k, ((param, group), grad) in enumerate(zip(self._flat(groups), checked)):
+                if grad is not None:
+                    updates.append((k, self._compute(param, grad, self.state[k], group)))
+        params = self.params
+        for k, (new_param, new_state) in updates:
+            params[k][...] = new_param
+            # 0-d parameters make NumPy return scalars; state entries are always arrays.
+            self.state[k] = {
+                name: (np.asarray(value) if isinstance(value, np.generic) else value) for name, value in new_state.items()
+            }
+
+    def _compute(self, param: np.ndarray, grad: np.ndarray, state: ParamState, group: dict[str, Any]) -> Update:
+        """The new parameter and state for one tensor; must not modify its arguments."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _as_compute(param: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dtype = compute_dtype(param.dtype)
+        return param.astype(dtype, copy=False), grad.astype(dtype, copy=False)
+
+    # -- state --------------------------------------------------------------------------
+
+    #: Names and kinds of the per-parameter state entries: ``"array"`` (shape of the
+    #: parameter, compute dtype), ``"optional_array"`` (array or ``None``) or ``"count"``.
+    state_schema: ClassVar[dict[str, str]] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """A deep copy of the optimizer: hyperparameters per group and the state per parameter."""
+        groups = []
+        start = 0
+        for group in self.param_groups:
+            entry = {name: group[name] for name in self.hyperparams}
+            if "betas" in entry:
+                entry["betas"] = list(entry["betas"])
+            entry["params"] = list(range(start, start + len(group["params"])))
+            start += len(group["params"])
+            groups.append(entry)
+        return {
+            "optimizer": type(self).__name__,
+            "nonfinite": self.nonfinite,
+            "param_groups": groups,
+            "param_specs": [{"shape": list(p.shape), "dtype": str(p.dtype)} for p in self.params],
+            "state": [self._export_state(st) for st in self.state],
+        }
+
+    def _export_state(self, state: ParamState) -> dict[str, Any]:
+        return {k: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v) for k, v in state.items() if v is not None}
+
+    def _import_state(self, entries: dict[str, Any], param: np.ndarray, where: str) -> ParamState:
+        return import_state(entries, param, self.state_schema, where)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore hyperparameters and state saved by :meth:`state_dict` into this optimizer,
+        which must hold parameters of the same count, shapes and dtypes. Everything is
+        checked before anything is assigned: on error the optimizer is unchanged."""
+        name = type(self).__name__
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"{name}.load_state_dict: expected a dict, got {type(state_dict).__name__}")
+        if state_dict.get("optimizer") != name:
+            raise ValueError(f"{name}.load_state_dict: the state dict is for {state_dict.get('optimizer')!r}, not {name}")
+        groups = state_dict.get("param_groups")
+        if not isinstance(groups, list) or len(groups) != len(self.param_groups):
+            count = len(groups) if isinstance(groups, list) else groups
+            raise ValueError(f"{name}.load_state_dict: {count} parameter groups saved, the optimizer has {len(self.param_groups)}")
+        params = self.params
+        specs = state_dict.get("param_specs")
+        if not isinstance(specs, list) or len(specs) != len(params):
+            count = len(specs) if isinstance(specs, list) else specs
+            raise ValueError(f"{name}.load_state_dict: {count} parameters saved, the optimizer has {len(params)}")
+        names = self.param_names()
+        for pname, spec, p in zip(names, specs, params):
+            if not isinstance(spec, dict) or list(spec.get("shape", [])) != list(p.shape) or spec.get("dtype") != str(p.dtype):
+                raise ValueError(f"{name}.load_state_dict: {pname} was saved as {spec}, is now {list(p.shape)} {p.dtype}")
+        new_groups = []
+        start = 0
+        for index, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            where = f"{name}.load_state_dict param group {index}"
+            if not isinstance(saved, dict):
+                raise ValueError(f"{where}: expected a dict")
+            expected = list(range(start, start + len(group["params"])))
+            start += len(group["params"])
+            if list(saved.get("params", [])) != expected:
+                raise ValueError(f"{where}: saved with parameters {saved.get('params')}, the optimizer has {expected}")
+            missing = set(self.hyperparams) - set(saved)
+            if missing:
+                raise ValueError(f"{where}: hyperparameter(s) {sorted(missing)} missing")
+            new_group = {"params": group["params"]}
+            for hp in self.hyperparams:
+                new_group[hp] = self._validate(hp, saved[hp], where)
+            self._check_group(new_group, where)
+            new_groups.append(new_group)
+        saved_state = state_dict.get("state")
+        if not isinstance(saved_state, list) or len(saved_state) != len(params):
+            raise ValueError(f"{name}.load_state_dict: 'state' must be a list with one entry per parameter")
+        new_state = []
+        for pname, entries, p in zip(names, saved_state, params):
+            if not isinstance(entries, dict):
+                raise ValueError(f"{name}.load_state_dict: state of {pname} must be a dict")
+            new_state.append(self._import_state(entries, p, f"{name}.load_state_dict {pname}"))
+        nonfinite = check_nonfinite_policy(state_dict.get("nonfinite", self.nonfinite))
+        # Nothing above changed the optimizer; from here on nothing can fail.
+        for group, new_group in zip(self.param_groups, new_groups):
+            group.update(new_group)
+        self.state = new_state
+        self.nonfinite = nonfinite
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`state_dict` to an ``.npz`` checkpoint (atomically; no pickle)."""
+        checkpoint.save(path, self.state_dict())
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Load a checkpoint written by :meth:`save`; on any error the optimizer is unchanged."""
+        self.load_state_dict(checkpoint.load(path))
+
+
+def import_state(entries: dict[str, Any], param: np.ndarray, schema: dict[str, str], where: str) -> ParamState:
+    """Validate one parameter's saved state against ``schema`` and return a fresh copy.
+
+    ``schema`` maps entry names to ``"array"`` (the parameter's shape, its compute dtype),
+    ``"optional_array"`` (such an array, or absent) or ``"count"`` (an integer >= 0).
+    An empty dict is the state of a parameter that has not been stepped.
+    """
+    if not entries:
+        return {}
+    unknown = set(entries) - set(schema)
+    if unknown:
+        raise ValueError(f"{where}: unknown state entries {sorted(unknown)}")
+    dtype = compute_dtype(param.dtype)
+    state: ParamState = {}
+    for name, kind in schema.items():
+        value = entries.get(name)
+        if value is None:
+            if kind == "optional_array":
+                continue
+            raise ValueError(f"{where}: state entry {name!r} is missing")
+        if kind == "count":
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{where}: state entry {name!r} must be a count >= 0, got {value!r}")
+            state[name] = int(value)
+        else:
+            if not isinstance(value, np.ndarray) or value.shape != param.shape or value.dtype != dtype:
+                got = f"{value.shape} {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
+                raise ValueError(f"{where}: state entry {name!r} must be a {param.shape} {dtype} array, got {got}")
+            state[name] = np.array(value, copy=True)
+    return state

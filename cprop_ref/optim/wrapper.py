@@ -1,0 +1,200 @@
+"""``CProp``: apply CProp's scale to the update of any optimizer that follows the protocol."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .. import checkpoint
+from ..gradients import check_gradients, check_nonfinite_policy, compute_dtype
+from ..hyperparams import cdf_name, decay_rate, non_negative
+from ..scale import CPropStats, cprop_scale, cprop_step, init_stats
+from .base import import_state
+
+
+_CPROP_STATE_SCHEMA = {"step": "count", "cprop_m": "array", "cprop_v": "array"}
+
+
+@runtime_checkable
+class OptimizerProtocol(Protocol):
+    """What :class:`CProp` needs of the optimizer it wraps (every cprop-ref optimizer has it).
+
+    - ``param_groups``: a list of dicts, each with a ``"params"`` list of NumPy arrays;
+      the parameters, group after group, are the order of ``step``'s gradients.
+    - ``step(grads)``: updates the arrays in place; ``grads[k]`` is the gradient of the
+      k-th parameter or ``None``. It must either complete or raise without changing
+      anything, and must leave a parameter whose gradient is ``None`` untouched.
+    - ``state_dict()`` and ``load_state_dict(state_dict)``, for checkpoints: a tree of
+      dicts, lists, JSON scalars and NumPy arrays.
+    """
+
+    param_groups: list[dict[str, Any]]
+
+    def step(self, grads: Sequence[np.ndarray | None]) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+class CProp:
+    """Wrap ``base_optimizer`` so that each of its updates is scaled by CProp:
+
+    ``before = param``; the base optimizer steps; ``param <- before + (param - before) * s``,
+    where ``s`` comes from the raw gradients (spec, "CProp wrapper"). ``beta``, ``c``,
+    ``eps`` and ``cdf`` are CProp's hyperparameters; they are attributes and may be changed
+    between steps. For plain SGD and Adam this equals :class:`CPropSGD` and
+    :class:`CPropAdam` up to rounding.
+    """
+
+    def __init__(
+        self,
+        base_optimizer: OptimizerProtocol,
+        beta: float = 0.999,
+        c: float = 1.0,
+        eps: float = 1e-8,
+        cdf: str = "bft",
+        *,
+        nonfinite: str = "raise",
+    ) -> None:
+        if not isinstance(base_optimizer, OptimizerProtocol):
+            raise ValueError(
+                "CProp: base_optimizer must follow the optimizer protocol (param_groups, step, "
+                f"state_dict, load_state_dict); got {type(base_optimizer).__name__}"
+            )
+        self.base_optimizer = base_optimizer
+        self.beta = beta
+        self.c = c
+        self.eps = eps
+        self.cdf = cdf
+        self.nonfinite = check_nonfinite_policy(nonfinite)
+        self._check_hyperparams()
+        self.state: list[dict[str, Any]] = [{} for _ in self.params]
+
+    def _check_hyperparams(self) -> dict[str, Any]:
+        try:
+            return dict(
+                beta=decay_rate("beta", self.beta),
+                c=non_negative("c", self.c),
+                eps=non_negative("eps", self.eps),
+                cdf=cdf_name("cdf", self.cdf),
+            )
+        except ValueError as err:
+            raise ValueError(f"CProp: {err}") from None
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The base optimizer's parameter groups (so wrappers can be nested)."""
+        return self.base_optimizer.param_groups
+
+    @property
+    def params(self) -> list[np.ndarray]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def param_names(self) -> list[str]:
+        names = []
+        for i, group in enumerate(self.param_groups):
+            for j in range(len(group["params"])):
+                names.append(f"parameter {len(names)} (group {i}, index {j})")
+        return names
+
+    def step(self, grads: Sequence[np.ndarray | None]) -> None:
+        hp = self._check_hyperparams()
+        params = self.params
+        if len(self.state) < len(params):  # the base optimizer gained a parameter group
+            self.state.extend({} for _ in range(len(params) - len(self.state)))
+        checked = check_gradients(params, self.param_names(), grads, self.nonfinite)
+        new_stats: list[tuple[int, CPropStats, np.ndarray, np.ndarray]] = []
+        for k, (p, g) in enumerate(zip(params, checked)):
+            if g is None:
+                continue
+            dtype = compute_dtype(p.dtype)
+            stats, s = cprop_step(self._stats(k, p), g.astype(dtype, copy=False), hp["beta"], hp["c"], hp["eps"], hp["cdf"])
+            new_stats.append((k, stats, s, p.astype(dtype, copy=True)))
+        # The base optimizer either steps or raises having changed nothing; only then is
+        # CProp's own state committed.
+        self.base_optimizer.step(checked)
+        for k, stats, s, before in new_stats:
+            after = params[k].astype(before.dtype, copy=False)
+            params[k][...] = before + (after - before) * s
+            self.state[k] = {"step": stats.t, "cprop_m": np.asarray(stats.m), "cprop_v": np.asarray(stats.v)}
+
+    def _stats(self, k: int, p: np.ndarray) -> CPropStats:
+        state = self.state[k]
+        if not state:
+            return init_stats(p.shape, compute_dtype(p.dtype))
+        return CPropStats(state["cprop_m"], state["cprop_v"], state["step"])
+
+    def scales(self) -> list[np.ndarray | None]:
+        """The per-element CProp scale of every parameter (``None`` before its first gradient);
+        see :meth:`CPropStatsMixin.scales`."""
+        hp = self._check_hyperparams()
+        out: list[np.ndarray | None] = []
+        for k, p in enumerate(self.params):
+            if k >= len(self.state) or not self.state[k]:
+                out.append(None)
+            else:
+                out.append(np.asarray(cprop_scale(self._stats(k, p), hp["beta"], hp["c"], hp["eps"], hp["cdf"])))
+        return out
+
+    # -- state --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": "CProp",
+            "nonfinite": self.nonfinite,
+            "hyperparams": self._check_hyperparams(),
+            "state": [
+                {k: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+                for st in self.state
+            ],
+            "base": self.base_optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore CProp's and the base optimizer's state; on error nothing changes."""
+        if not isinstance(state_dict, dict) or state_dict.get("optimizer") != "CProp":
+            found = state_dict.get("optimizer") if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"CProp.load_state_dict: the state dict is for {found!r}, not CProp")
+        hp = state_dict.get("hyperparams")
+        if not isinstance(hp, dict):
+            raise ValueError("CProp.load_state_dict: 'hyperparams' missing")
+        try:
+            checked_hp = dict(
+                beta=decay_rate("beta", hp.get("beta")),
+                c=non_negative("c", hp.get("c")),
+                eps=non_negative("eps", hp.get("eps")),
+                cdf=cdf_name("cdf", hp.get("cdf")),
+            )
+        except ValueError as err:
+            raise ValueError(f"CProp.load_state_dict: {err}") from None
+        nonfinite = check_nonfinite_policy(state_dict.get("nonfinite", self.nonfinite))
+        params = self.params
+        saved = state_dict.get("state")
+        if not isinstance(saved, list) or len(saved) != len(params):
+            count = len(saved) if isinstance(saved, list) else saved
+            raise ValueError(f"CProp.load_state_dict: {count} parameter states saved, the optimizer has {len(params)}")
+        new_state = []
+        for name, entries, p in zip(self.param_names(), saved, params):
+            where = f"CProp.load_state_dict {name}"
+            if not isinstance(entries, dict):
+                raise ValueError(f"{where}: state must be a dict")
+            new_state.append(import_state(entries, p, _CPROP_STATE_SCHEMA, where))
+        if "base" not in state_dict:
+            raise ValueError("CProp.load_state_dict: the base optimizer's state ('base') is missing")
+        self.base_optimizer.load_state_dict(state_dict["base"])  # atomic itself; last check that can fail
+        self.beta, self.c, self.eps, self.cdf = checked_hp["beta"], checked_hp["c"], checked_hp["eps"], checked_hp["cdf"]
+        self.nonfinite = nonfinite
+        self.state = new_state
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`state_dict` to an ``.npz`` checkpoint (atomically; no pickle)."""
+        checkpoint.save(path, self.state_dict())
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Load a checkpoint written by :meth:`save`; on any error nothing changes."""
+        self.load_state_dict(checkpoint.load(path))
+

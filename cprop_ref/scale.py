@@ -1,0 +1,134 @@
+"""CProp statistics and scale: the functional core (spec, "One step").
+
+Every function here is pure: it takes arrays and scalars and returns new arrays.
+Arithmetic runs in the dtype of the statistics (float32 or float64); the scalar
+hyperparameters are Python floats, which NumPy treats as "weak" and rounds to that
+dtype, so a float32 state is never promoted to float64.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .cdf import CDFS
+
+
+class CPropStats(NamedTuple):
+    """CProp's per-tensor state: EMA of the gradient ``m``, of its square ``v``, and the
+    number of gradients ``t`` the tensor has received."""
+
+    m: np.ndarray
+    v: np.ndarray
+    t: int
+
+
+def init_stats(shape: tuple[int, ...], dtype: np.dtype) -> CPropStats:
+    """Zero moments and ``t = 0``."""
+    return CPropStats(np.zeros(shape, dtype), np.zeros(shape, dtype), 0)
+
+
+def update_moments(m: np.ndarray, v: np.ndarray, g: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """``m <- beta m + (1 - beta) g`` and ``v <- beta v + (1 - beta) g^2``.
+
+    Units: ``m`` has the units of the gradient, ``v`` its square. A square beyond the
+    dtype's range overflows to ``inf`` silently, as in torch; see :func:`standard_error`.
+    """
+    with np.errstate(over="ignore"):
+        return beta * m + (1.0 - beta) * g, beta * v + (1.0 - beta) * (g * g)
+
+
+def update_stats(stats: CPropStats, g: np.ndarray, beta: float) -> CPropStats:
+    """One gradient into the statistics: moments and ``t <- t + 1``."""
+    m, v = update_moments(stats.m, stats.v, g, beta)
+    return CPropStats(m, v, stats.t + 1)
+
+
+def bias_correction(beta: float, t: int) -> float:
+    """``b = 1 - beta^t``: the total weight of an EMA started at zero after ``t`` samples."""
+    return 1.0 - beta**t
+
+
+def effective_sample_size(beta: float, t: int) -> float:
+    """``n = b / (1 - beta) = sum_{i<t} beta^i``: how many samples the EMA effectively holds.
+
+    ``beta = 0`` gives ``n = 1`` for every ``t >= 1``.
+    """
+    return bias_correction(beta, t) / (1.0 - beta)
+
+
+def standard_error(m_hat: np.ndarray, v_hat: np.ndarray, n: float, eps: float) -> np.ndarray:
+    """``se = sqrt(max(v_hat - m_hat^2, 0) / (n - 1 + eps)) + eps``.
+
+    The standard error of the mean gradient, in gradient units. ``max(., 0)`` removes
+    the negative variance that rounding can produce. When ``n - 1 + eps == 0`` (``t = 1``
+    with ``eps = 0``, or ``beta = 0`` with ``eps = 0``) the variance of a single sample is
+    zero in real arithmetic, so the variance term is taken as exactly 0 (the limit
+    ``eps -> 0`` of ``0 / eps``) rather than the ``rounding / 0`` that floating point
+    would give.
+
+    Where ``v_hat`` has overflowed to ``inf`` (gradients whose square exceeds the dtype's
+    range) the variance is taken as ``inf`` even where ``m_hat^2`` overflowed too
+    (``inf - inf``): the standard error is ``inf`` and the scale 0, no evidence, just as
+    Adam's own update vanishes there. NaN inputs stay NaN.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        difference = v_hat - m_hat * m_hat
+    difference = np.where(np.isinf(v_hat) & np.isnan(difference), np.inf, difference)
+    variance = np.maximum(difference, 0.0)
+    denominator = n - 1.0 + eps
+    if denominator == 0.0:
+        return np.zeros_like(variance) + eps
+    with np.errstate(over="ignore"):
+        return np.sqrt(variance / denominator) + eps
+
+
+def standardized_mean(m_hat: np.ndarray, se: np.ndarray) -> np.ndarray:
+    """``z = -m_hat / se``, with its limits where ``se == 0`` (only possible with eps = 0).
+
+    ``se == 0`` and ``m_hat != 0`` give ``z = -sign(m_hat) * inf`` (a certain sign);
+    ``se == 0`` and ``m_hat == 0`` give ``z = 0`` (no evidence either way, scale 0, the
+    same value that any ``eps > 0`` gives for an all-zero gradient history).
+    Overflow of ``m_hat / se`` to ``+-inf`` is the saturated limit and is not reported.
+    """
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        z = -m_hat / se
+    degenerate = se == 0.0
+    if np.any(degenerate):
+        limit = np.where(m_hat == 0.0, 0.0, np.copysign(np.inf, -m_hat))
+        z = np.where(degenerate, limit, z).astype(np.result_type(m_hat), copy=False)
+    return z
+
+
+def conformity_probability(z: np.ndarray, cdf: str) -> np.ndarray:
+    """``p = F(0; mean=m_hat, sd=se)``, the probability that the true mean gradient is < 0."""
+    # Large |z| overflows inside the CDF (z**3, exp) only where p has saturated to 0 or 1.
+    with np.errstate(over="ignore"):
+        return CDFS[cdf](z)
+
+
+def scale_from_probability(p: np.ndarray, c: float) -> np.ndarray:
+    """``s = min(2 c |p - 0.5|, 1)``: 0 when the sign is a coin toss, 1 when it is certain."""
+    return np.minimum(2.0 * c * np.abs(p - 0.5), 1.0)
+
+
+def cprop_scale(stats: CPropStats, beta: float, c: float, eps: float, cdf: str) -> np.ndarray:
+    """The CProp scale ``s`` in [0, 1] implied by the statistics after ``t >= 1`` gradients."""
+    if stats.t < 1:
+        raise ValueError(f"the CProp scale needs at least one gradient; t={stats.t}")
+    b = bias_correction(beta, stats.t)
+    with np.errstate(over="ignore"):  # v / b past the range is inf, handled in standard_error
+        m_hat = stats.m / b
+        v_hat = stats.v / b
+    n = effective_sample_size(beta, stats.t)
+    se = standard_error(m_hat, v_hat, n, eps)
+    z = standardized_mean(m_hat, se)
+    p = conformity_probability(z, cdf)
+    return scale_from_probability(p, c)
+
+
+def cprop_step(stats: CPropStats, g: np.ndarray, beta: float, c: float, eps: float, cdf: str) -> tuple[CPropStats, np.ndarray]:
+    """Update the statistics with the raw gradient ``g`` and return them with the new scale."""
+    new_stats = update_stats(stats, g, beta)
+    return new_stats, cprop_scale(new_stats, beta, c, eps, cdf)
