@@ -1,29 +1,41 @@
-"""The ``cprop-ref`` command line."""
+"""The ``cprop-ref`` command line.
+
+Each subcommand lives in its own module with two functions, ``register(subparsers)``
+(adds its parser and sets ``func`` as a default) and the function it runs; to add a
+command, append its module to ``COMMAND_MODULES``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from . import __version__
 
+#: Modules that provide a ``register(subparsers)`` function, in the order ``--help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = ("cprop_ref.demo",)
+#: What ``cprop-ref`` with no command runs: the main job on a built-in default.
+DEFAULT_COMMAND = "demo"
 
-def main(argv: Sequence[str] | None = None) -> int:
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cprop-ref", description="cprop-ref: the reference implementation of CProp.")
     parser.add_argument("--version", action="version", version=f"cprop-ref {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from .demo import add_demo_arguments, run_demo
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
 
-    demo = commands.add_parser("demo", help="CProp against its base optimizers on a noisy quadratic (the default)")
-    add_demo_arguments(demo)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv = [DEFAULT_COMMAND, *argv]
     args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["demo", *(argv or [])])
-    if args.command == "demo":
-        return run_demo(args)
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@ from problems import NoisyQuadratic
 from .optim import SGD, Adam, CPropAdam, CPropSGD, Optimizer
 
 
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("demo", help="CProp against its base optimizers on a noisy quadratic")
+    add_demo_arguments(parser)
+    parser.set_defaults(func=run_demo)
+
+
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=2000, help="optimizer steps per run (default 2000)")
     parser.add_argument("--dim", type=int, default=20, help="dimension of the quadratic (default 20)")
@@ -37,7 +43,9 @@ def run_demo(args: argparse.Namespace) -> int:
         f"noisy quadratic: dim={problem.dim}, condition={problem.condition:g}, noise={problem.noise:g}, "
         f"start=ones, {args.steps} steps, seed={args.seed}"
     )
-    print(f"{'optimizer':<12} {'lr':>6} {'final loss':>12} {'mean loss, last 10%':>20} {'mean scale':>11} {'time [s]':>9}")
+    print(
+        f"{'optimizer':<12} {'lr':>6} {'final loss':>12} {'mean loss, last 10%':>20} {'mean scale':>11} {'time [s]':>9}"
+    )
     for name, opt in _optimizers(problem.default_start()).items():
         rng = np.random.default_rng(args.seed)
         (x,) = opt.params

@@ -51,9 +51,7 @@ class AdamMoments(NamedTuple):
     step: int
 
 
-def adam_moments(
-    moments: AdamMoments, d: np.ndarray, *, beta1: float, beta2: float, amsgrad: bool
-) -> AdamMoments:
+def adam_moments(moments: AdamMoments, d: np.ndarray, *, beta1: float, beta2: float, amsgrad: bool) -> AdamMoments:
     """``m <- b1 m + (1 - b1) d``, ``v <- b2 v + (1 - b2) d^2``, AMSGrad max, ``step + 1``.
 
     ``d`` is the gradient, with coupled weight decay already added for Adam. The first

@@ -51,9 +51,7 @@ def check_gradients(
     mismatch, and on a non-finite gradient under ``nonfinite="raise"``.
     """
     if isinstance(grads, np.ndarray) or not isinstance(grads, Sequence):
-        raise ValueError(
-            f"grads must be a list with one array (or None) per parameter, got {type(grads).__name__}"
-        )
+        raise ValueError(f"grads must be a list with one array (or None) per parameter, got {type(grads).__name__}")
     if len(grads) != len(params):
         raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(params)} parameters")
     checked: list[np.ndarray | None] = []

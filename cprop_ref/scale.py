@@ -128,7 +128,9 @@ def cprop_scale(stats: CPropStats, beta: float, c: float, eps: float, cdf: str) 
     return scale_from_probability(p, c)
 
 
-def cprop_step(stats: CPropStats, g: np.ndarray, beta: float, c: float, eps: float, cdf: str) -> tuple[CPropStats, np.ndarray]:
+def cprop_step(
+    stats: CPropStats, g: np.ndarray, beta: float, c: float, eps: float, cdf: str
+) -> tuple[CPropStats, np.ndarray]:
     """Update the statistics with the raw gradient ``g`` and return them with the new scale."""
     new_stats = update_stats(stats, g, beta)
     return new_stats, cprop_scale(new_stats, beta, c, eps, cdf)

@@ -50,7 +50,9 @@ class Adam(Optimizer):
             return AdamMoments(zeros, zeros, None, 0)
         return AdamMoments(state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"), state["step"])
 
-    def _adam(self, p: np.ndarray, g: np.ndarray, state: ParamState, group: dict[str, Any]) -> tuple[np.ndarray, AdamMoments, np.ndarray]:
+    def _adam(
+        self, p: np.ndarray, g: np.ndarray, state: ParamState, group: dict[str, Any]
+    ) -> tuple[np.ndarray, AdamMoments, np.ndarray]:
         """Adam's part of the step: the parameter after weight decay, the new moments and
         the update ``delta`` (new parameter = decayed parameter + delta)."""
         beta1, beta2 = group["betas"]

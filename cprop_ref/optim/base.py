@@ -148,7 +148,8 @@ class Optimizer:
             params[k][...] = new_param
             # 0-d parameters make NumPy return scalars; state entries are always arrays.
             self.state[k] = {
-                name: (np.asarray(value) if isinstance(value, np.generic) else value) for name, value in new_state.items()
+                name: (np.asarray(value) if isinstance(value, np.generic) else value)
+                for name, value in new_state.items()
             }
 
     def _compute(self, param: np.ndarray, grad: np.ndarray, state: ParamState, group: dict[str, Any]) -> Update:
@@ -186,7 +187,9 @@ class Optimizer:
         }
 
     def _export_state(self, state: ParamState) -> dict[str, Any]:
-        return {k: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v) for k, v in state.items() if v is not None}
+        return {
+            k: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v) for k, v in state.items() if v is not None
+        }
 
     def _import_state(self, entries: dict[str, Any], param: np.ndarray, where: str) -> ParamState:
         return import_state(entries, param, self.state_schema, where)
@@ -199,11 +202,15 @@ class Optimizer:
         if not isinstance(state_dict, dict):
             raise ValueError(f"{name}.load_state_dict: expected a dict, got {type(state_dict).__name__}")
         if state_dict.get("optimizer") != name:
-            raise ValueError(f"{name}.load_state_dict: the state dict is for {state_dict.get('optimizer')!r}, not {name}")
+            raise ValueError(
+                f"{name}.load_state_dict: the state dict is for {state_dict.get('optimizer')!r}, not {name}"
+            )
         groups = state_dict.get("param_groups")
         if not isinstance(groups, list) or len(groups) != len(self.param_groups):
             count = len(groups) if isinstance(groups, list) else groups
-            raise ValueError(f"{name}.load_state_dict: {count} parameter groups saved, the optimizer has {len(self.param_groups)}")
+            raise ValueError(
+                f"{name}.load_state_dict: {count} parameter groups saved, the optimizer has {len(self.param_groups)}"
+            )
         params = self.params
         specs = state_dict.get("param_specs")
         if not isinstance(specs, list) or len(specs) != len(params):
@@ -211,8 +218,14 @@ class Optimizer:
             raise ValueError(f"{name}.load_state_dict: {count} parameters saved, the optimizer has {len(params)}")
         names = self.param_names()
         for pname, spec, p in zip(names, specs, params):
-            if not isinstance(spec, dict) or list(spec.get("shape", [])) != list(p.shape) or spec.get("dtype") != str(p.dtype):
-                raise ValueError(f"{name}.load_state_dict: {pname} was saved as {spec}, is now {list(p.shape)} {p.dtype}")
+            if (
+                not isinstance(spec, dict)
+                or list(spec.get("shape", [])) != list(p.shape)
+                or spec.get("dtype") != str(p.dtype)
+            ):
+                raise ValueError(
+                    f"{name}.load_state_dict: {pname} was saved as {spec}, is now {list(p.shape)} {p.dtype}"
+                )
         new_groups = []
         start = 0
         for index, (saved, group) in enumerate(zip(groups, self.param_groups)):

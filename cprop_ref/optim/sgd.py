@@ -42,7 +42,9 @@ class SGD(Optimizer):
     def _check_group(self, group: dict[str, Any], where: str) -> None:
         check_sgd_group(group, where)
 
-    def _direction(self, p: np.ndarray, g: np.ndarray, state: ParamState, group: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    def _direction(
+        self, p: np.ndarray, g: np.ndarray, state: ParamState, group: dict[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         return sgd_direction(
             p,
             g,
@@ -105,7 +107,12 @@ class CPropSGD(CPropStatsMixin, SGD):
     def _compute(self, param: np.ndarray, grad: np.ndarray, state: ParamState, group: dict[str, Any]) -> Update:
         p, g = self._as_compute(param, grad)
         stats, s = cprop_step(
-            self._cprop_stats(state, p), g, group["cprop_beta"], group["cprop_c"], group["cprop_eps"], group["cprop_cdf"]
+            self._cprop_stats(state, p),
+            g,
+            group["cprop_beta"],
+            group["cprop_c"],
+            group["cprop_eps"],
+            group["cprop_cdf"],
         )
         d, buf = self._direction(p, g, state, group)
         new_state = {"step": stats.t, "cprop_m": stats.m, "cprop_v": stats.v, "momentum_buffer": buf}

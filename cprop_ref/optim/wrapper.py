@@ -14,7 +14,6 @@ from ..hyperparams import cdf_name, decay_rate, non_negative
 from ..scale import CPropStats, cprop_scale, cprop_step, init_stats
 from .base import import_state
 
-
 _CPROP_STATE_SCHEMA = {"step": "count", "cprop_m": "array", "cprop_v": "array"}
 
 
@@ -112,7 +111,9 @@ class CProp:
             if g is None:
                 continue
             dtype = compute_dtype(p.dtype)
-            stats, s = cprop_step(self._stats(k, p), g.astype(dtype, copy=False), hp["beta"], hp["c"], hp["eps"], hp["cdf"])
+            stats, s = cprop_step(
+                self._stats(k, p), g.astype(dtype, copy=False), hp["beta"], hp["c"], hp["eps"], hp["cdf"]
+            )
             new_stats.append((k, stats, s, p.astype(dtype, copy=True)))
         # The base optimizer either steps or raises having changed nothing; only then is
         # CProp's own state committed.
@@ -186,7 +187,12 @@ class CProp:
         if "base" not in state_dict:
             raise ValueError("CProp.load_state_dict: the base optimizer's state ('base') is missing")
         self.base_optimizer.load_state_dict(state_dict["base"])  # atomic itself; last check that can fail
-        self.beta, self.c, self.eps, self.cdf = checked_hp["beta"], checked_hp["c"], checked_hp["eps"], checked_hp["cdf"]
+        self.beta, self.c, self.eps, self.cdf = (
+            checked_hp["beta"],
+            checked_hp["c"],
+            checked_hp["eps"],
+            checked_hp["cdf"],
+        )
         self.nonfinite = nonfinite
         self.state = new_state
 
@@ -197,4 +203,3 @@ class CProp:
     def load(self, path: str | os.PathLike[str]) -> None:
         """Load a checkpoint written by :meth:`save`; on any error nothing changes."""
         self.load_state_dict(checkpoint.load(path))
-
