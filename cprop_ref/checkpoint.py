@@ -13,7 +13,6 @@ import io
 import json
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +54,16 @@ def decode(entries: dict[str, np.ndarray], source: str = "checkpoint") -> Any:
     """Inverse of :func:`encode`; raises :class:`CheckpointError` naming ``source``."""
     if META_KEY not in entries:
         raise CheckpointError(f"{source}: not a cprop-ref checkpoint (no {META_KEY} entry)")
+    raw = entries[META_KEY]
+    if not isinstance(raw, np.ndarray) or raw.ndim != 0 or raw.dtype.kind != "U":
+        raise CheckpointError(f"{source}: unreadable metadata (the {META_KEY} entry is not a text scalar)")
     try:
-        meta = json.loads(str(entries[META_KEY][()]))
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{source}: unreadable metadata ({err})") from None
+        meta = json.loads(str(raw[()]))
+    except (ValueError, RecursionError) as err:
+        raise CheckpointError(f"{source}: unreadable metadata ({type(err).__name__}: {err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{source}: not a cprop-ref checkpoint (format {meta.get('format')!r})")
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{source}: not a cprop-ref checkpoint (format {found!r})")
     if meta.get("version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{source}: checkpoint format version {meta.get('version')!r}, this cprop-ref reads version {FORMAT_VERSION}"
@@ -70,7 +73,7 @@ def decode(entries: dict[str, np.ndarray], source: str = "checkpoint") -> Any:
         if isinstance(node, dict):
             if set(node) == {_ARRAY_TAG}:
                 key = node[_ARRAY_TAG]
-                if key not in entries:
+                if not isinstance(key, str) or key == META_KEY or key not in entries:
                     raise CheckpointError(f"{source}: missing array entry {key!r}")
                 return entries[key]
             return {k: walk(v) for k, v in node.items()}
@@ -78,7 +81,10 @@ def decode(entries: dict[str, np.ndarray], source: str = "checkpoint") -> Any:
             return [walk(v) for v in node]
         return node
 
-    return walk(meta.get("tree"))
+    try:
+        return walk(meta.get("tree"))
+    except RecursionError:
+        raise CheckpointError(f"{source}: unreadable metadata (nested too deeply)") from None
 
 
 def save(path: str | os.PathLike[str], tree: Any) -> None:
@@ -115,18 +121,40 @@ def _fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
+#: How a zip archive (every ``.npz`` file) begins: a local file header, or the end
+#: record of an empty archive. Anything else is refused before NumPy sees it (NumPy
+#: would try to read a file without this signature as a pickle).
+_ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
+
+
 def load(path: str | os.PathLike[str]) -> Any:
     """Read a checkpoint written by :func:`save`; every failure is a :class:`CheckpointError`
-    (or ``FileNotFoundError``) that names the file."""
+    (or ``FileNotFoundError``) that names the file. Nothing in the file is unpickled."""
     source = os.fspath(path)
     if not os.path.exists(source):
         raise FileNotFoundError(f"checkpoint file not found: {source}")
     try:
+        with open(source, "rb") as handle:
+            signature = handle.read(len(_ZIP_SIGNATURES[0]))
+    except OSError as err:
+        raise CheckpointError(f"{source}: cannot be read ({type(err).__name__}: {err})") from None
+    if signature not in _ZIP_SIGNATURES:
+        raise CheckpointError(
+            f"{source}: not a .npz checkpoint (the file is empty, truncated or in another format: "
+            f"it starts with {signature!r}, not a zip signature)"
+        )
+    try:
         with np.load(source, allow_pickle=False) as npz:
             entries = {key: npz[key] for key in npz.files}
     except ValueError as err:
-        # allow_pickle=False raises ValueError on object arrays.
-        raise CheckpointError(f"{source}: refused to load ({err}); cprop-ref checkpoints hold no objects") from None
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as err:
+        if "allow_pickle" in str(err):  # NumPy's refusal of an object array
+            raise CheckpointError(
+                f"{source}: refused to load an object (pickled) array; cprop-ref checkpoints hold no objects"
+            ) from None
+        raise CheckpointError(f"{source}: damaged array entry ({err})") from None
+    except Exception as err:  # a damaged archive fails in zipfile, zlib or NumPy's header parser
         raise CheckpointError(f"{source}: not a readable .npz checkpoint ({type(err).__name__}: {err})") from None
+    for key, value in entries.items():
+        if not isinstance(value, np.ndarray):  # NumPy returns a member that is not .npy as raw bytes
+            raise CheckpointError(f"{source}: entry {key!r} is not a NumPy array")
     return decode(entries, source)

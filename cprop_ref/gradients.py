@@ -75,7 +75,7 @@ def check_gradients(
                     continue
                 bad = tuple(int(i) for i in np.argwhere(~finite)[0])
                 raise ValueError(
-                    f"gradient of {name}: non-finite value {grad[bad]!r} at element {bad} "
+                    f"gradient of {name}: non-finite value {grad[bad].item()!r} at element {bad} "
                     f"({int((~finite).sum())} non-finite in all); nothing was changed. "
                     "Pass nonfinite='skip' to skip such parameters or 'propagate' to apply the formulas as they are"
                 )

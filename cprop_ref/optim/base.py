@@ -145,7 +145,8 @@ class Optimizer:
                     updates.append((k, self._compute(param, grad, self.state[k], group)))
         params = self.params
         for k, (new_param, new_state) in updates:
-            params[k][...] = new_param
+            with np.errstate(all="ignore"):  # float16 parameters: a cast past 65504 is inf, as in IEEE
+                params[k][...] = new_param
             # 0-d parameters make NumPy return scalars; state entries are always arrays.
             self.state[k] = {
                 name: (np.asarray(value) if isinstance(value, np.generic) else value)

@@ -107,20 +107,24 @@ class CProp:
             self.state.extend({} for _ in range(len(params) - len(self.state)))
         checked = check_gradients(params, self.param_names(), grads, self.nonfinite)
         new_stats: list[tuple[int, CPropStats, np.ndarray, np.ndarray]] = []
-        for k, (p, g) in enumerate(zip(params, checked)):
-            if g is None:
-                continue
-            dtype = compute_dtype(p.dtype)
-            stats, s = cprop_step(
-                self._stats(k, p), g.astype(dtype, copy=False), hp["beta"], hp["c"], hp["eps"], hp["cdf"]
-            )
-            new_stats.append((k, stats, s, p.astype(dtype, copy=True)))
+        # As in Optimizer.step: IEEE results (inf on overflow) are the defined ones, and a
+        # user's np.seterr(all="raise") must not abort the step half-way.
+        with np.errstate(all="ignore"):
+            for k, (p, g) in enumerate(zip(params, checked)):
+                if g is None:
+                    continue
+                dtype = compute_dtype(p.dtype)
+                stats, s = cprop_step(
+                    self._stats(k, p), g.astype(dtype, copy=False), hp["beta"], hp["c"], hp["eps"], hp["cdf"]
+                )
+                new_stats.append((k, stats, s, p.astype(dtype, copy=True)))
         # The base optimizer either steps or raises having changed nothing; only then is
         # CProp's own state committed.
         self.base_optimizer.step(checked)
         for k, stats, s, before in new_stats:
-            after = params[k].astype(before.dtype, copy=False)
-            params[k][...] = before + (after - before) * s
+            with np.errstate(all="ignore"):
+                after = params[k].astype(before.dtype, copy=False)
+                params[k][...] = before + (after - before) * s
             self.state[k] = {"step": stats.t, "cprop_m": np.asarray(stats.m), "cprop_v": np.asarray(stats.v)}
 
     def _stats(self, k: int, p: np.ndarray) -> CPropStats:
