@@ -62,11 +62,13 @@ def standard_error(m_hat: np.ndarray, v_hat: np.ndarray, n: float, eps: float) -
     """``se = sqrt(max(v_hat - m_hat^2, 0) / (n - 1 + eps)) + eps``.
 
     The standard error of the mean gradient, in gradient units. ``max(., 0)`` removes
-    the negative variance that rounding can produce. When ``n - 1 + eps == 0`` (``t = 1``
-    with ``eps = 0``, or ``beta = 0`` with ``eps = 0``) the variance of a single sample is
-    zero in real arithmetic, so the variance term is taken as exactly 0 (the limit
-    ``eps -> 0`` of ``0 / eps``) rather than the ``rounding / 0`` that floating point
-    would give.
+    the negative variance that rounding can produce.
+
+    ``n = 1`` (the first step, or every step with ``beta = 0``): one sample has no spread,
+    ``v_hat - m_hat^2`` is 0 in real arithmetic (spec, "Notes"), and that exact value is
+    used, so ``se = eps``. Evaluated in floating point the difference is rounding noise of
+    up to ~4u g^2, which divided by ``n - 1 + eps = eps`` is ~24 g^2 in float32 and makes
+    the first step's scale a matter of rounding luck (and 0/0 when ``eps = 0``).
 
     Where ``v_hat`` has overflowed to ``inf`` (gradients whose square exceeds the dtype's
     range) the variance is taken as ``inf`` even where ``m_hat^2`` overflowed too
@@ -77,9 +79,9 @@ def standard_error(m_hat: np.ndarray, v_hat: np.ndarray, n: float, eps: float) -
         difference = v_hat - m_hat * m_hat
     difference = np.where(np.isinf(v_hat) & np.isnan(difference), np.inf, difference)
     variance = np.maximum(difference, 0.0)
-    denominator = n - 1.0 + eps
-    if denominator == 0.0:
+    if n == 1.0:
         return np.zeros_like(variance) + eps
+    denominator = n - 1.0 + eps
     with np.errstate(over="ignore"):
         return np.sqrt(variance / denominator) + eps
 

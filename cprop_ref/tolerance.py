@@ -107,14 +107,14 @@ def scale_tolerance(
         dv_hat = (np.asarray(v_bound) + u * np.abs(v)) / b + 2.0 * u * np.abs(v_hat)
         variance = np.maximum(v_hat - m_hat * m_hat, 0.0)
         dvar = dv_hat + 2.0 * np.abs(m_hat) * dm_hat + dm_hat * dm_hat + 3.0 * u * (v_hat + m_hat * m_hat)
-        if k > 0.0:
+        if effective_sample_size(beta, t) != 1.0:
             root = np.sqrt(variance / k)
             d_root = np.minimum(
                 np.where(variance > 0.0, dvar / (2.0 * np.sqrt(variance * k)), np.inf), np.sqrt(dvar / k)
             )
             se = root + eps
             dse = d_root + 3.0 * u * se
-        else:  # eps = 0 at n = 1: the variance term is defined as 0 exactly
+        else:  # n = 1: the variance term is defined as 0 exactly (scale.standard_error)
             se = np.zeros_like(m) + eps
             dse = np.zeros_like(m)
         z = np.where(se > 0.0, -m_hat / se, 0.0)
