@@ -58,13 +58,23 @@ def effective_sample_size(beta: float, t: int) -> float:
     return bias_correction(beta, t) / (1.0 - beta)
 
 
-def standard_error(m_hat: np.ndarray, v_hat: np.ndarray, n: float, eps: float) -> np.ndarray:
-    """``se = sqrt(max(v_hat - m_hat^2, 0) / (n - 1 + eps)) + eps``.
+def degrees_of_freedom(beta: float, t: int) -> float:
+    """``n - 1 = beta (1 - beta^(t-1)) / (1 - beta)``: the effective sample size less one.
+
+    The same number as ``effective_sample_size(beta, t) - 1``, written so that it does not
+    cancel: it is exactly 0 when ``t = 1`` or ``beta = 0`` (one sample), and accurate to a few
+    ulp for tiny ``beta`` (where ``n - 1`` computed as ``n - 1`` loses every digit).
+    """
+    return beta * bias_correction(beta, t - 1) / (1.0 - beta)
+
+
+def standard_error(m_hat: np.ndarray, v_hat: np.ndarray, dof: float, eps: float) -> np.ndarray:
+    """``se = sqrt(max(v_hat - m_hat^2, 0) / (n - 1 + eps)) + eps``, with ``dof = n - 1``.
 
     The standard error of the mean gradient, in gradient units. ``max(., 0)`` removes
     the negative variance that rounding can produce.
 
-    ``n = 1`` (the first step, or every step with ``beta = 0``): one sample has no spread,
+    ``n - 1 = 0`` (the first step, or every step with ``beta = 0``): one sample has no spread,
     ``v_hat - m_hat^2`` is 0 in real arithmetic (spec, "Notes"), and that exact value is
     used, so ``se = eps``. Evaluated in floating point the difference is rounding noise of
     up to ~4u g^2, which divided by ``n - 1 + eps = eps`` is ~24 g^2 in float32 and makes
@@ -79,11 +89,14 @@ def standard_error(m_hat: np.ndarray, v_hat: np.ndarray, n: float, eps: float) -
         difference = v_hat - m_hat * m_hat
     difference = np.where(np.isinf(v_hat) & np.isnan(difference), np.inf, difference)
     variance = np.maximum(difference, 0.0)
-    if n == 1.0:
+    if dof == 0.0:
         return np.zeros_like(variance) + eps
-    denominator = n - 1.0 + eps
-    with np.errstate(over="ignore"):
-        return np.sqrt(variance / denominator) + eps
+    denominator = dof + eps
+    # A denominator below the dtype's range rounds to 0: a zero variance over it is still 0
+    # (not 0/0), a positive one is +inf (the exact quotient is past the range anyway).
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        ratio = np.where(variance == 0.0, 0.0, variance / denominator)
+        return np.sqrt(ratio) + eps
 
 
 def standardized_mean(m_hat: np.ndarray, se: np.ndarray) -> np.ndarray:
@@ -123,8 +136,7 @@ def cprop_scale(stats: CPropStats, beta: float, c: float, eps: float, cdf: str) 
     with np.errstate(over="ignore"):  # v / b past the range is inf, handled in standard_error
         m_hat = stats.m / b
         v_hat = stats.v / b
-    n = effective_sample_size(beta, stats.t)
-    se = standard_error(m_hat, v_hat, n, eps)
+    se = standard_error(m_hat, v_hat, degrees_of_freedom(beta, stats.t), eps)
     z = standardized_mean(m_hat, se)
     p = conformity_probability(z, cdf)
     return scale_from_probability(p, c)

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.special import expit
 
 from .cdf import BFO_LINEAR, BFT_CUBIC, BFT_LINEAR, LOGISTIC_SLOPE
-from .scale import bias_correction, effective_sample_size
+from .scale import bias_correction, degrees_of_freedom, effective_sample_size
 
 #: Roundings in one EMA update ``beta * x + (1 - beta) * y``: two products, one sum, and
 #: the rounding of ``beta`` and ``1 - beta`` to the dtype, which implementations may do
@@ -34,6 +34,8 @@ SQUARE_ROUNDINGS = 1
 CDF_ERROR_ULPS = 8.0
 #: Roundings between the CDF value and the scale: ``p - 0.5``, ``2 c``, product, min.
 SCALE_ROUNDINGS = 4
+#: Unit roundoff of double precision, in which the scalar factors are computed.
+DOUBLE_U = 2.0**-53
 
 
 def unit_roundoff(dtype: np.dtype | type) -> float:
@@ -100,21 +102,30 @@ def scale_tolerance(
     m = np.asarray(m, dtype=np.float64)
     v = np.asarray(v, dtype=np.float64)
     b = bias_correction(beta, t)
-    k = effective_sample_size(beta, t) - 1.0 + eps
+    n = effective_sample_size(beta, t)
+    dof = degrees_of_freedom(beta, t)
+    k = dof + eps
+    # The scalars are computed in double precision (DOUBLE_U) and rounded once to the dtype (u).
+    # 1 - beta^t cancels: its absolute error is a few DOUBLE_U. The reference computes n - 1
+    # without cancellation (scale.degrees_of_freedom); a port may compute n - 1 literally, with
+    # an absolute error of a few DOUBLE_U * n, which dk allows for.
+    db = 2.0 * DOUBLE_U + u * b
+    dk = 4.0 * DOUBLE_U * (n + 1.0) + u * k
     with np.errstate(all="ignore"):
         m_hat, v_hat = m / b, v / b
-        dm_hat = (np.asarray(m_bound) + u * np.abs(m)) / b + 2.0 * u * np.abs(m_hat)
-        dv_hat = (np.asarray(v_bound) + u * np.abs(v)) / b + 2.0 * u * np.abs(v_hat)
+        dm_hat = (np.asarray(m_bound) + u * np.abs(m)) / b + (2.0 * u + db / b) * np.abs(m_hat)
+        dv_hat = (np.asarray(v_bound) + u * np.abs(v)) / b + (2.0 * u + db / b) * np.abs(v_hat)
         variance = np.maximum(v_hat - m_hat * m_hat, 0.0)
         dvar = dv_hat + 2.0 * np.abs(m_hat) * dm_hat + dm_hat * dm_hat + 3.0 * u * (v_hat + m_hat * m_hat)
-        if effective_sample_size(beta, t) != 1.0:
+        if dof != 0.0:
             root = np.sqrt(variance / k)
-            d_root = np.minimum(
-                np.where(variance > 0.0, dvar / (2.0 * np.sqrt(variance * k)), np.inf), np.sqrt(dvar / k)
+            d_root = (
+                np.minimum(np.where(variance > 0.0, dvar / (2.0 * np.sqrt(variance * k)), np.inf), np.sqrt(dvar / k))
+                + 0.5 * root * dk / k
             )
             se = root + eps
             dse = d_root + 3.0 * u * se
-        else:  # n = 1: the variance term is defined as 0 exactly (scale.standard_error)
+        else:  # n - 1 = 0: the variance term is defined as 0 exactly (scale.standard_error)
             se = np.zeros_like(m) + eps
             dse = np.zeros_like(m)
         z = np.where(se > 0.0, -m_hat / se, 0.0)

@@ -15,6 +15,7 @@ from cprop_ref.scale import (
     bias_correction,
     cprop_scale,
     cprop_step,
+    degrees_of_freedom,
     effective_sample_size,
     init_stats,
     standard_error,
@@ -113,7 +114,7 @@ def test_scale_invariant_to_positive_gradient_scaling(g, a, beta, cdf):
     stats2, s2 = run_stream(g * a, beta_c, c, eps, cdf)
     u = np.finfo(np.float64).eps / 2
     b = bias_correction(beta_c, stats1.t)
-    n = effective_sample_size(beta_c, stats1.t)
+    n = degrees_of_freedom(beta_c, stats1.t)
     m_hat, v_hat = stats1.m / b, stats1.v / b
     se1 = standard_error(m_hat, v_hat, n, eps)
     se2 = standard_error(stats2.m / b, stats2.v / b, n, eps)
