@@ -13,6 +13,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +145,16 @@ def load(path: str | os.PathLike[str]) -> Any:
             f"it starts with {signature!r}, not a zip signature)"
         )
     try:
+        # NumPy reads only as many bytes as a member's header announces, so a damaged
+        # header could go unnoticed; testzip checks every member's CRC-32 first.
+        with zipfile.ZipFile(source) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise CheckpointError(f"{source}: damaged checkpoint (CRC-32 mismatch in entry {damaged!r})")
         with np.load(source, allow_pickle=False) as npz:
             entries = {key: npz[key] for key in npz.files}
+    except CheckpointError:
+        raise
     except ValueError as err:
         if "allow_pickle" in str(err):  # NumPy's refusal of an object array
             raise CheckpointError(
@@ -153,7 +162,7 @@ def load(path: str | os.PathLike[str]) -> Any:
             ) from None
         raise CheckpointError(f"{source}: damaged array entry ({err})") from None
     except Exception as err:  # a damaged archive fails in zipfile, zlib or NumPy's header parser
-        raise CheckpointError(f"{source}: not a readable .npz checkpoint ({type(err).__name__}: {err})") from None
+        raise CheckpointError(f"{source}: damaged or truncated .npz checkpoint ({type(err).__name__}: {err})") from None
     for key, value in entries.items():
         if not isinstance(value, np.ndarray):  # NumPy returns a member that is not .npy as raw bytes
             raise CheckpointError(f"{source}: entry {key!r} is not a NumPy array")

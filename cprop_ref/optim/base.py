@@ -221,7 +221,7 @@ class Optimizer:
         for pname, spec, p in zip(names, specs, params):
             if (
                 not isinstance(spec, dict)
-                or list(spec.get("shape", [])) != list(p.shape)
+                or spec.get("shape") != list(p.shape)  # a list, as state_dict() and JSON give
                 or spec.get("dtype") != str(p.dtype)
             ):
                 raise ValueError(
@@ -235,7 +235,7 @@ class Optimizer:
                 raise ValueError(f"{where}: expected a dict")
             expected = list(range(start, start + len(group["params"])))
             start += len(group["params"])
-            if list(saved.get("params", [])) != expected:
+            if saved.get("params") != expected:
                 raise ValueError(f"{where}: saved with parameters {saved.get('params')}, the optimizer has {expected}")
             missing = set(self.hyperparams) - set(saved)
             if missing:
