@@ -1,5 +1,35 @@
-"""Analytic test problems with hand-derived gradients (no autograd)."""
+"""Test problems with hand-derived gradients (no autograd), built by name.
 
-from .quadratic import NoisyQuadratic
+Every problem takes points of shape ``(..., dim)``, so independent runs advance as one
+array; see :mod:`problems.base` for the interface and the noise models, and
+``cprop-ref problems`` for the list.
+"""
 
-__all__ = ["NoisyQuadratic"]
+from .analytic import Beale, Branin, Rastrigin, Rosenbrock, StyblinskiTang
+from .base import Problem
+from .logistic import LogisticRegression
+from .mlp import DigitsMLP
+from .nqm import NoisyQuadraticModel
+from .quadratic import IllConditionedQuadratic, NoisyQuadratic
+from .quadratic_deep import QuadraticDeep
+from .registry import PROBLEMS, describe_problems, make_problem, parse_options, problem_class
+
+__all__ = [
+    "Problem",
+    "Rosenbrock",
+    "Beale",
+    "Branin",
+    "Rastrigin",
+    "StyblinskiTang",
+    "IllConditionedQuadratic",
+    "NoisyQuadratic",
+    "NoisyQuadraticModel",
+    "QuadraticDeep",
+    "LogisticRegression",
+    "DigitsMLP",
+    "PROBLEMS",
+    "make_problem",
+    "parse_options",
+    "problem_class",
+    "describe_problems",
+]
