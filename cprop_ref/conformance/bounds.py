@@ -1,0 +1,201 @@
+"""Elementwise error bounds for a port's parameters, propagated along a run.
+
+The CProp moments and the scale are bounded by :mod:`cprop_ref.tolerance` (the lead's
+policy). The parameters are open loop: a port whose scale differs by up to ``ds`` from
+the reference's moves its parameter by up to ``lr |d| ds`` more, and that difference is
+carried to every later step (through weight decay and momentum too). This module
+carries, per tensor, a bound on the error of everything the update depends on, in the
+same first-order-plus-rounding style (``docs/conformance.md``, "Tolerance policy"):
+
+* SGD family: ``d0 = g + wd p``, momentum buffer ``buf``, direction ``d``;
+  ``e(lr d s) <= lr (|d| ds + e_d (s + ds)) + 3 u lr |d| s``;
+* Adam family: Adam's moments with :func:`~cprop_ref.tolerance.ema_error_bound` (plus the
+  error of their input), ``den = sqrt(v) / sqrt(1 - b2^t) + eps`` through the conditioning
+  of the square root, ``delta = step_size m / den`` as a quotient, where ``den`` is not
+  pinned down by the bound the element is unconstrained (bound ``inf``);
+* ``p_new = p + update`` adds ``u |p_new|``; the wrapper's ``before + (after - before) s``
+  adds the rounding of the base optimizer's own parameter write, ``2 u (|p| + |p_new|)``.
+
+Everything is computed in float64 from the *reference* values, so the bound is the same
+whatever the port computes. ``g_error`` is the error of the port's gradient (0 in open
+loop; ``h |e_x|`` plus rounding in the closed loop on a quadratic).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..tolerance import EMA_ROUNDINGS, SQUARE_ROUNDINGS, CPropErrorBounds, ema_error_bound, unit_roundoff
+from .config import PortConfig
+
+
+def _f64(x: Any) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def sqrt_error(x: np.ndarray, x_bound: np.ndarray) -> np.ndarray:
+    """``|sqrt(x') - sqrt(x)| <= min(e / (2 sqrt(x)), sqrt(e))`` for ``|x' - x| <= e``, ``x >= 0``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        linear = np.where(x > 0.0, x_bound / (2.0 * np.sqrt(x)), np.inf)
+    return np.minimum(linear, np.sqrt(x_bound))
+
+
+def quotient_error(num: np.ndarray, num_bound: np.ndarray, den: np.ndarray, den_bound: np.ndarray) -> np.ndarray:
+    """``|a'/b' - a/b| <= (e_a + |a/b| e_b) / (b - e_b)`` for ``b > e_b``; ``inf`` otherwise."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ratio = np.abs(num / den)
+        bound = (num_bound + ratio * den_bound) / (den - den_bound)
+    return np.where(den > den_bound, bound, np.inf)
+
+
+class TensorBounds:
+    """Error bounds of one tensor's port state against the reference's."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.u = unit_roundoff(dtype)
+        self.cprop = CPropErrorBounds(shape, dtype)
+        zero = np.zeros(shape)
+        self.param = zero.copy()
+        self.buf = zero.copy()
+        self.m1 = zero.copy()
+        self.v2 = zero.copy()
+        self.vmax = zero.copy()
+
+
+class RunBounds:
+    """Bounds for every tensor of a run of ``config``; :meth:`advance` once per step and tensor."""
+
+    def __init__(self, config: PortConfig, shapes: list[tuple[int, ...]]) -> None:
+        self.config = config
+        self.tensors = [TensorBounds(shape, config.np_dtype) for shape in shapes]
+
+    def advance(
+        self,
+        k: int,
+        param_before: np.ndarray,
+        grad: np.ndarray,
+        state_before: dict[str, Any],
+        state_after: dict[str, Any],
+        scale: np.ndarray,
+        param_after: np.ndarray,
+        grad_error: np.ndarray | float = 0.0,
+    ) -> dict[str, np.ndarray]:
+        """Bounds after one step of tensor ``k``: ``cprop_m``, ``cprop_v``, ``scale``, ``param``.
+
+        ``state_before`` / ``state_after`` are the reference's states in the protocol's names
+        (``{}`` before the first gradient), ``scale`` the reference's scale of this step.
+        """
+        tb, cfg = self.tensors[k], self.config
+        cp = cfg.cprop()
+        u = tb.u
+        g, e_g = _f64(grad), _f64(grad_error)
+        zeros = np.zeros_like(g)
+        m_before = _f64(state_before.get("cprop_m", zeros))
+        v_before = _f64(state_before.get("cprop_v", zeros))
+        tb.cprop.update(m_before, v_before, g, cp["beta"])
+        # The port's gradient may itself be off by e_g (closed loop): it enters the EMAs with weight 1 - beta.
+        tb.cprop.m_bound = tb.cprop.m_bound + (1.0 - cp["beta"]) * e_g
+        tb.cprop.v_bound = tb.cprop.v_bound + (1.0 - cp["beta"]) * (2.0 * np.abs(g) * e_g + e_g * e_g)
+        t = int(state_after["step"])
+        m_after, v_after = _f64(state_after["cprop_m"]), _f64(state_after["cprop_v"])
+        scale_bound = tb.cprop.scale_tolerance(m_after, v_after, t, **cp)
+        s = _f64(scale)
+        p, p_new = _f64(param_before), _f64(param_after)
+        with np.errstate(all="ignore"):
+            if cfg.family == "sgd":
+                update_bound = self._sgd(tb, p, g, e_g, state_before, s, scale_bound)
+            else:
+                update_bound = self._adam(tb, p, g, e_g, state_before, state_after, s, scale_bound)
+            rounding = u * np.abs(p_new)
+            if cfg.optimizer == "CProp":
+                rounding = rounding + 2.0 * u * (np.abs(p) + np.abs(p_new))
+            tb.param = update_bound + rounding
+        tb.param = np.nan_to_num(tb.param, nan=np.inf)
+        return {"cprop_m": tb.cprop.m_bound, "cprop_v": tb.cprop.v_bound, "scale": scale_bound, "param": tb.param}
+
+    def _sgd(
+        self,
+        tb: TensorBounds,
+        p: np.ndarray,
+        g: np.ndarray,
+        e_g: np.ndarray,
+        before: dict[str, Any],
+        s: np.ndarray,
+        ds: np.ndarray,
+    ) -> np.ndarray:
+        """Bound on the parameter after ``p - lr (d s)``, excluding the final rounding."""
+        hp, u = self.config.base_update(), tb.u
+        lr, wd = hp["lr"], hp.get("weight_decay", 0.0)
+        momentum, dampening = hp.get("momentum", 0.0), hp.get("dampening", 0.0)
+        d0 = g + wd * p
+        e_d0 = e_g + wd * tb.param + 2.0 * u * (np.abs(wd * p) + np.abs(d0))
+        d, e_d = d0, e_d0
+        if momentum != 0.0:
+            buf_prev = before.get("momentum_buffer")
+            if buf_prev is None:
+                buf, tb.buf = d0, e_d0
+            else:
+                buf_prev = _f64(buf_prev)
+                buf = momentum * buf_prev + (1.0 - dampening) * d0
+                tb.buf = (
+                    momentum * tb.buf
+                    + (1.0 - dampening) * e_d0
+                    + EMA_ROUNDINGS * u * (momentum * np.abs(buf_prev) + (1.0 - dampening) * np.abs(d0))
+                )
+            if hp.get("nesterov", False):
+                d = d0 + momentum * buf
+                e_d = e_d0 + momentum * tb.buf + 2.0 * u * (momentum * np.abs(buf) + np.abs(d))
+            else:
+                d, e_d = buf, tb.buf
+        step = lr * np.abs(d)
+        return tb.param + step * ds + lr * e_d * (s + ds) + 3.0 * u * step * s
+
+    def _adam(
+        self,
+        tb: TensorBounds,
+        p: np.ndarray,
+        g: np.ndarray,
+        e_g: np.ndarray,
+        before: dict[str, Any],
+        after: dict[str, Any],
+        s: np.ndarray,
+        ds: np.ndarray,
+    ) -> np.ndarray:
+        """Bound on the parameter after ``p + delta s`` (AdamW: ``p (1 - lr wd) + delta s``)."""
+        cfg, u = self.config, tb.u
+        hp = cfg.base_update()
+        lr, wd, eps = hp["lr"], hp.get("weight_decay", 0.0), hp.get("eps", 1e-8)
+        beta1, beta2 = hp.get("betas", (0.9, 0.999))
+        zeros = np.zeros_like(g)
+        if cfg.decoupled_weight_decay:
+            e_p = tb.param * (1.0 - lr * wd) + 3.0 * u * np.abs(p * (1.0 - lr * wd))
+            d0, e_d0 = g, e_g
+        else:
+            e_p = tb.param
+            d0 = g + wd * p
+            e_d0 = e_g + wd * tb.param + (2.0 * u * (np.abs(wd * p) + np.abs(d0)) if wd != 0.0 else 0.0)
+        m1_prev = _f64(before.get("exp_avg", zeros))
+        v2_prev = _f64(before.get("exp_avg_sq", zeros))
+        tb.m1 = ema_error_bound(tb.m1, m1_prev, d0, beta1, u, EMA_ROUNDINGS) + (1.0 - beta1) * e_d0
+        tb.v2 = ema_error_bound(tb.v2, v2_prev, d0 * d0, beta2, u, EMA_ROUNDINGS + SQUARE_ROUNDINGS) + (1.0 - beta2) * (
+            2.0 * np.abs(d0) * e_d0 + e_d0 * e_d0
+        )
+        m1 = _f64(after["exp_avg"])
+        if hp.get("amsgrad", False):
+            tb.vmax = np.maximum(tb.vmax, tb.v2)
+            second, e_second = _f64(after["max_exp_avg_sq"]), tb.vmax
+        else:
+            second, e_second = _f64(after["exp_avg_sq"]), tb.v2
+        t = int(after["step"])
+        step_size = lr / (1.0 - beta1**t)
+        bc2 = math.sqrt(1.0 - beta2**t)
+        root = np.sqrt(second)
+        den = root / bc2 + eps
+        e_den = (sqrt_error(second, e_second) + u * root) / bc2 + 3.0 * u * den
+        ratio = m1 / den
+        e_delta = step_size * quotient_error(m1, tb.m1, den, e_den) + 3.0 * u * step_size * np.abs(ratio)
+        delta = step_size * np.abs(ratio)
+        return e_p + delta * ds + e_delta * (s + ds) + u * delta * s

@@ -1,0 +1,318 @@
+"""The three checks: open loop, one step from an injected state, closed loop.
+
+Each check runs the reference (:mod:`.reference`) and the port side by side and compares,
+after every step, every element of the parameters, and where the port exposes them the
+scales and CProp's moments, against the bounds of :mod:`.bounds` and
+:mod:`cprop_ref.tolerance`. The first element outside its bound raises
+:class:`~.report.ConformanceMismatch`; otherwise the check returns its :class:`~.report.Coverage`.
+
+Comparison rule, per element: ``|port - reference| <= bound``, or both equal (``inf``
+included), or both NaN. A scale element whose bound is 1 is ill-conditioned (the scale
+is discontinuous there in floating point): it is counted, not compared, unless the
+port's value is impossible whatever the rounding (NaN where the reference is a number,
+or outside [0, 1]). A parameter whose bound is infinite is counted the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .bounds import RunBounds
+from .config import PortConfig
+from .protocol import Unsupported, optional
+from .reference import ReferenceRun
+from .report import ConformanceMismatch, Coverage, Mismatch, array_literal, snippet, state_literal
+
+Grads = Sequence[np.ndarray | None]
+
+
+class _Comparer:
+    """Compares one quantity of one tensor and raises on the first element out of bounds."""
+
+    def __init__(self, check: str, config: PortConfig, coverage: Coverage, make_snippet: Callable[[int], str]) -> None:
+        self.check = check
+        self.config = config
+        self.coverage = coverage
+        self.make_snippet = make_snippet
+
+    def fail(
+        self,
+        step: int,
+        tensor: int,
+        element: tuple[int, ...],
+        quantity: str,
+        port: float,
+        ref: float,
+        bound: float,
+        detail: str = "",
+    ) -> None:
+        raise ConformanceMismatch(
+            Mismatch(
+                check=self.check,
+                step=step,
+                tensor=tensor,
+                element=element,
+                quantity=quantity,
+                port_value=port,
+                reference_value=ref,
+                bound=bound,
+                config=self.config,
+                detail=detail,
+                snippet=self.make_snippet(step),
+                unconstrained=self.coverage.unconstrained,
+            )
+        )
+
+    def compare(self, step: int, tensor: int, quantity: str, port: Any, ref: Any, bound: Any) -> None:
+        ref = np.asarray(ref)
+        port = np.asarray(port)
+        if port.shape != ref.shape:
+            self.fail(
+                step,
+                tensor,
+                (),
+                quantity,
+                float("nan"),
+                float("nan"),
+                0.0,
+                f"the port's {quantity} has shape {port.shape}, the reference's {ref.shape}",
+            )
+        p64, r64 = port.astype(np.float64), ref.astype(np.float64)
+        bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), r64.shape)
+        with np.errstate(invalid="ignore"):
+            diff = np.abs(p64 - r64)
+            same = (p64 == r64) | (np.isnan(p64) & np.isnan(r64))
+            impossible = np.isnan(p64) != np.isnan(r64)
+            if quantity == "scale":
+                impossible |= (p64 < 0.0) | (p64 > 1.0)
+                unconstrained = bound >= 1.0
+            else:
+                unconstrained = ~np.isfinite(bound)
+            bad = (~same) & (impossible | (~unconstrained & ~(diff <= bound)))
+        self.coverage.add_compared(quantity, int(np.count_nonzero(~unconstrained)))
+        if quantity in ("scale", "param"):
+            self.coverage.unconstrained += int(np.count_nonzero(unconstrained & ~same))
+        if bad.any():
+            element = tuple(int(i) for i in np.argwhere(bad)[0]) if bad.ndim else ()
+            detail = ""
+            if quantity == "scale" and (p64[element] < 0.0 or p64[element] > 1.0):
+                detail = "a scale outside [0, 1] is wrong whatever the rounding"
+            elif impossible[element]:
+                detail = "NaN on one side only is wrong whatever the rounding"
+            elif unconstrained[element]:
+                detail = "unconstrained element"
+            self.fail(
+                step, tensor, element, quantity, float(p64[element]), float(r64[element]), float(bound[element]), detail
+            )
+
+
+def _port_call(comparer: _Comparer, step: int, what: str, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Unsupported:
+        raise
+    except ConformanceMismatch:
+        raise
+    except Exception as err:  # a crash of the port is a finding, reported like a mismatch
+        comparer.fail(
+            step, -1, (), "exception", float("nan"), float("nan"), 0.0, f"{what}: {type(err).__name__}: {err}"
+        )
+
+
+def _compare_step(
+    comparer: _Comparer,
+    step: int,
+    run: Any,
+    ref: ReferenceRun,
+    bounds: RunBounds,
+    params_before: list[np.ndarray],
+    states_before: list[dict[str, Any]],
+    grads: Grads,
+    grad_errors: list[np.ndarray | float] | None = None,
+) -> None:
+    """Compare every tensor after both took the step ``grads``."""
+    states_after = ref.states()
+    params_after = ref.params()
+    ref_scales = ref.scales()
+    port_params = _port_call(comparer, step, "params()", run.params)
+    read_scales = optional(run, "scales")
+    read_state = optional(run, "cprop_state")
+    port_scales = _port_call(comparer, step, "scales()", read_scales) if read_scales else None
+    port_state = _port_call(comparer, step, "cprop_state()", read_state) if read_state else None
+    for k, g in enumerate(grads):
+        if g is not None:
+            err = 0.0 if grad_errors is None else grad_errors[k]
+            bounds.advance(
+                k, params_before[k], g, states_before[k], states_after[k], ref_scales[k], params_after[k], err
+            )
+        tb = bounds.tensors[k]
+        comparer.compare(step, k, "param", port_params[k], params_after[k], tb.param)
+        if ref_scales[k] is None:
+            continue
+        if port_scales is not None:
+            if port_scales[k] is None:
+                comparer.fail(
+                    step, k, (), "scale", float("nan"), float("nan"), 0.0, "the port has no scale for a stepped tensor"
+                )
+            after = states_after[k]
+            cp = bounds.config.cprop()
+            scale_bound = tb.cprop.scale_tolerance(after["cprop_m"], after["cprop_v"], int(after["step"]), **cp)
+            comparer.compare(step, k, "scale", port_scales[k], ref_scales[k], scale_bound)
+        if port_state is not None and port_state[k] is not None:
+            m, v, t = port_state[k]
+            after = states_after[k]
+            if int(t) != int(after["step"]):
+                comparer.fail(step, k, (), "step", float(t), float(after["step"]), 0.0, "CProp's step count differs")
+            comparer.compare(step, k, "cprop_m", m, after["cprop_m"], tb.cprop.m_bound)
+            comparer.compare(step, k, "cprop_v", v, after["cprop_v"], tb.cprop.v_bound)
+
+
+def _start(port: Any, config: PortConfig, params: Sequence[np.ndarray]) -> tuple[Any, ReferenceRun]:
+    params = [np.array(p, dtype=config.np_dtype, copy=True) for p in params]
+    ref = ReferenceRun(config, params)
+    return port(config, [p.copy() for p in params]), ref
+
+
+def check_open_loop(
+    port: Any,
+    config: PortConfig,
+    params: Sequence[np.ndarray],
+    grads: Sequence[Grads],
+    *,
+    port_spec: str | None = None,
+    coverage: Coverage | None = None,
+) -> Coverage:
+    """(a) The same gradient stream into the reference and the port, every step compared.
+
+    ``grads[i][k]`` is the gradient of tensor ``k`` at step ``i + 1`` (or ``None``).
+    """
+    coverage = Coverage() if coverage is None else coverage
+
+    def make_snippet(step: int) -> str:
+        stream = "[" + ", ".join("[" + ", ".join(array_literal(g) for g in gs) + "]" for gs in grads[:step]) + "]"
+        return snippet(
+            port_spec,
+            config,
+            "check_open_loop(port, config, params, grads)",
+            params="[" + ", ".join(array_literal(np.asarray(p, config.np_dtype)) for p in params) + "]",
+            grads=stream,
+        )
+
+    comparer = _Comparer("open_loop", config, coverage, make_snippet)
+    run, ref = _start(port, config, params)
+    bounds = RunBounds(config, [np.shape(p) for p in params])
+    comparer.compare(0, 0, "param", _port_call(comparer, 0, "params()", run.params)[0], ref.params()[0], 0.0)
+    for step, gs in enumerate(grads, start=1):
+        gs = [None if g is None else np.asarray(g, config.np_dtype) for g in gs]
+        params_before, states_before = ref.params(), ref.states()
+        ref.step(gs)
+        _port_call(comparer, step, "step(grads)", lambda gs=gs: run.step(gs))
+        _compare_step(comparer, step, run, ref, bounds, params_before, states_before, gs)
+        coverage.steps += 1
+    coverage.examples += 1
+    coverage.configurations.add(config.describe())
+    return coverage
+
+
+def check_injected_step(
+    port: Any,
+    config: PortConfig,
+    params: Sequence[np.ndarray],
+    states: Sequence[dict[str, Any]],
+    grads: Grads,
+    *,
+    port_spec: str | None = None,
+    coverage: Coverage | None = None,
+) -> Coverage:
+    """(b) Both given the same state (moments, step count, base optimizer state), one step.
+
+    Reaches states a short stream never does: ``t`` in the millions, a mean many
+    standard errors from zero or within rounding of it, a variance that is rounding noise.
+    """
+    coverage = Coverage() if coverage is None else coverage
+
+    def make_snippet(step: int) -> str:
+        return snippet(
+            port_spec,
+            config,
+            "check_injected_step(port, config, params, states, grads)",
+            params="[" + ", ".join(array_literal(np.asarray(p, config.np_dtype)) for p in params) + "]",
+            states="[" + ", ".join(state_literal(st) for st in states) + "]",
+            grads="[" + ", ".join(array_literal(g) for g in grads) + "]",
+        )
+
+    comparer = _Comparer("injected", config, coverage, make_snippet)
+    run, ref = _start(port, config, params)
+    load = optional(run, "load_state")
+    if load is None:
+        raise Unsupported("the port has no load_state(): the injected-state check needs it")
+    ref.load_state(states)
+    _port_call(comparer, 0, "load_state(states)", lambda: load([dict(st) for st in states]))
+    bounds = RunBounds(config, [np.shape(p) for p in params])
+    gs = [None if g is None else np.asarray(g, config.np_dtype) for g in grads]
+    params_before, states_before = ref.params(), ref.states()
+    ref.step(gs)
+    _port_call(comparer, 1, "step(grads)", lambda: run.step(gs))
+    _compare_step(comparer, 1, run, ref, bounds, params_before, states_before, gs)
+    coverage.steps += 1
+    coverage.examples += 1
+    coverage.configurations.add(config.describe())
+    return coverage
+
+
+def check_closed_loop(
+    port: Any,
+    config: PortConfig,
+    start: np.ndarray,
+    curvature: np.ndarray,
+    noises: np.ndarray,
+    *,
+    port_spec: str | None = None,
+    coverage: Coverage | None = None,
+) -> Coverage:
+    """(c) Each side takes its gradients at its own iterate on the noisy diagonal quadratic
+    of :class:`problems.NoisyQuadratic`: ``g = h * x + noise_i`` (``noises[i]`` fixed in advance).
+
+    The port's gradient differs from the reference's by ``h |x_port - x_ref|`` plus the
+    rounding of each side's gradient to the dtype, which the bounds carry into the moments.
+    """
+    coverage = Coverage() if coverage is None else coverage
+    dtype = config.np_dtype
+    h = np.asarray(curvature, dtype=np.float64)
+    u = float(np.finfo(dtype).eps) / 2.0
+
+    def make_snippet(step: int) -> str:
+        return snippet(
+            port_spec,
+            config,
+            "check_closed_loop(port, config, start, curvature, noises)",
+            start=array_literal(np.asarray(start, dtype)),
+            curvature=array_literal(h),
+            noises=array_literal(np.asarray(noises)[:step]),
+        )
+
+    def gradient(x: np.ndarray, i: int) -> np.ndarray:
+        return (h * np.asarray(x, dtype=np.float64) + noises[i]).astype(dtype)
+
+    comparer = _Comparer("closed_loop", config, coverage, make_snippet)
+    run, ref = _start(port, config, [start])
+    bounds = RunBounds(config, [np.shape(start)])
+    for i in range(len(noises)):
+        step = i + 1
+        params_before, states_before = ref.params(), ref.states()
+        x_port = _port_call(comparer, step, "params()", run.params)[0]
+        g_ref, g_port = gradient(params_before[0], i), gradient(x_port, i)
+        e_x = bounds.tensors[0].param
+        g_error = h * e_x * (1.0 + 2.0 * u) + 4.0 * u * (
+            np.abs(g_ref.astype(np.float64)) + h * np.abs(params_before[0])
+        )
+        ref.step([g_ref])
+        _port_call(comparer, step, "step(grads)", lambda g=g_port: run.step([g]))
+        _compare_step(comparer, step, run, ref, bounds, params_before, states_before, [g_ref], [g_error])
+        coverage.steps += 1
+    coverage.examples += 1
+    coverage.configurations.add(config.describe())
+    return coverage

@@ -1,0 +1,101 @@
+"""The port adapter for cprop-ref itself: the reference side of every check."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import SGD, Adam, AdamW, CProp, CPropAdam, CPropSGD
+from .config import PortConfig
+
+_BASES = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
+_SPECIALISED = {"CPropSGD": CPropSGD, "CPropAdam": CPropAdam}
+
+
+def _backend_kwargs(cls: type) -> dict[str, Any]:
+    """``backend="numpy"`` where the optimizer offers a choice: the plain NumPy path is the
+    reference (the fused kernels are themselves checked against it)."""
+    return {"backend": "numpy"} if "backend" in inspect.signature(cls.__init__).parameters else {}
+
+
+def build_reference(config: PortConfig, params: list[np.ndarray]) -> Any:
+    """The cprop-ref optimizer for ``config`` over ``params`` (updated in place)."""
+    if config.optimizer == "CProp":
+        base_cls = _BASES[config.base or ""]
+        base = base_cls(params, **config.base_hyperparams, **_backend_kwargs(base_cls))
+        return CProp(base, **config.hyperparams, **_backend_kwargs(CProp))
+    cls = _SPECIALISED[config.optimizer]
+    return cls(params, **config.hyperparams, **_backend_kwargs(cls))
+
+
+class ReferenceRun:
+    """cprop-ref's optimizer behind the port protocol, with read-outs of its whole state."""
+
+    def __init__(self, config: PortConfig, params: Sequence[np.ndarray]) -> None:
+        self.config = config
+        self._params = [np.array(p, dtype=config.np_dtype, copy=True) for p in params]
+        self.optimizer = build_reference(config, self._params)
+
+    def step(self, grads: Sequence[np.ndarray | None]) -> None:
+        self.optimizer.step(list(grads))
+
+    def params(self) -> list[np.ndarray]:
+        return [p.copy() for p in self._params]
+
+    def scales(self) -> list[np.ndarray | None]:
+        return [None if s is None else np.array(s, copy=True) for s in self.optimizer.scales()]
+
+    def states(self) -> list[dict[str, Any]]:
+        """Every tensor's state in the protocol's names (``{}`` before its first gradient)."""
+        sd = self.optimizer.state_dict()
+        if self.config.optimizer != "CProp":
+            return [self._canonical(entries) for entries in sd["state"]]
+        return [self._canonical({**base, **own}) for own, base in zip(sd["state"], sd["base"]["state"])]
+
+    @staticmethod
+    def _canonical(entries: dict[str, Any]) -> dict[str, Any]:
+        if "step" not in entries:
+            return {}
+        out = dict(entries)
+        out.setdefault("cprop_m", entries.get("exp_avg"))  # CPropAdam sharing Adam's moments
+        out.setdefault("cprop_v", entries.get("exp_avg_sq"))
+        return out
+
+    def cprop_state(self) -> list[tuple[np.ndarray, np.ndarray, int] | None]:
+        return [(st["cprop_m"], st["cprop_v"], st["step"]) if "cprop_m" in st else None for st in self.states()]
+
+    def load_state(self, states: Sequence[dict[str, Any]]) -> None:
+        """Inject per-tensor states in the protocol's names (see :mod:`.protocol`)."""
+        sd = self.optimizer.state_dict()
+        cfg = self.config
+        if cfg.optimizer == "CPropSGD":
+            sd["state"] = [_pick(st, ("step", "cprop_m", "cprop_v", "momentum_buffer")) for st in states]
+        elif cfg.optimizer == "CPropAdam":
+            group = self.optimizer.param_groups[0]
+            share_m, share_v = CPropAdam.sharing_allowed(group)
+            entries = []
+            for st in states:
+                keep = ["step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
+                keep += [] if share_m and np.array_equal(st["cprop_m"], st["exp_avg"]) else ["cprop_m"]
+                keep += [] if share_v and np.array_equal(st["cprop_v"], st["exp_avg_sq"]) else ["cprop_v"]
+                entries.append(_pick(st, tuple(keep)))
+            sd["state"] = entries
+        else:
+            sd["state"] = [_pick(st, ("step", "cprop_m", "cprop_v")) for st in states]
+            base_keys = (
+                ("momentum_buffer",) if cfg.base == "SGD" else ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+            )
+            sd["base"]["state"] = [_pick(st, base_keys) for st in states]
+        self.optimizer.load_state_dict(sd)
+
+
+def _pick(state: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: state[k] for k in keys if state.get(k) is not None}
+
+
+def reference_port(config: PortConfig, params: Sequence[np.ndarray]) -> ReferenceRun:
+    """The port factory of cprop-ref itself (``cprop_ref.conformance:reference_port``)."""
+    return ReferenceRun(config, params)

@@ -1,0 +1,180 @@
+"""What the harness reports: the first mismatch of a check, in full, or what was covered.
+
+A :class:`Mismatch` names the check, the step, the tensor, the element and the quantity
+(``param``, ``scale``, ``cprop_m``, ``cprop_v``, ``step`` or ``exception``), the port's
+and the reference's values, the absolute, relative and ulp errors, the bound they broke,
+the configuration and a self-contained Python snippet that reproduces it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .config import PortConfig
+
+
+def ulp_error(port: float, reference: float, dtype: np.dtype) -> float:
+    """``|port - reference|`` in units of the spacing of ``dtype`` at the reference value."""
+    if not (math.isfinite(port) and math.isfinite(reference)):
+        return math.inf if port != reference else 0.0
+    spacing = float(np.spacing(np.abs(np.asarray(reference, dtype=dtype))))
+    tiny = float(np.finfo(dtype).smallest_subnormal)
+    return abs(port - reference) / max(spacing, tiny)
+
+
+def relative_error(port: float, reference: float) -> float:
+    if port == reference:
+        return 0.0
+    if reference == 0.0 or not math.isfinite(reference):
+        return math.inf
+    return abs(port - reference) / abs(reference)
+
+
+@dataclass
+class Mismatch:
+    """The first place where a port and the reference differ beyond the bound."""
+
+    check: str
+    step: int
+    tensor: int
+    element: tuple[int, ...]
+    quantity: str
+    port_value: float
+    reference_value: float
+    bound: float
+    config: PortConfig
+    detail: str = ""
+    snippet: str = ""
+    unconstrained: int = 0
+
+    @property
+    def abs_error(self) -> float:
+        if self.port_value == self.reference_value:
+            return 0.0
+        return abs(self.port_value - self.reference_value)
+
+    def format(self) -> str:
+        dtype = self.config.np_dtype
+        lines = [
+            f"MISMATCH in check '{self.check}': {self.quantity} of tensor {self.tensor}, element {self.element}, "
+            f"after step {self.step}",
+            f"  configuration : {self.config.describe()}",
+        ]
+        if self.quantity == "exception":
+            lines.append(f"  the port raised: {self.detail}")
+        else:
+            lines += [
+                f"  port          : {self.port_value!r}",
+                f"  reference     : {self.reference_value!r}",
+                f"  abs error     : {self.abs_error:.6g}   (bound {self.bound:.6g})",
+                f"  rel error     : {relative_error(self.port_value, self.reference_value):.6g}",
+                f"  ulp error     : {ulp_error(self.port_value, self.reference_value, dtype):.6g} ulp of {dtype}",
+            ]
+            if self.detail:
+                lines.append(f"  note          : {self.detail}")
+            if self.unconstrained:
+                lines.append(f"  ({self.unconstrained} ill-conditioned scale elements were counted, not compared)")
+        if self.snippet:
+            lines += ["  reproduce with:", *("    " + line for line in self.snippet.splitlines())]
+        return "\n".join(lines)
+
+
+class ConformanceMismatch(AssertionError):
+    """Raised by a check on the first mismatch; ``str()`` is the full report."""
+
+    def __init__(self, mismatch: Mismatch) -> None:
+        super().__init__(mismatch.format())
+        self.mismatch = mismatch
+
+
+@dataclass
+class Coverage:
+    """What one check compared: examples run, steps, elements compared per quantity, the
+    ill-conditioned scale elements counted instead, configurations the port declined."""
+
+    examples: int = 0
+    steps: int = 0
+    compared: dict[str, int] = field(default_factory=dict)
+    unconstrained: int = 0
+    unsupported: dict[str, int] = field(default_factory=dict)
+    configurations: set[str] = field(default_factory=set)
+
+    def add_compared(self, quantity: str, count: int) -> None:
+        self.compared[quantity] = self.compared.get(quantity, 0) + count
+
+    def add_unsupported(self, reason: str) -> None:
+        self.unsupported[reason] = self.unsupported.get(reason, 0) + 1
+
+
+@dataclass
+class SuiteReport:
+    """The outcome of :func:`cprop_ref.conformance.suite.run_suite`."""
+
+    port: str
+    coverage: dict[str, Coverage] = field(default_factory=dict)
+    failures: list[Mismatch] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures and not self.errors
+
+    def format(self) -> str:
+        lines = [f"cprop-ref conformance report for port {self.port}: {'PASSED' if self.passed else 'FAILED'}"]
+        for name, cov in self.coverage.items():
+            compared = ", ".join(f"{q} {n}" for q, n in sorted(cov.compared.items())) or "nothing"
+            lines.append(
+                f"  {name:<12} {cov.examples} examples, {cov.steps} steps, {len(cov.configurations)} optimizer "
+                f"configurations; elements compared: {compared}; ill-conditioned scale elements counted: "
+                f"{cov.unconstrained}"
+            )
+            for reason, n in sorted(cov.unsupported.items()):
+                lines.append(f"  {'':<12} declined by the port {n} times: {reason}")
+        for mismatch in self.failures:
+            lines += ["", mismatch.format()]
+        for error in self.errors:
+            lines += ["", error]
+        return "\n".join(lines)
+
+
+def _literal(x: Any) -> str:
+    if isinstance(x, list):
+        return "[" + ", ".join(_literal(v) for v in x) + "]"
+    if isinstance(x, float) and not math.isfinite(x):
+        return f"float('{x}')"
+    return repr(x)
+
+
+def array_literal(a: np.ndarray | None) -> str:
+    """Python source that rebuilds ``a`` exactly (``tolist`` floats repr round-trip)."""
+    if a is None:
+        return "None"
+    a = np.asarray(a)
+    return f"np.array({_literal(a.tolist())}, dtype=np.{a.dtype})"
+
+
+def state_literal(state: dict[str, Any]) -> str:
+    items = ", ".join(f"{k!r}: {array_literal(v) if isinstance(v, np.ndarray) else repr(v)}" for k, v in state.items())
+    return "{" + items + "}"
+
+
+def snippet(port_spec: str | None, config: PortConfig, call: str, **arrays_source: str) -> str:
+    """A self-contained script: imports, the configuration, the data, and the check call."""
+    port_line = (
+        f"port = load_port({port_spec!r})"
+        if port_spec
+        else "port = ...  # your port factory (the harness was given an object, not MODULE:FACTORY)"
+    )
+    lines = [
+        "import numpy as np",
+        "from cprop_ref.conformance import PortConfig, load_port, " + call.split("(")[0],
+        f"config = PortConfig.from_json({config.to_json()!r})",
+        port_line,
+        *(f"{name} = {source}" for name, source in arrays_source.items()),
+        call,
+    ]
+    return "\n".join(lines)
