@@ -34,15 +34,10 @@ class Optimizer:
     """
 
     hyperparams: ClassVar[dict[str, Validator]] = {}
-    #: Hyperparameters without a default (``lr`` of SGD).
-    required: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *, nonfinite: str = "raise") -> None:
         self.nonfinite = check_nonfinite_policy(nonfinite)
-        self.defaults = {name: value for name, value in defaults.items()}
-        for name, value in self.defaults.items():
-            if value is not None:
-                self.defaults[name] = self._validate(name, value, type(self).__name__)
+        self.defaults = {name: self._validate(name, value, type(self).__name__) for name, value in defaults.items()}
         self.param_groups: list[dict[str, Any]] = []
         self.state: list[ParamState] = []
         if isinstance(params, np.ndarray):
@@ -88,10 +83,7 @@ class Optimizer:
             existing.add(id(p))
         new_group: dict[str, Any] = {"params": params}
         for name in self.hyperparams:
-            value = group.get(name, self.defaults.get(name))
-            if value is None:
-                raise ValueError(f"{where}: hyperparameter {name} is required")
-            new_group[name] = self._validate(name, value, where)
+            new_group[name] = self._validate(name, group.get(name, self.defaults[name]), where)
         self._check_group(new_group, where)
         self.param_groups.append(new_group)
         self.state.extend({} for _ in params)
