@@ -106,6 +106,16 @@ class Problem:
         """The exact gradient ``grad f(x)`` (full data for data problems): shape of ``x``."""
         return np.asarray(self._gradient(self.check_point(x)), dtype=x.dtype)
 
+    def value_and_gradient(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(value(x), gradient(x))``; problems that share work between the two override
+        ``_value_and_gradient``."""
+        x = self.check_point(x)
+        value, grad = self._value_and_gradient(x)
+        return np.asarray(value, dtype=x.dtype), np.asarray(grad, dtype=x.dtype)
+
+    def _value_and_gradient(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._value(x), self._gradient(x)
+
     def stochastic_gradient(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """An unbiased estimate of ``gradient(x)`` under the problem's noise model."""
         x = self.check_point(x)

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-from scipy.special import logsumexp
 
 from .base import Problem, batch_indices, check_non_negative, check_positive_int
 
@@ -57,6 +56,7 @@ class DigitsMLP(Problem):
     init_seed: int = 0
     inputs: np.ndarray = field(init=False, repr=False, compare=False)
     labels: np.ndarray = field(init=False, repr=False, compare=False)
+    targets: np.ndarray = field(init=False, repr=False, compare=False)
 
     name: ClassVar[str] = "digits-mlp"
     summary: ClassVar[str] = "tanh MLP 64-hidden-10 on scikit-learn's digits (1797 images), hand-written backprop"
@@ -75,6 +75,7 @@ class DigitsMLP(Problem):
         images, labels = load_digits_data()
         object.__setattr__(self, "inputs", images[: self.samples])
         object.__setattr__(self, "labels", labels[: self.samples])
+        object.__setattr__(self, "targets", np.eye(DIGITS_CLASSES)[self.labels])  # one-hot
 
     @property
     def shapes(self) -> tuple[tuple[int, ...], ...]:
@@ -111,17 +112,19 @@ class DigitsMLP(Problem):
         self, x: np.ndarray, inputs: np.ndarray, onehot: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Hidden activations, logits, their log-sum-exp and the mean cross-entropy."""
-        w1, b1, w2, b2 = self.unpack(x)
+        # Contiguous copies: NumPy's matmul takes its fast BLAS path only for contiguous stacks.
+        w1, b1, w2, b2 = (np.ascontiguousarray(p) for p in self.unpack(x))
         h = np.tanh(inputs @ w1 + b1[..., None, :])
         logits = h @ w2 + b2[..., None, :]
-        lse = logsumexp(logits, axis=-1)
+        top = logits.max(axis=-1)
+        lse = top + np.log(np.sum(np.exp(logits - top[..., None]), axis=-1))
         loss = np.mean(lse - np.sum(logits * onehot, axis=-1), axis=-1)
         return h, logits, lse, loss
 
-    def _backprop(self, x: np.ndarray, inputs: np.ndarray, onehot: np.ndarray) -> np.ndarray:
-        """The gradient of the mean cross-entropy over ``inputs`` (see the class docstring)."""
-        _, _, w2, _ = self.unpack(x)
-        h, logits, lse, _ = self._forward(x, inputs, onehot)
+    def _backprop(self, x: np.ndarray, inputs: np.ndarray, onehot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The loss and its gradient over ``inputs`` (see the class docstring), L2 included."""
+        w2 = np.ascontiguousarray(self.unpack(x)[2])
+        h, logits, lse, loss = self._forward(x, inputs, onehot)
         d_logits = (np.exp(logits - lse[..., None]) - onehot) / logits.shape[-2]
         d_w2 = np.swapaxes(h, -1, -2) @ d_logits
         d_b2 = d_logits.sum(axis=-2)
@@ -130,24 +133,31 @@ class DigitsMLP(Problem):
         d_b1 = d_pre.sum(axis=-2)
         lead = x.shape[:-1]
         parts = [d.reshape(*lead, -1) for d in (d_w1, d_b1, d_w2, d_b2)]
-        return np.concatenate(parts, axis=-1) + self.l2 * x
+        penalty = 0.5 * self.l2 * np.sum(x * x, axis=-1)
+        return loss + penalty, np.concatenate(parts, axis=-1) + self.l2 * x
 
     def _onehot(self, labels: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return np.eye(DIGITS_CLASSES, dtype=dtype)[labels]
 
+    def _full_data(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        return self.inputs.astype(dtype, copy=False), self.targets.astype(dtype, copy=False)
+
     def _value(self, x: np.ndarray) -> np.ndarray:
-        loss = self._forward(x, self.inputs.astype(x.dtype), self._onehot(self.labels, x.dtype))[3]
+        loss = self._forward(x, *self._full_data(x.dtype))[3]
         return loss + 0.5 * self.l2 * np.sum(x * x, axis=-1)
 
+    def _value_and_gradient(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._backprop(x, *self._full_data(x.dtype))
+
     def _gradient(self, x: np.ndarray) -> np.ndarray:
-        return self._backprop(x, self.inputs.astype(x.dtype), self._onehot(self.labels, x.dtype))
+        return self._value_and_gradient(x)[1]
 
     def _sample_gradient(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         idx = batch_indices(rng, x.shape[:-1], self.samples, self.batch_size)
-        return self._backprop(x, self.inputs[idx].astype(x.dtype), self._onehot(self.labels[idx], x.dtype))
+        return self._backprop(x, self.inputs[idx].astype(x.dtype), self._onehot(self.labels[idx], x.dtype))[1]
 
     def accuracy(self, x: np.ndarray) -> np.ndarray:
         """Share of the training images classified correctly, per point."""
         x = self.check_point(x)
-        logits = self._forward(x, self.inputs.astype(x.dtype), self._onehot(self.labels, x.dtype))[1]
+        logits = self._forward(x, *self._full_data(x.dtype))[1]
         return np.mean(np.argmax(logits, axis=-1) == self.labels, axis=-1)
