@@ -63,6 +63,8 @@ class TensorBounds:
         self.m1 = zero.copy()
         self.v2 = zero.copy()
         self.vmax = zero.copy()
+        #: Bound on the scale after the tensor's latest step (1: ill-conditioned).
+        self.scale = np.ones(shape)
 
 
 class RunBounds:
@@ -88,6 +90,23 @@ class RunBounds:
         ``state_before`` / ``state_after`` are the reference's states in the protocol's names
         (``{}`` before the first gradient), ``scale`` the reference's scale of this step.
         """
+        # Overflowing squares (gradients near the dtype's range) make some bounds inf or NaN;
+        # a NaN bound is an unknown one and becomes inf: the element is counted, not compared.
+        with np.errstate(all="ignore"):
+            bounds = self._advance(k, param_before, grad, state_before, state_after, scale, param_after, grad_error)
+        return {name: np.nan_to_num(b, nan=np.inf) for name, b in bounds.items()}
+
+    def _advance(
+        self,
+        k: int,
+        param_before: np.ndarray,
+        grad: np.ndarray,
+        state_before: dict[str, Any],
+        state_after: dict[str, Any],
+        scale: np.ndarray,
+        param_after: np.ndarray,
+        grad_error: np.ndarray | float,
+    ) -> dict[str, np.ndarray]:
         tb, cfg = self.tensors[k], self.config
         cp = cfg.cprop()
         u = tb.u
@@ -99,21 +118,22 @@ class RunBounds:
         # The port's gradient may itself be off by e_g (closed loop): it enters the EMAs with weight 1 - beta.
         tb.cprop.m_bound = tb.cprop.m_bound + (1.0 - cp["beta"]) * e_g
         tb.cprop.v_bound = tb.cprop.v_bound + (1.0 - cp["beta"]) * (2.0 * np.abs(g) * e_g + e_g * e_g)
+        tb.cprop.m_bound = np.nan_to_num(tb.cprop.m_bound, nan=np.inf)
+        tb.cprop.v_bound = np.nan_to_num(tb.cprop.v_bound, nan=np.inf)
         t = int(state_after["step"])
         m_after, v_after = _f64(state_after["cprop_m"]), _f64(state_after["cprop_v"])
         scale_bound = tb.cprop.scale_tolerance(m_after, v_after, t, **cp)
+        tb.scale = scale_bound
         s = _f64(scale)
         p, p_new = _f64(param_before), _f64(param_after)
-        with np.errstate(all="ignore"):
-            if cfg.family == "sgd":
-                update_bound = self._sgd(tb, p, g, e_g, state_before, s, scale_bound)
-            else:
-                update_bound = self._adam(tb, p, g, e_g, state_before, state_after, s, scale_bound)
-            rounding = u * np.abs(p_new)
-            if cfg.optimizer == "CProp":
-                rounding = rounding + 2.0 * u * (np.abs(p) + np.abs(p_new))
-            tb.param = update_bound + rounding
-        tb.param = np.nan_to_num(tb.param, nan=np.inf)
+        if cfg.family == "sgd":
+            update_bound = self._sgd(tb, p, g, e_g, state_before, s, scale_bound)
+        else:
+            update_bound = self._adam(tb, p, g, e_g, state_before, state_after, s, scale_bound)
+        rounding = u * np.abs(p_new)
+        if cfg.optimizer == "CProp":
+            rounding = rounding + 2.0 * u * (np.abs(p) + np.abs(p_new))
+        tb.param = np.nan_to_num(update_bound + rounding, nan=np.inf)
         return {"cprop_m": tb.cprop.m_bound, "cprop_v": tb.cprop.v_bound, "scale": scale_bound, "param": tb.param}
 
     def _sgd(

@@ -77,7 +77,9 @@ class Mismatch:
             if self.detail:
                 lines.append(f"  note          : {self.detail}")
             if self.unconstrained:
-                lines.append(f"  ({self.unconstrained} ill-conditioned scale elements were counted, not compared)")
+                lines.append(
+                    f"  ({self.unconstrained} unconstrained (ill-conditioned) elements of this case were counted, not compared)"
+                )
         if self.snippet:
             lines += ["  reproduce with:", *("    " + line for line in self.snippet.splitlines())]
         return "\n".join(lines)
@@ -129,7 +131,7 @@ class SuiteReport:
             compared = ", ".join(f"{q} {n}" for q, n in sorted(cov.compared.items())) or "nothing"
             lines.append(
                 f"  {name:<12} {cov.examples} examples, {cov.steps} steps, {len(cov.configurations)} optimizer "
-                f"configurations; elements compared: {compared}; ill-conditioned scale elements counted: "
+                f"configurations; elements compared: {compared}; unconstrained (ill-conditioned) elements counted, not compared: "
                 f"{cov.unconstrained}"
             )
             for reason, n in sorted(cov.unsupported.items()):

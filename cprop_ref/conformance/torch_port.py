@@ -111,16 +111,16 @@ class TorchPort:
             torch.from_numpy(np.array(p, dtype=config.np_dtype, copy=True)).to(self.device).requires_grad_(False)
             for p in params
         ]
+        if config.optimizer not in classes:
+            raise Unsupported(f"no class for {config.optimizer}")
         if config.optimizer == "CProp":
             base_cls = getattr(torch.optim, config.base or "")
             base_hp = dict(config.base_hyperparams)
             base_hp.setdefault("foreach", False)  # one code path, the documented per-tensor one
             base = base_cls(tensors, **base_hp)
             optimizer = classes["CProp"](base, **config.hyperparams)
-        elif config.optimizer in classes:
-            optimizer = classes[config.optimizer](tensors, **config.hyperparams)
         else:
-            raise Unsupported(f"no class for {config.optimizer}")
+            optimizer = classes[config.optimizer](tensors, **config.hyperparams)
         return TorchRun(optimizer, tensors, config, self.device)
 
 
