@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from . import __version__
 
 #: Modules that provide a ``register(subparsers)`` function, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("cprop_ref.demo",)
+COMMAND_MODULES: tuple[str, ...] = ("cprop_ref.demo", "cprop_ref.compare", "cprop_ref.problems_cli")
 #: What ``cprop-ref`` with no command runs: the main job on a built-in default.
-DEFAULT_COMMAND = "demo"
+DEFAULT_COMMAND = "compare"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,179 @@
+"""``cprop-ref compare``: CProp and its base optimizers side by side on a test problem.
+
+``cprop-ref compare rosenbrock --optimizers sgd,cprop-sgd,adam,cprop-adam --steps 5000``
+runs every optimizer from the same seed (same start, same noise stream), prints a table
+(final loss, best loss, steps to reach a target loss, mean CProp scale, wall time) and
+writes PNG plots (loss curves; paths over the contour map for 2-D problems; the CProp
+scale over time). With no arguments it runs that command on the built-in default,
+2-D Rosenbrock, in a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from problems import PROBLEMS, Problem, make_problem, parse_options
+
+from .runner import History, OptimizerSpec, parse_optimizer_spec, run
+
+DEFAULT_PROBLEM = "rosenbrock"
+DEFAULT_OPTIMIZERS = "sgd,cprop-sgd,adam,cprop-adam"
+DEFAULT_STEPS = 5000
+DEFAULT_OUT = "compare-plots"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="CProp against its base optimizers on a test problem: table and plots",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        epilog="Optimizer specs: NAME[:KEY=VALUE...], e.g. cprop-sgd:c=3:beta=0.99:lr=0.1 "
+        "(names: sgd, cprop-sgd, adam, cprop-adam, adamw, cprop-adamw). `cprop-ref problems` lists the problems.",
+    )
+    add_compare_arguments(parser)
+    parser.set_defaults(func=run_compare)
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "problem",
+        nargs="?",
+        default=DEFAULT_PROBLEM,
+        help=f"test problem (default {DEFAULT_PROBLEM}); one of: {', '.join(PROBLEMS)}",
+    )
+    parser.add_argument(
+        "--optimizers", default=DEFAULT_OPTIMIZERS, help=f"comma-separated specs (default {DEFAULT_OPTIMIZERS})"
+    )
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"steps per run (default {DEFAULT_STEPS})")
+    parser.add_argument(
+        "--runs", type=int, default=1, help="independent runs per optimizer, advanced as one array (default 1)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the start points and the gradient noise (default 0)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="problem option, e.g. --set noise=0.1 (repeatable)",
+    )
+    parser.add_argument("--lr-sgd", type=float, help="learning rate of sgd and cprop-sgd (default: the problem's)")
+    parser.add_argument(
+        "--lr-adam", type=float, help="learning rate of adam, adamw and their CProp variants (default: the problem's)"
+    )
+    parser.add_argument("--target", type=float, help="loss that counts as reached (default: the problem's, if any)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the PNG plots (default {DEFAULT_OUT})")
+    parser.add_argument("--prefix", help="file name prefix of the plots (default: the problem name)")
+    parser.add_argument("--no-plots", action="store_true", help="print the table only")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: when stderr is a terminal)",
+    )
+
+
+def optimizer_specs(text: str, lr_sgd: float | None = None, lr_adam: float | None = None) -> list[OptimizerSpec]:
+    """Parse ``--optimizers``; ``lr_sgd`` / ``lr_adam`` fill in specs that set no ``lr``."""
+    specs = []
+    for item in text.split(","):
+        if not item.strip():
+            raise ValueError(f"--optimizers {text!r}: empty entry")
+        spec = parse_optimizer_spec(item)
+        family_lr = lr_sgd if spec.family == "sgd" else lr_adam
+        if family_lr is not None and "lr" not in spec.options:
+            spec = replace(spec, options={**spec.options, "lr": family_lr})
+        specs.append(spec)
+    return specs
+
+
+def compare(
+    problem: Problem,
+    specs: Sequence[OptimizerSpec],
+    steps: int,
+    *,
+    seed: int = 0,
+    runs: int = 1,
+    progress: bool = False,
+) -> list[History]:
+    """One :func:`~cprop_ref.runner.run` per spec, all from the same seed; trajectories
+    are kept for 2-D problems (for the contour plot)."""
+    return [
+        run(problem, spec, steps, seed=seed, runs=runs, record_trajectory=problem.dim == 2, progress=progress)
+        for spec in specs
+    ]
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.4e}"
+
+
+def format_table(histories: Sequence[History], target: float | None) -> str:
+    """The comparison table; every loss is the mean over runs (with its standard deviation
+    over runs when there are several)."""
+    several = bool(histories) and histories[0].runs > 1
+    header = (
+        f"{'optimizer':<24} {'lr':>8} {'final loss':>11}{' (+- sd over runs)' if several else ''} "
+        f"{'best loss':>11} {'steps to target':>15} {'mean scale':>10} {'wall [s]':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    for h in histories:
+        mean_loss = h.mean_loss()
+        final = _number(float(mean_loss[-1]))
+        if several:
+            final += f" (+- {h.loss[-1].std(ddof=1):.2e})"
+        reached = h.steps_to_target(target) if target is not None else None
+        reached_text = "-" if target is None else (str(reached) if reached is not None else f"> {h.steps}")
+        scale = f"{float(h.scale_mean.mean()):.3f}" if h.scale_mean is not None and h.scale_mean.size else "-"
+        lr = f"{h.lr:g}" if h.lr is not None else "-"
+        lines.append(
+            f"{h.optimizer:<24} {lr:>8} {final:>{11 + (18 if several else 0)}} {_number(float(mean_loss.min())):>11} "
+            f"{reached_text:>15} {scale:>10} {h.wall_time:>8.2f}"
+        )
+    for h in histories:
+        if h.diverged:
+            lines.append(f"note: {h.diverged}")
+    return "\n".join(lines)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    try:
+        if args.steps < 1:
+            raise ValueError(f"invalid --steps={args.steps}: must be >= 1")
+        if args.runs < 1:
+            raise ValueError(f"invalid --runs={args.runs}: must be >= 1")
+        problem = make_problem(args.problem, **parse_options(args.problem, args.options))
+        specs = optimizer_specs(args.optimizers, args.lr_sgd, args.lr_adam)
+        if not args.no_plots:
+            from .compare_plots import pyplot
+
+            pyplot()  # fail before running if matplotlib is missing
+    except (ValueError, ImportError) as err:
+        raise SystemExit(f"cprop-ref compare: {err}") from None
+    target = args.target if args.target is not None else problem.default_target
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    minimum = "unknown" if problem.minimum is None else f"{problem.minimum:.6g}"
+    print(f"{problem.name}: {problem.describe()}; dim={problem.dim}, minimum={minimum}")
+    print(
+        f"{args.steps} steps, {args.runs} run(s), seed={args.seed}, target loss={target if target is not None else '-'}; "
+        "losses are of the full (noise-free) objective, averaged over runs"
+    )
+    try:
+        histories = compare(problem, specs, args.steps, seed=args.seed, runs=args.runs, progress=progress)
+    except ValueError as err:
+        raise SystemExit(f"cprop-ref compare: {err}") from None
+    print(format_table(histories, target))
+    if not args.no_plots:
+        from .compare_plots import write_plots
+
+        written = write_plots(histories, problem, Path(args.out), args.prefix or problem.name, target)
+        print("plots: " + ", ".join(str(p) for p in written))
+    return 0
