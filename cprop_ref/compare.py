@@ -25,7 +25,7 @@ from .runner import History, OptimizerSpec, parse_optimizer_spec, run
 DEFAULT_PROBLEM = "rosenbrock"
 DEFAULT_OPTIMIZERS = "sgd,cprop-sgd,adam,cprop-adam"
 DEFAULT_STEPS = 5000
-DEFAULT_OUT = "compare-plots"
+DEFAULT_OUT = "out/compare"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -116,18 +116,22 @@ def _number(value: float | None) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:.4e}"
 
 
-def format_table(histories: Sequence[History], target: float | None) -> str:
-    """The comparison table; every loss is the mean over runs (with its standard deviation
-    over runs when there are several)."""
+def format_table(histories: Sequence[History], target: float | None, minimum: float | None = None) -> str:
+    """The comparison table. Losses are means over runs (with the standard deviation over
+    runs when there are several); with a known ``minimum`` they are shown as the gap
+    ``loss - minimum``, which keeps its digits where the loss itself does not."""
     several = bool(histories) and histories[0].runs > 1
+    offset = 0.0 if minimum is None else minimum
+    final_name, best_name = ("final loss", "best loss") if minimum is None else ("final - min", "best - min")
+    spread = " (+- sd over runs)" if several else ""
     header = (
-        f"{'optimizer':<24} {'lr':>8} {'final loss':>11}{' (+- sd over runs)' if several else ''} "
-        f"{'best loss':>11} {'steps to target':>15} {'mean scale':>10} {'wall [s]':>8}"
+        f"{'optimizer':<24} {'lr':>8} {final_name:>11}{spread} "
+        f"{best_name:>11} {'steps to target':>15} {'mean scale':>10} {'wall [s]':>8}"
     )
     lines = [header, "-" * len(header)]
     for h in histories:
         mean_loss = h.mean_loss()
-        final = _number(float(mean_loss[-1]))
+        final = _number(float(mean_loss[-1] - offset))
         if several:
             final += f" (+- {h.loss[-1].std(ddof=1):.2e})"
         reached = h.steps_to_target(target) if target is not None else None
@@ -135,7 +139,7 @@ def format_table(histories: Sequence[History], target: float | None) -> str:
         scale = f"{float(h.scale_mean.mean()):.3f}" if h.scale_mean is not None and h.scale_mean.size else "-"
         lr = f"{h.lr:g}" if h.lr is not None else "-"
         lines.append(
-            f"{h.optimizer:<24} {lr:>8} {final:>{11 + (18 if several else 0)}} {_number(float(mean_loss.min())):>11} "
+            f"{h.optimizer:<24} {lr:>8} {final:>{11 + len(spread)}} {_number(float(mean_loss.min() - offset)):>11} "
             f"{reached_text:>15} {scale:>10} {h.wall_time:>8.2f}"
         )
     for h in histories:
@@ -170,7 +174,7 @@ def run_compare(args: argparse.Namespace) -> int:
         histories = compare(problem, specs, args.steps, seed=args.seed, runs=args.runs, progress=progress)
     except ValueError as err:
         raise SystemExit(f"cprop-ref compare: {err}") from None
-    print(format_table(histories, target))
+    print(format_table(histories, target, problem.minimum))
     if not args.no_plots:
         from .compare_plots import write_plots
 

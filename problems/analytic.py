@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import Problem, check_positive_int
+from .base import MinimumAtOrigin, Problem, check_positive_int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,7 +165,7 @@ class Branin(Problem):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Rastrigin(Problem):
+class Rastrigin(MinimumAtOrigin, Problem):
     """``f(x) = 10 n + sum_i (x_i^2 - 10 cos(2 pi x_i))``; ``df/dx_i = 2 x_i + 20 pi sin(2 pi x_i)``.
 
     A local minimum near every integer point; the global one is ``x = 0``, minimum 0.
@@ -184,14 +184,6 @@ class Rastrigin(Problem):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive_int("dim", self.dim)
-
-    @property
-    def minimisers(self) -> np.ndarray:
-        return np.zeros((1, self.dim))
-
-    @property
-    def minimum(self) -> float:
-        return 0.0
 
     def default_start(self) -> np.ndarray:
         return np.full(self.dim, 2.2)

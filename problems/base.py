@@ -155,6 +155,20 @@ class Problem:
         return ", ".join(f"{name}={getattr(self, name)!r}" for name in self.options())
 
 
+class MinimumAtOrigin:
+    """For problems whose only global minimiser is ``x = 0`` with minimum 0."""
+
+    dim: int
+
+    @property
+    def minimisers(self) -> np.ndarray:
+        return np.zeros((1, self.dim))
+
+    @property
+    def minimum(self) -> float:
+        return 0.0
+
+
 # -- small validators shared by the problems ---------------------------------------------
 
 

@@ -11,11 +11,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import Problem, check_non_negative, check_positive_int
+from .base import MinimumAtOrigin, Problem, check_non_negative, check_positive_int
 
 
 @dataclass(frozen=True, kw_only=True)
-class NoisyQuadraticModel(Problem):
+class NoisyQuadraticModel(MinimumAtOrigin, Problem):
     """``f(x) = 0.5 sum_i h_i x_i^2`` with ``h_i = 1 / i`` (``i = 1..dim``).
 
     Gradient ``h * x``; the stochastic gradient is ``h * x + xi`` with
@@ -31,7 +31,7 @@ class NoisyQuadraticModel(Problem):
     name: ClassVar[str] = "nqm"
     summary: ClassVar[str] = "Noisy Quadratic Model (Zhang et al. 2019), h_i = 1/i, noise covariance H/batch_size"
     noise_models: ClassVar[str] = "batch_size (noise covariance H/batch_size); noise (additive Gaussian, std)"
-    default_target: ClassVar[float | None] = 1.0
+    default_target: ClassVar[float | None] = 0.3
     default_lr: ClassVar[dict[str, float]] = {"sgd": 0.5, "adam": 1e-2}
 
     def __post_init__(self) -> None:
@@ -45,14 +45,6 @@ class NoisyQuadraticModel(Problem):
     def noise_variance(self) -> np.ndarray:
         """``c_i = h_i / batch_size + noise^2``: the variance of gradient element ``i``."""
         return self.curvature / self.batch_size + self.noise**2
-
-    @property
-    def minimisers(self) -> np.ndarray:
-        return np.zeros((1, self.dim))
-
-    @property
-    def minimum(self) -> float:
-        return 0.0
 
     def default_start(self) -> np.ndarray:
         return np.ones(self.dim)

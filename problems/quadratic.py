@@ -8,11 +8,11 @@ from typing import ClassVar
 import numpy as np
 from scipy.stats import special_ortho_group
 
-from .base import Problem, check_non_negative, check_positive_int
+from .base import MinimumAtOrigin, Problem, check_non_negative, check_positive_int
 
 
 @dataclass(frozen=True, kw_only=True)
-class IllConditionedQuadratic(Problem):
+class IllConditionedQuadratic(MinimumAtOrigin, Problem):
     """``f(x) = 0.5 x^T A x`` with ``A = Q diag(h) Q^T``, ``h`` log-spaced from 1 down to
     ``1 / condition`` (so ``cond(A) = condition``), ``Q`` the identity or, with ``rotate``,
     a random rotation drawn from ``seed``.
@@ -47,14 +47,6 @@ class IllConditionedQuadratic(Problem):
         if self.rotate and self.dim > 1:
             rotation = special_ortho_group.rvs(self.dim, random_state=np.random.default_rng(self.seed))
         object.__setattr__(self, "rotation", rotation)
-
-    @property
-    def minimisers(self) -> np.ndarray:
-        return np.zeros((1, self.dim))
-
-    @property
-    def minimum(self) -> float:
-        return 0.0
 
     def default_start(self) -> np.ndarray:
         return np.ones(self.dim)

@@ -54,6 +54,11 @@ def test_table_numbers_are_the_histories(capsys):
         assert float(row[5]) == pytest.approx(h.mean_loss().min(), rel=1e-4)
         assert row[6] == str(h.steps_to_target(1e-2))
     assert rows["cprop-sgd:c=3"][7] == f"{histories[1].scale_mean.mean():.3f}"
+    # with a known minimum the table shows the gap loss - minimum
+    gap_rows = table_rows(format_table(histories, target=1e-2, minimum=0.5))
+    assert "final - min" in format_table(histories, target=None, minimum=0.5)
+    for h in histories:
+        assert float(gap_rows[h.optimizer][2]) == pytest.approx(h.mean_loss()[-1] - 0.5, rel=1e-4)
 
 
 def test_compare_runs_every_optimizer_from_the_same_start_and_noise():
