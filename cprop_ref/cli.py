@@ -15,7 +15,12 @@ from collections.abc import Sequence
 from . import __version__
 
 #: Modules that provide a ``register(subparsers)`` function, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("cprop_ref.demo", "cprop_ref.compare", "cprop_ref.problems_cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "cprop_ref.demo",
+    "cprop_ref.compare",
+    "cprop_ref.problems_cli",
+    "cprop_ref.conformance.commands",
+)
 #: What ``cprop-ref`` with no command runs: the main job on a built-in default.
 DEFAULT_COMMAND = "compare"
 

@@ -2,7 +2,7 @@
 
 Each is a small subclass of :class:`cprop_ref.torch.CPropSGD` (the CProp-Adam one of
 :class:`cprop_ref.torch.CPropAdam`) that overrides one step of the algorithm, wrapped as a
-port factory with :class:`cprop_ref.conformance.torch_port.TorchPort`. The harness must
+port factory with :class:`cprop_ref.conformance.torch_adapter.TorchPort`. The harness must
 catch every one with a report naming the quantity that differs.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from cprop_ref.conformance.torch_port import TorchPort
+from cprop_ref.conformance.torch_adapter import TorchPort
 from cprop_ref.torch import CPropAdam, CPropSGD
 from cprop_ref.torch.functional import BFT_CUBIC, cdf, standardized_mean
 
@@ -131,3 +131,16 @@ def broken_port(cls: type) -> TorchPort:
     """A port factory that builds ``cls`` for its own optimizer and declines the others."""
     name = "CPropAdam" if issubclass(cls, CPropAdam) else "CPropSGD"
     return TorchPort(classes={name: cls})
+
+
+# Importable port factories (``tests.conformance_broken_ports:n_instead_of_n_minus_one``), so
+# that the reproduction snippets of the harness's reports can name them.
+n_instead_of_n_minus_one = broken_port(NInsteadOfNMinusOne)
+no_bias_correction = broken_port(NoBiasCorrection)
+wrong_bft_constant = broken_port(WrongBftConstant)
+unclamped_scale = broken_port(UnclampedScale)
+statistics_after_weight_decay = broken_port(StatisticsAfterWeightDecay)
+step_off_by_one = broken_port(StepOffByOne)
+moments_after_scale = broken_port(MomentsAfterScale)
+scale_before_momentum = broken_port(ScaleBeforeMomentum)
+adam_statistics_after_weight_decay = broken_port(AdamStatisticsAfterWeightDecay)

@@ -44,9 +44,7 @@ def load_port(spec: str) -> Any:
 def __getattr__(name: str) -> Any:
     # The torch adapter needs torch; import it only when asked for.
     if name in ("torch_port", "torch_port_cuda", "TorchPort"):
-        from . import torch_port as module
-
-        return getattr(module, name)
+        return getattr(importlib.import_module(f"{__name__}.torch_adapter"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -22,7 +22,7 @@ try:
     import torch
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "cprop_ref.conformance.torch_port needs PyTorch, the optional 'torch' extra: pip install 'cprop-ref[torch]'"
+        "cprop_ref.conformance.torch_adapter needs PyTorch, the optional 'torch' extra: pip install 'cprop-ref[torch]'"
     ) from err
 
 _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}

@@ -1,0 +1,84 @@
+"""``cprop-ref golden`` and ``cprop-ref verify``: the harness on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import DTYPES
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    golden = subparsers.add_parser(
+        "golden", help="write the golden conformance fixtures (.npz + manifest.json) for ports in any language"
+    )
+    golden.add_argument("--out", required=True, help="directory to write into (created if missing)")
+    golden.set_defaults(func=run_golden)
+
+    verify = subparsers.add_parser(
+        "verify", help="run the conformance suite against a port: cprop-ref verify MODULE:FACTORY"
+    )
+    verify.add_argument("port", help="the port factory, e.g. cprop_ref.conformance:torch_port")
+    verify.add_argument("--examples", type=int, default=100, help="hypothesis examples per check (default 100)")
+    verify.add_argument(
+        "--checks",
+        default="open_loop,injected,closed_loop",
+        help="comma-separated checks to run (default open_loop,injected,closed_loop)",
+    )
+    verify.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated dtypes (default float32,float64)")
+    verify.add_argument("--fixtures", default=None, help="also check the golden fixtures in this directory")
+    verify.add_argument(
+        "--random", action="store_true", help="draw fresh random examples (default: derandomized, reproducible)"
+    )
+    verify.add_argument("--report", default=None, help="also write the report to this file")
+    verify.set_defaults(func=run_verify)
+
+
+def run_golden(args: argparse.Namespace) -> int:
+    from .golden import write_fixtures
+
+    files = write_fixtures(args.out)
+    print(f"wrote {len(files)} files to {args.out} (the manifest describes the format; see docs/conformance.md)")
+    return 0
+
+
+def _split(value: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in value.split(",") if item.strip())
+    bad = [item for item in items if item not in allowed]
+    if bad or not items:
+        raise SystemExit(f"cprop-ref verify: invalid {option}={value!r}: choose from {', '.join(allowed)}")
+    return items
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Exit status 0: the port conforms; 1: a mismatch (the report says where); 2: bad usage."""
+    from . import load_port
+    from .suite import CHECKS, run_suite
+
+    if args.examples < 1:
+        raise SystemExit(f"cprop-ref verify: invalid --examples={args.examples}: must be >= 1")
+    checks = _split(args.checks, CHECKS, "--checks")
+    dtypes = _split(args.dtypes, DTYPES, "--dtypes")
+    if args.fixtures is not None and not (Path(args.fixtures) / "manifest.json").is_file():
+        raise SystemExit(f"cprop-ref verify: --fixtures={args.fixtures!r} has no manifest.json")
+    try:
+        port = load_port(args.port)
+    except ValueError as err:
+        print(f"cprop-ref verify: {err}", file=sys.stderr)
+        return 2
+    report = run_suite(
+        port,
+        port_spec=args.port,
+        checks=checks,
+        max_examples=args.examples,
+        derandomize=not args.random,
+        dtypes=dtypes,
+        fixtures=args.fixtures,
+        progress=lambda line: print(line, file=sys.stderr),
+    )
+    text = report.format()
+    print(text)
+    if args.report:
+        Path(args.report).write_text(text + "\n")
+    return 0 if report.passed else 1
