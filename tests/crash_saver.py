@@ -18,6 +18,7 @@ rebuilds each generation with :func:`generation` and compares exactly.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -42,7 +43,9 @@ POINTS_SIZE = 16
 def generation(k: int, size: int) -> CPropAdam:
     """The optimizer after ``k`` steps of a fixed gradient sequence (generation ``k``)."""
     param = np.linspace(-1.0, 1.0, size)
-    optimizer = CPropAdam([param], lr=0.01, betas=(0.9, 0.999))  # cprop_m private, v shared
+    # cprop_m private, v shared; the NumPy path (no compilation in every forked child)
+    numpy_path = {"backend": "numpy"} if "backend" in inspect.signature(CPropAdam.__init__).parameters else {}
+    optimizer = CPropAdam([param], lr=0.01, betas=(0.9, 0.999), **numpy_path)
     for step in range(k):
         optimizer.step([np.random.default_rng(step).standard_normal(size) + 0.1])
     return optimizer

@@ -33,8 +33,15 @@ def available_backends() -> tuple[str, ...]:
 BACKENDS = available_backends()
 
 
-def _backend_kwargs(backend: str) -> dict[str, Any]:
-    return {} if backend == "numpy" else {"backend": backend}
+def backend_kwargs(backend: str) -> dict[str, Any]:
+    """Always explicit once the argument exists (its default need not be NumPy)."""
+    return {"backend": backend} if len(BACKENDS) > 1 else {}
+
+
+def wrapper_backend_kwargs(backend: str) -> dict[str, Any]:
+    if "backend" in inspect.signature(CProp.__init__).parameters:
+        return {"backend": backend}
+    return {}
 
 
 def make_groups(params: list[np.ndarray], second_lr: float) -> list[dict[str, Any]]:
@@ -47,53 +54,53 @@ def _sgd(params, nonfinite, backend):
         lr=0.1,
         momentum=0.9,
         weight_decay=0.01,
-        **_backend_kwargs(backend),
+        **backend_kwargs(backend),
         nonfinite=nonfinite,
     )
 
 
 def _sgd_nesterov(params, nonfinite, backend):
     return SGD(
-        make_groups(params, 0.05), lr=0.1, momentum=0.5, nesterov=True, **_backend_kwargs(backend), nonfinite=nonfinite
+        make_groups(params, 0.05), lr=0.1, momentum=0.5, nesterov=True, **backend_kwargs(backend), nonfinite=nonfinite
     )
 
 
 def _adam(params, nonfinite, backend):
-    return Adam(make_groups(params, 0.002), lr=0.01, weight_decay=0.01, **_backend_kwargs(backend), nonfinite=nonfinite)
+    return Adam(make_groups(params, 0.002), lr=0.01, weight_decay=0.01, **backend_kwargs(backend), nonfinite=nonfinite)
 
 
 def _adamw_amsgrad(params, nonfinite, backend):
-    return AdamW(make_groups(params, 0.002), lr=0.01, amsgrad=True, **_backend_kwargs(backend), nonfinite=nonfinite)
+    return AdamW(make_groups(params, 0.002), lr=0.01, amsgrad=True, **backend_kwargs(backend), nonfinite=nonfinite)
 
 
 def _cprop_sgd(params, nonfinite, backend):
     return CPropSGD(
-        make_groups(params, 0.05), lr=0.1, momentum=0.9, cprop_beta=0.9, **_backend_kwargs(backend), nonfinite=nonfinite
+        make_groups(params, 0.05), lr=0.1, momentum=0.9, cprop_beta=0.9, **backend_kwargs(backend), nonfinite=nonfinite
     )
 
 
 def _cprop_adam(params, nonfinite, backend):
     # beta2 == cprop_beta: the second moment is shared (the default configuration).
     return CPropAdam(
-        make_groups(params, 0.002), lr=0.01, cprop_cdf="normal", **_backend_kwargs(backend), nonfinite=nonfinite
+        make_groups(params, 0.002), lr=0.01, cprop_cdf="normal", **backend_kwargs(backend), nonfinite=nonfinite
     )
 
 
 def _cprop_adam_unshared(params, nonfinite, backend):
     return CPropAdam(
         make_groups(params, 0.002), lr=0.01, cprop_beta=0.99, weight_decay=0.01, amsgrad=True,
-        **_backend_kwargs(backend), nonfinite=nonfinite,
+        **backend_kwargs(backend), nonfinite=nonfinite,
     )  # fmt: skip
 
 
 def _wrapped_sgd(params, nonfinite, backend):
-    base = SGD(make_groups(params, 0.05), lr=0.1, momentum=0.9, **_backend_kwargs(backend), nonfinite=nonfinite)
-    return CProp(base, beta=0.9, cdf="logistic", nonfinite=nonfinite)
+    base = SGD(make_groups(params, 0.05), lr=0.1, momentum=0.9, **backend_kwargs(backend), nonfinite=nonfinite)
+    return CProp(base, beta=0.9, cdf="logistic", **wrapper_backend_kwargs(backend), nonfinite=nonfinite)
 
 
 def _wrapped_adam(params, nonfinite, backend):
-    base = Adam(make_groups(params, 0.002), lr=0.01, **_backend_kwargs(backend), nonfinite=nonfinite)
-    return CProp(base, beta=0.99, c=3.0, nonfinite=nonfinite)
+    base = Adam(make_groups(params, 0.002), lr=0.01, **backend_kwargs(backend), nonfinite=nonfinite)
+    return CProp(base, beta=0.99, c=3.0, **wrapper_backend_kwargs(backend), nonfinite=nonfinite)
 
 
 OPTIMIZERS: dict[str, Callable[[list[np.ndarray], str, str], Any]] = {

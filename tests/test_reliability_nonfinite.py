@@ -30,9 +30,11 @@ from tests.reliability_support import (
     OPTIMIZERS,
     PARAM_SHAPES,
     assert_identical,
+    backend_kwargs,
     build,
     make_grads,
     snapshot,
+    wrapper_backend_kwargs,
 )
 
 BAD_VALUES = (np.nan, np.inf, -np.inf)
@@ -193,7 +195,7 @@ def test_propagate_matches_torch_on_nonfinite_gradients(kind, backend):
     torch_name, hyper = TORCH_PAIRS[kind]
     ours_param = start.copy()
     cls = {"SGD": SGD, "Adam": Adam, "AdamW-amsgrad": AdamW}[kind]
-    extra = {} if backend == "numpy" else {"backend": backend}
+    extra = backend_kwargs(backend)
     optimizer = cls([ours_param], **hyper, **extra, nonfinite="propagate")
     theirs_param = torch.tensor(start.copy(), dtype=torch.float64, requires_grad=True)
     theirs = getattr(torch.optim, torch_name)([theirs_param], **hyper)
@@ -233,10 +235,12 @@ def test_propagate_follows_the_spec_on_nonfinite_gradients(wrapped, backend):
     start = rng.standard_normal(size)
     grads = _nonfinite_grad_sequence(rng, 8, size)
     param = start.copy()
-    extra = {} if backend == "numpy" else {"backend": backend}
+    extra = backend_kwargs(backend)
     if wrapped:
         base = SGD([param], lr=lr, momentum=momentum, **extra, nonfinite="propagate")
-        optimizer = CProp(base, beta=beta, c=c, eps=eps, cdf="normal", nonfinite="propagate")
+        optimizer = CProp(
+            base, beta=beta, c=c, eps=eps, cdf="normal", **wrapper_backend_kwargs(backend), nonfinite="propagate"
+        )
     else:
         optimizer = CPropSGD(
             [param], lr=lr, momentum=momentum, cprop_beta=beta, cprop_c=c, cprop_eps=eps, cprop_cdf="normal",
