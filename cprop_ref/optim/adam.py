@@ -9,6 +9,7 @@ import numpy as np
 
 from ..functional import AdamMoments, adam_delta, adam_moments
 from ..hyperparams import ADAM_HYPERPARAMS, CPROP_HYPERPARAMS, Validator
+from ..kernels import DEFAULT_BACKEND
 from ..scale import CPropStats, cprop_scale, update_moments
 from .base import Optimizer, ParamState, Update
 from .cprop_mixin import CPropStatsMixin
@@ -29,6 +30,7 @@ class Adam(Optimizer):
         "max_exp_avg_sq": "optional_array",
     }
     decoupled_weight_decay: ClassVar[bool] = False
+    kernel_family: ClassVar[str | None] = "adam"
 
     def __init__(
         self,
@@ -40,9 +42,10 @@ class Adam(Optimizer):
         amsgrad: bool = False,
         *,
         nonfinite: str = "raise",
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, backend=backend)
 
     def _moments(self, p: np.ndarray, state: ParamState) -> AdamMoments:
         if not state:
@@ -99,8 +102,9 @@ class AdamW(Adam):
         amsgrad: bool = False,
         *,
         nonfinite: str = "raise",
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, nonfinite=nonfinite)
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, nonfinite=nonfinite, backend=backend)
 
 
 class CPropAdam(CPropStatsMixin, Adam):
@@ -135,6 +139,7 @@ class CPropAdam(CPropStatsMixin, Adam):
         amsgrad: bool = False,
         *,
         nonfinite: str = "raise",
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -147,7 +152,7 @@ class CPropAdam(CPropStatsMixin, Adam):
             cprop_eps=cprop_eps,
             cprop_cdf=cprop_cdf,
         )
-        Optimizer.__init__(self, params, defaults, nonfinite=nonfinite)
+        Optimizer.__init__(self, params, defaults, nonfinite=nonfinite, backend=backend)
 
     @staticmethod
     def sharing_allowed(group: dict[str, Any]) -> tuple[bool, bool]:

@@ -18,6 +18,7 @@ import numpy as np
 from .. import checkpoint
 from ..gradients import check_gradients, check_nonfinite_policy, check_parameter, compute_dtype
 from ..hyperparams import Validator
+from ..kernels import DEFAULT_BACKEND, check_backend
 
 ParamState = dict[str, Any]
 Update = tuple[np.ndarray, ParamState]
@@ -31,12 +32,20 @@ class Optimizer:
     ``nonfinite`` says what a NaN or infinite gradient does: ``"raise"`` (default; the step
     changes nothing), ``"skip"`` (that parameter and its state are left alone for the
     step) or ``"propagate"`` (the formulas are applied as they are).
+    ``backend`` is ``"numba"`` (default: fused kernels, state in one flat buffer per dtype,
+    see ``docs/performance.md``) or ``"numpy"`` (the readable reference); it may be changed
+    between steps, and checkpoints load into either.
     """
 
     hyperparams: ClassVar[dict[str, Validator]] = {}
+    #: Which fused kernel runs the step with ``backend="numba"`` (``None``: the NumPy path only).
+    kernel_family: ClassVar[str | None] = None
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *, nonfinite: str = "raise") -> None:
+    def __init__(
+        self, params: Iterable[Any], defaults: dict[str, Any], *, nonfinite: str = "raise", backend: str = DEFAULT_BACKEND
+    ) -> None:
         self.nonfinite = check_nonfinite_policy(nonfinite)
+        self.backend = check_backend(backend)
         self.defaults = {name: self._validate(name, value, type(self).__name__) for name, value in defaults.items()}
         self.param_groups: list[dict[str, Any]] = []
         self.state: list[ParamState] = []
@@ -128,6 +137,11 @@ class Optimizer:
         step for that parameter, and its state does not advance)."""
         groups = self._validated_groups()
         checked = self.check_grads(grads)
+        if check_backend(self.backend) == "numba" and self.kernel_family is not None:
+            from ..kernels.dispatch import fused_step  # imports Numba on the first fused step only
+
+            # Steps the float32/float64 parameters in place; the rest go on to the NumPy path.
+            checked = fused_step(self, groups, checked)
         updates: list[tuple[int, Update]] = []
         # IEEE results (inf on overflow) are the defined ones; a user's np.seterr(all="raise")
         # must not abort a step half-way.

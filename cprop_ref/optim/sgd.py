@@ -9,6 +9,7 @@ import numpy as np
 
 from ..functional import sgd_direction
 from ..hyperparams import CPROP_HYPERPARAMS, SGD_HYPERPARAMS, Validator, check_sgd_group
+from ..kernels import DEFAULT_BACKEND
 from ..scale import cprop_step
 from .base import Optimizer, ParamState, Update
 from .cprop_mixin import CPropStatsMixin
@@ -24,6 +25,7 @@ class SGD(Optimizer):
 
     hyperparams: ClassVar[dict[str, Validator]] = SGD_HYPERPARAMS
     state_schema: ClassVar[dict[str, str]] = {"momentum_buffer": "optional_array"}
+    kernel_family: ClassVar[str | None] = "sgd"
 
     def __init__(
         self,
@@ -35,9 +37,10 @@ class SGD(Optimizer):
         nesterov: bool = False,
         *,
         nonfinite: str = "raise",
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, backend=backend)
 
     def _check_group(self, group: dict[str, Any], where: str) -> None:
         check_sgd_group(group, where)
@@ -90,6 +93,7 @@ class CPropSGD(CPropStatsMixin, SGD):
         nesterov: bool = False,
         *,
         nonfinite: str = "raise",
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -102,7 +106,7 @@ class CPropSGD(CPropStatsMixin, SGD):
             cprop_eps=cprop_eps,
             cprop_cdf=cprop_cdf,
         )
-        Optimizer.__init__(self, params, defaults, nonfinite=nonfinite)
+        Optimizer.__init__(self, params, defaults, nonfinite=nonfinite, backend=backend)
 
     def _compute(self, param: np.ndarray, grad: np.ndarray, state: ParamState, group: dict[str, Any]) -> Update:
         p, g = self._as_compute(param, grad)

@@ -11,6 +11,7 @@ import numpy as np
 from .. import checkpoint
 from ..gradients import check_gradients, check_nonfinite_policy, compute_dtype
 from ..hyperparams import cdf_name, decay_rate, non_negative
+from ..kernels import DEFAULT_BACKEND, check_backend
 from ..scale import CPropStats, cprop_scale, cprop_step, init_stats
 from .base import import_state
 
@@ -46,7 +47,9 @@ class CProp:
     where ``s`` comes from the raw gradients (spec, "CProp wrapper"). ``beta``, ``c``,
     ``eps`` and ``cdf`` are CProp's hyperparameters; they are attributes and may be changed
     between steps. For plain SGD and Adam this equals :class:`CPropSGD` and
-    :class:`CPropAdam` up to rounding.
+    :class:`CPropAdam` up to rounding. ``backend`` is the wrapper's own (``"numba"``: the
+    save and the scale-and-apply are fused kernels; ``"numpy"``: the reference), independent
+    of the base optimizer's.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class CProp:
         cdf: str = "bft",
         *,
         nonfinite: str = "raise",
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
         if not isinstance(base_optimizer, OptimizerProtocol):
             raise ValueError(
@@ -70,6 +74,7 @@ class CProp:
         self.eps = eps
         self.cdf = cdf
         self.nonfinite = check_nonfinite_policy(nonfinite)
+        self.backend = check_backend(backend)
         self._check_hyperparams()
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
 
@@ -106,12 +111,17 @@ class CProp:
         if len(self.state) < len(params):  # the base optimizer gained a parameter group
             self.state.extend({} for _ in range(len(params) - len(self.state)))
         checked = check_gradients(params, self.param_names(), grads, self.nonfinite)
+        fused = None
+        if check_backend(self.backend) == "numba":
+            from ..kernels.dispatch import WrapperStep  # imports Numba on the first fused step only
+
+            fused = WrapperStep(self, hp, checked)  # saves the parameters it will update
         new_stats: list[tuple[int, CPropStats, np.ndarray, np.ndarray]] = []
         # As in Optimizer.step: IEEE results (inf on overflow) are the defined ones, and a
         # user's np.seterr(all="raise") must not abort the step half-way.
         with np.errstate(all="ignore"):
             for k, (p, g) in enumerate(zip(params, checked)):
-                if g is None:
+                if g is None or (fused is not None and k in fused.handled):
                     continue
                 dtype = compute_dtype(p.dtype)
                 stats, s = cprop_step(
@@ -121,6 +131,8 @@ class CProp:
         # The base optimizer either steps or raises having changed nothing; only then is
         # CProp's own state committed.
         self.base_optimizer.step(checked)
+        if fused is not None:
+            fused.finish()
         for k, stats, s, before in new_stats:
             with np.errstate(all="ignore"):
                 after = params[k].astype(before.dtype, copy=False)

@@ -1,0 +1,208 @@
+"""Fused kernel of the Adam family: Adam, AdamW and CProp-Adam in one pass per element.
+
+Per element: weight decay, both moments (and AMSGrad's maximum), Adam's update, and for
+CProp-Adam its own moments (only where they are not shared with Adam's), ``z``, the CDF
+and the scale, then the parameter. The work is blocked in chunks of ``CHUNK`` elements:
+a first loop writes Adam's update and ``z`` into two chunk-sized scratch buffers (L1
+resident), a second evaluates the CDF over the chunk (a SIMD loop, see
+:mod:`.vector_math`), a third applies the scale. Each operation mirrors
+:mod:`cprop_ref.functional` with the scalars rounded once to the dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .pointers import array_at
+from .scale import (
+    C_BETA,
+    C_BIAS,
+    C_DENOMINATOR,
+    C_EPS,
+    C_HALF,
+    C_INFINITY,
+    C_ONE,
+    C_ONE_MINUS_BETA,
+    C_TWO_C,
+    C_ZERO,
+    CPROP_SCALAR_COUNT,
+    cdf_in_place,
+    ema,
+    nan_maximum,
+    scale_from_probability,
+    standardized,
+)
+
+CHUNK = 2048
+
+#: Columns of the scalar table: Adam's, then CProp's (``.scale.cprop_scalars``) from ``CPROP_BASE``.
+LR, BETA1, ONE_MINUS_BETA1, BETA2, ONE_MINUS_BETA2, EPS, WEIGHT_DECAY, DECAY_FACTOR, NEG_STEP_SIZE, BC2_SQRT = range(10)
+CPROP_BASE = 10
+SCALAR_COUNT = CPROP_BASE + CPROP_SCALAR_COUNT
+#: Columns of the flag table.
+DECOUPLED, HAS_WEIGHT_DECAY, AMSGRAD, CPROP, PRIVATE_M, PRIVATE_V, CDF = range(7)
+FLAG_COUNT = 7
+#: Rows of the state arena.
+EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ, CPROP_M, CPROP_V = range(5)
+FIELDS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "cprop_m", "cprop_v")
+
+
+def adam_scalars(group: dict, t: int, decoupled: bool) -> list[float]:
+    """Adam's scalars for the ``t``-th step, in double precision (``functional.adam_delta``)."""
+    beta1, beta2 = group["betas"]
+    lr, wd = group["lr"], group["weight_decay"]
+    return [
+        lr,
+        beta1,
+        1.0 - beta1,
+        beta2,
+        1.0 - beta2,
+        group["eps"],
+        wd,
+        1.0 - lr * wd,
+        -(lr / (1.0 - beta1**t)),
+        math.sqrt(1.0 - beta2**t),
+    ]
+
+
+# The loops below index chunk-sized views with ``j in range(count)``: an index that Numba
+# knows to be non-negative needs no wrap-around check, and the loop vectorises.
+
+
+@njit(error_model="numpy", cache=True)
+def _moments_loop(p, g, m1, m2, delta, sc, decoupled_wd, coupled_wd):
+    """Weight decay, Adam's moments and update: ``delta[j]`` (the parameter's new value is
+    the decayed parameter plus ``delta``, scaled for CProp-Adam)."""
+    beta1, one_minus_beta1 = sc[BETA1], sc[ONE_MINUS_BETA1]
+    beta2, one_minus_beta2 = sc[BETA2], sc[ONE_MINUS_BETA2]
+    wd, decay, neg_step_size, bc2_sqrt, eps = (
+        sc[WEIGHT_DECAY],
+        sc[DECAY_FACTOR],
+        sc[NEG_STEP_SIZE],
+        sc[BC2_SQRT],
+        sc[EPS],
+    )
+    for j in range(p.size):
+        param = p[j] * decay if decoupled_wd else p[j]
+        d = g[j] + wd * param if coupled_wd else g[j]
+        first = ema(m1[j], d, beta1, one_minus_beta1)
+        second = ema(m2[j], d * d, beta2, one_minus_beta2)
+        m1[j] = first
+        m2[j] = second
+        delta[j] = neg_step_size * (first / (np.sqrt(second) / bc2_sqrt + eps))
+
+
+@njit(error_model="numpy", cache=True)
+def _amsgrad_moments_loop(p, g, m1, m2, mx, delta, sc, decoupled_wd, coupled_wd):
+    """:func:`_moments_loop` with AMSGrad's running maximum of the second moment."""
+    beta1, one_minus_beta1 = sc[BETA1], sc[ONE_MINUS_BETA1]
+    beta2, one_minus_beta2 = sc[BETA2], sc[ONE_MINUS_BETA2]
+    wd, decay, neg_step_size, bc2_sqrt, eps = (
+        sc[WEIGHT_DECAY],
+        sc[DECAY_FACTOR],
+        sc[NEG_STEP_SIZE],
+        sc[BC2_SQRT],
+        sc[EPS],
+    )
+    for j in range(p.size):
+        param = p[j] * decay if decoupled_wd else p[j]
+        d = g[j] + wd * param if coupled_wd else g[j]
+        first = ema(m1[j], d, beta1, one_minus_beta1)
+        second = ema(m2[j], d * d, beta2, one_minus_beta2)
+        m1[j] = first
+        m2[j] = second
+        maximum = nan_maximum(mx[j], second)
+        mx[j] = maximum
+        delta[j] = neg_step_size * (first / (np.sqrt(maximum) / bc2_sqrt + eps))
+
+
+@njit(error_model="numpy", cache=True)
+def cprop_z_loop(g, m_source, v_source, cm, cv, buf, sc, base, private_m, private_v):
+    """CProp's private moments (where not shared) and ``z`` into ``buf``; ``m_source`` and
+    ``v_source`` are the arrays that hold ``m`` and ``v`` after the update."""
+    beta, one_minus_beta = sc[base + C_BETA], sc[base + C_ONE_MINUS_BETA]
+    if private_m:
+        for j in range(g.size):
+            cm[j] = ema(cm[j], g[j], beta, one_minus_beta)
+    if private_v:
+        for j in range(g.size):
+            cv[j] = ema(cv[j], g[j] * g[j], beta, one_minus_beta)
+    bias, denominator, eps = sc[base + C_BIAS], sc[base + C_DENOMINATOR], sc[base + C_EPS]
+    zero, infinity = sc[base + C_ZERO], sc[base + C_INFINITY]
+    for j in range(g.size):
+        buf[j] = standardized(m_source[j], v_source[j], bias, denominator, eps, zero, infinity)
+
+
+@njit(error_model="numpy", cache=True)
+def scaled_apply_loop(p, delta, buf, sc, base):
+    """``p <- p + delta * s`` with ``s`` from the probabilities in ``buf``."""
+    two_c, half, one = sc[base + C_TWO_C], sc[base + C_HALF], sc[base + C_ONE]
+    for j in range(p.size):
+        p[j] = p[j] + delta[j] * scale_from_probability(buf[j], two_c, half, one)
+
+
+@njit(error_model="numpy", cache=True)
+def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, single):
+    count = hi - lo
+    p = p[lo:hi]
+    g = g[lo:hi]
+    delta = delta[:count]
+    buf = buf[:count]
+    m1 = arena[EXP_AVG, off + lo : off + hi]
+    m2 = arena[EXP_AVG_SQ, off + lo : off + hi]
+    decoupled = fl[DECOUPLED] != 0
+    has_wd = fl[HAS_WEIGHT_DECAY] != 0
+    decoupled_wd, coupled_wd = has_wd and decoupled, has_wd and not decoupled
+    if fl[AMSGRAD] != 0:
+        mx = arena[MAX_EXP_AVG_SQ, off + lo : off + hi]
+        _amsgrad_moments_loop(p, g, m1, m2, mx, delta, sc, decoupled_wd, coupled_wd)
+    else:
+        _moments_loop(p, g, m1, m2, delta, sc, decoupled_wd, coupled_wd)
+    if fl[CPROP] != 0:  # CProp-Adam: never decoupled, so the decayed parameter is p itself
+        private_m, private_v = fl[PRIVATE_M] != 0, fl[PRIVATE_V] != 0
+        cm = arena[CPROP_M, off + lo : off + hi]
+        cv = arena[CPROP_V, off + lo : off + hi]
+        m_source = cm if private_m else m1
+        v_source = cv if private_v else m2
+        cprop_z_loop(g, m_source, v_source, cm, cv, buf, sc, CPROP_BASE, private_m, private_v)
+        cdf_in_place(buf, count, fl[CDF], single)
+        scaled_apply_loop(p, delta, buf, sc, CPROP_BASE)
+    elif decoupled_wd:
+        decay = sc[DECAY_FACTOR]
+        for j in range(count):
+            p[j] = p[j] * decay + delta[j]
+    else:
+        for j in range(count):
+            p[j] = p[j] + delta[j]
+
+
+@njit(error_model="numpy", cache=True)
+def _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single):
+    delta = np.empty(CHUNK, arena.dtype)
+    buf = np.empty(CHUNK, arena.dtype)
+    for c in range(first, last):
+        k = chunk_tensor[c]
+        p = array_at(p_addr[k], sizes[k], arena)
+        g = array_at(g_addr[k], sizes[k], arena)
+        _chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[c], sc[k], fl[k], delta, buf, single)
+
+
+@njit(error_model="numpy", cache=True)
+def adam_serial(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single):
+    """One step of every listed tensor on the calling thread (small totals)."""
+    _chunks(
+        0, chunk_tensor.size, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single
+    )
+
+
+@njit(error_model="numpy", cache=True, parallel=True)
+def adam_parallel(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, workers):
+    """One step of every listed tensor, the chunks split into ``workers`` contiguous runs."""
+    n = chunk_tensor.size
+    for w in prange(workers):
+        first = w * n // workers
+        last = (w + 1) * n // workers
+        _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single)

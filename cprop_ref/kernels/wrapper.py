@@ -1,0 +1,95 @@
+"""Fused kernels of the CProp wrapper: save the parameters, then scale-and-apply.
+
+:func:`save_serial` / :func:`save_parallel` copy every parameter into the arena's
+``BEFORE`` row before the base optimizer steps; :func:`apply_serial` /
+:func:`apply_parallel` then update CProp's moments from the raw gradient, compute the
+scale and set ``param <- before + (param - before) * s`` in one pass (``CProp.step``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .adam import CHUNK, cprop_z_loop
+from .pointers import array_at
+from .scale import C_HALF, C_ONE, C_TWO_C, CPROP_SCALAR_COUNT, cdf_in_place, scale_from_probability
+
+CPROP_BASE = 0
+SCALAR_COUNT = CPROP_SCALAR_COUNT
+CDF = 0
+FLAG_COUNT = 1
+#: Rows of the state arena.
+CPROP_M, CPROP_V, BEFORE = range(3)
+FIELDS = ("cprop_m", "cprop_v")
+
+
+@njit(error_model="numpy", cache=True)
+def _apply_chunk(p, g, arena, off, lo, hi, sc, fl, buf, single):
+    count = hi - lo
+    p = p[lo:hi]
+    g = g[lo:hi]
+    buf = buf[:count]
+    cm = arena[CPROP_M, off + lo : off + hi]
+    cv = arena[CPROP_V, off + lo : off + hi]
+    before = arena[BEFORE, off + lo : off + hi]
+    cprop_z_loop(g, cm, cv, cm, cv, buf, sc, CPROP_BASE, True, True)
+    cdf_in_place(buf, count, fl[CDF], single)
+    two_c, half, one = sc[C_TWO_C], sc[C_HALF], sc[C_ONE]
+    for j in range(count):
+        b = before[j]
+        p[j] = b + (p[j] - b) * scale_from_probability(buf[j], two_c, half, one)
+
+
+@njit(error_model="numpy", cache=True)
+def _apply_chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single):
+    buf = np.empty(CHUNK, arena.dtype)
+    for c in range(first, last):
+        k = chunk_tensor[c]
+        p = array_at(p_addr[k], sizes[k], arena)
+        g = array_at(g_addr[k], sizes[k], arena)
+        _apply_chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[c], sc[k], fl[k], buf, single)
+
+
+@njit(error_model="numpy", cache=True)
+def apply_serial(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single):
+    """CProp's step of every listed tensor after the base optimizer's, on the calling thread."""
+    _apply_chunks(
+        0, chunk_tensor.size, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single
+    )
+
+
+@njit(error_model="numpy", cache=True, parallel=True)
+def apply_parallel(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, workers):
+    """As :func:`apply_serial`, the chunks split into ``workers`` contiguous runs."""
+    n = chunk_tensor.size
+    for w in prange(workers):
+        first = w * n // workers
+        last = (w + 1) * n // workers
+        _apply_chunks(
+            first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single
+        )
+
+
+@njit(error_model="numpy", cache=True)
+def _save_chunks(first, last, p_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi):
+    for c in range(first, last):
+        k = chunk_tensor[c]
+        p = array_at(p_addr[k], sizes[k], arena)
+        lo, hi, off = chunk_lo[c], chunk_hi[c], offsets[k]
+        arena[BEFORE, off + lo : off + hi] = p[lo:hi]
+
+
+@njit(error_model="numpy", cache=True)
+def save_serial(p_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi):
+    """Copy every listed parameter into the ``BEFORE`` row."""
+    _save_chunks(0, chunk_tensor.size, p_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi)
+
+
+@njit(error_model="numpy", cache=True, parallel=True)
+def save_parallel(p_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, workers):
+    n = chunk_tensor.size
+    for w in prange(workers):
+        first = w * n // workers
+        last = (w + 1) * n // workers
+        _save_chunks(first, last, p_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi)
