@@ -12,7 +12,8 @@ same first-order-plus-rounding style (``docs/conformance.md``, "Tolerance policy
 * Adam family: Adam's moments with :func:`~cprop_ref.tolerance.ema_error_bound` (plus the
   error of their input), ``den = sqrt(v) / sqrt(1 - b2^t) + eps`` through the conditioning
   of the square root, ``delta = step_size m / den`` as a quotient, where ``den`` is not
-  pinned down by the bound the element is unconstrained (bound ``inf``);
+  pinned down by the bound the element is unconstrained (bound ``inf``); the wrapper
+  around AdamW scales the decoupled decay ``-lr wd p`` too, so ``ds`` multiplies it;
 * ``p_new = p + update`` adds ``u |p_new|``; the wrapper's ``before + (after - before) s``
   adds the rounding of the base optimizer's own parameter write, ``2 u (|p| + |p_new|)``.
 
@@ -191,7 +192,11 @@ class RunBounds:
         beta1, beta2 = hp.get("betas", (0.9, 0.999))
         zeros = np.zeros_like(g)
         if cfg.decoupled_weight_decay:
-            e_p = tb.param * (1.0 - lr * wd) + 3.0 * u * np.abs(p * (1.0 - lr * wd))
+            # Only the wrapper has AdamW as its base, and it scales the whole base step,
+            # decay included: p + s (-lr wd p + delta). The decay term's error is
+            # lr wd (|p| ds + e_p (s + ds)); the rounding of p (1 - lr wd) adds 3 u |p|.
+            decay = lr * wd
+            e_p = tb.param + decay * (np.abs(p) * ds + tb.param * (s + ds)) + 3.0 * u * np.abs(p)
             d0, e_d0 = g, e_g
         else:
             e_p = tb.param
