@@ -33,7 +33,7 @@ LOG2_E = 1.4426950408889634
 #: Below this argument the result would be subnormal; it is clamped here.
 EXP_CLAMP = -708.0
 #: Proven relative error bounds (see the module docstring).
-EXP_DOUBLE_BOUND_U = 4.0
+EXP_DOUBLE_BOUND_U = 4.5
 EXP_SINGLE_BOUND = 1.2e-8
 PHI_SINGLE_BOUND = 6.1e-8
 SQRT_HALF = 0.7071067811865476
