@@ -35,7 +35,11 @@ def update_moments(m: np.ndarray, v: np.ndarray, g: np.ndarray, beta: float) -> 
     Units: ``m`` has the units of the gradient, ``v`` its square. A square beyond the
     dtype's range overflows to ``inf`` silently, as in torch; see :func:`standard_error`.
     """
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", under="ignore"):  # gradual underflow is the IEEE result too
+        if beta == 0.0:
+            # No memory: the old moments do not enter at all. Written as 0 * v they would
+            # make 0 * inf = NaN after a square overflowed, from finite gradients.
+            return (1.0 - beta) * g, (1.0 - beta) * (g * g)
         return beta * m + (1.0 - beta) * g, beta * v + (1.0 - beta) * (g * g)
 
 
@@ -133,13 +137,16 @@ def cprop_scale(stats: CPropStats, beta: float, c: float, eps: float, cdf: str) 
     if stats.t < 1:
         raise ValueError(f"the CProp scale needs at least one gradient; t={stats.t}")
     b = bias_correction(beta, stats.t)
-    with np.errstate(over="ignore"):  # v / b past the range is inf, handled in standard_error
-        m_hat = stats.m / b
-        v_hat = stats.v / b
-    se = standard_error(m_hat, v_hat, degrees_of_freedom(beta, stats.t), eps)
-    z = standardized_mean(m_hat, se)
-    p = conformity_probability(z, cdf)
-    return scale_from_probability(p, c)
+    # Tiny gradients underflow gradually (their squares, m_hat^2, p - 0.5): that is IEEE's
+    # result, not an error, even under a user's np.seterr(under="raise").
+    with np.errstate(under="ignore"):
+        with np.errstate(over="ignore"):  # v / b past the range is inf, handled in standard_error
+            m_hat = stats.m / b
+            v_hat = stats.v / b
+        se = standard_error(m_hat, v_hat, degrees_of_freedom(beta, stats.t), eps)
+        z = standardized_mean(m_hat, se)
+        p = conformity_probability(z, cdf)
+        return scale_from_probability(p, c)
 
 
 def cprop_step(

@@ -136,7 +136,11 @@ class CProp:
         for k, stats, s, before in new_stats:
             with np.errstate(all="ignore"):
                 after = params[k].astype(before.dtype, copy=False)
-                params[k][...] = before + (after - before) * s
+                scaled = before + (after - before) * s
+                # No update (after == before, also +-inf) or an update scaled by s = 0 leaves the
+                # parameter as it was, where IEEE would give inf - inf or 0 * inf = NaN (a float16
+                # parameter that the base optimizer took past 65504, or c = 0).
+                params[k][...] = np.where((s == 0.0) | (after == before), before, scaled)
             self.state[k] = {"step": stats.t, "cprop_m": np.asarray(stats.m), "cprop_v": np.asarray(stats.v)}
 
     def _stats(self, k: int, p: np.ndarray) -> CPropStats:
