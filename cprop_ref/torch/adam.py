@@ -10,7 +10,7 @@ import torch
 
 from ..hyperparams import ADAM_HYPERPARAMS, CPROP_HYPERPARAMS
 from .base import CPropOptimizerMixin, gradients_to_apply, keep_statistics_precision, validated
-from .functional import statistics_dtype, update_ema_
+from .functional import statistics_dtype, update_cprop_moment_, update_ema_
 
 
 def adam_moments_(state: dict[str, Any], d: torch.Tensor, hp: dict[str, Any]) -> None:
@@ -111,9 +111,9 @@ class CPropAdam(CPropOptimizerMixin, torch.optim.Optimizer):
         x = self._statistics_input(p, g, hp)
         beta = hp["cprop_beta"]
         if "cprop_m" in state:
-            update_ema_(state["cprop_m"], x, beta)
+            update_cprop_moment_(state["cprop_m"], x, beta)
         if "cprop_v" in state:
-            update_ema_(state["cprop_v"], x * x, beta)
+            update_cprop_moment_(state["cprop_v"], x * x, beta)
         m, v, t = self._cprop_view(p, state)
         return self._scale(m, v, t, hp)
 

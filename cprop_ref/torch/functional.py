@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from ..scale import bias_correction, degrees_of_freedom
+
 #: Bowling et al. (2009) "best fit two" coefficients.
 BFT_CUBIC = 0.07056
 BFT_LINEAR = 1.5976
@@ -34,10 +36,20 @@ def update_ema_(x: torch.Tensor, y: torch.Tensor, beta: float) -> None:
     x.mul_(beta).add_(y * (1.0 - beta))
 
 
+def update_cprop_moment_(x: torch.Tensor, y: torch.Tensor, beta: float) -> None:
+    """In place: one of CProp's moments, ``x <- beta x + (1 - beta) y``. ``beta = 0`` keeps no
+    memory: the old value does not enter at all (written as ``0 * x`` it would give
+    ``0 * inf = NaN`` after a square overflowed), as in the reference."""
+    if beta == 0.0:
+        x.copy_(y)
+    else:
+        update_ema_(x, y, beta)
+
+
 def update_statistics_(m: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: float) -> None:
     """In place: ``m <- beta m + (1 - beta) g`` and ``v <- beta v + (1 - beta) g^2``."""
-    update_ema_(m, g, beta)
-    update_ema_(v, g * g, beta)
+    update_cprop_moment_(m, g, beta)
+    update_cprop_moment_(v, g * g, beta)
 
 
 def cdf(z: torch.Tensor, name: str) -> torch.Tensor:
@@ -54,15 +66,20 @@ def cdf(z: torch.Tensor, name: str) -> torch.Tensor:
     raise ValueError(f"invalid cdf={name!r}: must be one of {', '.join(CDF_NAMES)}")
 
 
-def standard_error(m_hat: torch.Tensor, v_hat: torch.Tensor, n: float, eps: float) -> torch.Tensor:
-    """``se = sqrt(max(v_hat - m_hat^2, 0) / (n - 1 + eps)) + eps``; ``se = eps`` exactly when
-    ``n == 1`` (one sample has no spread); an overflowed ``v_hat = inf`` gives ``se = inf``."""
-    if n == 1.0:
+def standard_error(m_hat: torch.Tensor, v_hat: torch.Tensor, dof: float, eps: float) -> torch.Tensor:
+    """``se = sqrt(max(v_hat - m_hat^2, 0) / (n - 1 + eps)) + eps`` with ``dof = n - 1``.
+
+    ``dof == 0`` (one sample: the first step, or ``beta = 0``) gives ``se = eps`` exactly; an
+    overflowed ``v_hat = inf`` gives ``se = inf``; a zero variance over a denominator that
+    underflowed to 0 stays 0 (not 0/0).
+    """
+    if dof == 0.0:
         return torch.full_like(m_hat, eps)
     difference = v_hat - m_hat * m_hat
     difference = torch.where(torch.isinf(v_hat) & torch.isnan(difference), torch.inf, difference)
     variance = torch.clamp_min(difference, 0.0)
-    return torch.sqrt(variance / (n - 1.0 + eps)) + eps
+    ratio = torch.where(variance == 0.0, torch.zeros_like(variance), variance / (dof + eps))
+    return torch.sqrt(ratio) + eps
 
 
 def standardized_mean(m_hat: torch.Tensor, se: torch.Tensor) -> torch.Tensor:
@@ -79,10 +96,9 @@ def cprop_scale(
     """The scale ``s = min(2 c |F(-m_hat / se) - 0.5|, 1)`` in [0, 1] after ``t >= 1`` gradients."""
     if t < 1:
         raise ValueError(f"the CProp scale needs at least one gradient; t={t}")
-    b = 1.0 - beta**t
+    b = bias_correction(beta, t)
     m_hat = m / b
     v_hat = v / b
-    n = b / (1.0 - beta)
-    se = standard_error(m_hat, v_hat, n, eps)
+    se = standard_error(m_hat, v_hat, degrees_of_freedom(beta, t), eps)
     p = cdf(standardized_mean(m_hat, se), cdf_name)
     return torch.clamp_max(2.0 * c * torch.abs(p - 0.5), 1.0)

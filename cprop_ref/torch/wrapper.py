@@ -9,7 +9,7 @@ import torch
 
 from ..hyperparams import Validator, cdf_name, decay_rate, non_negative
 from .base import keep_statistics_precision, validated
-from .functional import cprop_scale, statistics_dtype, update_ema_
+from .functional import cprop_scale, statistics_dtype, update_statistics_
 
 WRAPPER_HYPERPARAMS: dict[str, Validator] = {
     "beta": decay_rate,
@@ -80,8 +80,7 @@ class CProp(torch.optim.Optimizer):
             m = state["cprop_m"].clone() if state else torch.zeros_like(p, dtype=dtype)
             v = state["cprop_v"].clone() if state else torch.zeros_like(p, dtype=dtype)
             g = p.grad.to(dtype)
-            update_ema_(m, g, hp["beta"])
-            update_ema_(v, g * g, hp["beta"])
+            update_statistics_(m, v, g, hp["beta"])
             s = cprop_scale(m, v, t, beta=hp["beta"], c=hp["c"], eps=hp["eps"], cdf_name=hp["cdf"])
             pending.append((p, p.to(dtype, copy=True), m, v, t, s))
         self.base_optimizer.step()
