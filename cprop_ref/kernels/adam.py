@@ -4,8 +4,8 @@ Per element: weight decay, both moments (and AMSGrad's maximum), Adam's update, 
 CProp-Adam its own moments (only where they are not shared with Adam's), ``z``, the CDF
 and the scale, then the parameter. The work is blocked in chunks of ``CHUNK`` elements:
 a first loop writes Adam's update and ``z`` into two chunk-sized scratch buffers (L1
-resident), a second evaluates the CDF over the chunk (a SIMD loop, see
-:mod:`.vector_math`), a third applies the scale. Each operation mirrors
+resident), a second turns ``z`` into the scale over the chunk (a SIMD loop, see
+:mod:`.vector_math`), a third applies it. Each operation mirrors
 :mod:`cprop_ref.functional` with the scalars rounded once to the dtype.
 """
 
@@ -19,20 +19,19 @@ from numba import njit, prange
 from .pointers import array_at
 from .scale import (
     C_BETA,
-    C_BIAS,
-    C_DENOMINATOR,
     C_EPS,
-    C_HALF,
     C_INFINITY,
+    C_INV_BIAS,
+    C_INV_DENOMINATOR,
     C_ONE,
     C_ONE_MINUS_BETA,
+    C_ONE_SAMPLE,
     C_TWO_C,
     C_ZERO,
     CPROP_SCALAR_COUNT,
-    cdf_in_place,
     ema,
     nan_maximum,
-    scale_from_probability,
+    scale_in_place,
     standardized,
 )
 
@@ -130,18 +129,21 @@ def cprop_z_loop(g, m_source, v_source, cm, cv, buf, sc, base, private_m, privat
     if private_v:
         for j in range(g.size):
             cv[j] = ema(cv[j], g[j] * g[j], beta, one_minus_beta)
-    bias, denominator, eps = sc[base + C_BIAS], sc[base + C_DENOMINATOR], sc[base + C_EPS]
-    zero, infinity = sc[base + C_ZERO], sc[base + C_INFINITY]
+    inv_bias, inv_denominator = sc[base + C_INV_BIAS], sc[base + C_INV_DENOMINATOR]
+    one_sample, eps, zero, infinity = (
+        sc[base + C_ONE_SAMPLE],
+        sc[base + C_EPS],
+        sc[base + C_ZERO],
+        sc[base + C_INFINITY],
+    )
     for j in range(g.size):
-        buf[j] = standardized(m_source[j], v_source[j], bias, denominator, eps, zero, infinity)
+        buf[j] = standardized(m_source[j], v_source[j], inv_bias, inv_denominator, one_sample, eps, zero, infinity)
 
 
 @njit(error_model="numpy", cache=True)
-def scaled_apply_loop(p, delta, buf, sc, base):
-    """``p <- p + delta * s`` with ``s`` from the probabilities in ``buf``."""
-    two_c, half, one = sc[base + C_TWO_C], sc[base + C_HALF], sc[base + C_ONE]
-    for j in range(p.size):
-        p[j] = p[j] + delta[j] * scale_from_probability(buf[j], two_c, half, one)
+def scale_loop(buf, count, sc, base, cdf, single):
+    """``z`` in ``buf`` becomes the scale ``s`` (:func:`.scale.scale_in_place`)."""
+    scale_in_place(buf, count, cdf, single, sc[base + C_TWO_C], sc[base + C_ONE])
 
 
 @njit(error_model="numpy", cache=True)
@@ -168,8 +170,9 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, single):
         m_source = cm if private_m else m1
         v_source = cv if private_v else m2
         cprop_z_loop(g, m_source, v_source, cm, cv, buf, sc, CPROP_BASE, private_m, private_v)
-        cdf_in_place(buf, count, fl[CDF], single)
-        scaled_apply_loop(p, delta, buf, sc, CPROP_BASE)
+        scale_loop(buf, count, sc, CPROP_BASE, fl[CDF], single)
+        for j in range(count):
+            p[j] = p[j] + delta[j] * buf[j]
     elif decoupled_wd:
         decay = sc[DECAY_FACTOR]
         for j in range(count):

@@ -1,10 +1,10 @@
 """The CProp scale, element by element, as the fused kernels evaluate it.
 
-Each function mirrors one function of :mod:`cprop_ref.scale` operation for operation, in
-the array's dtype ``T`` with the scalars already rounded to ``T`` (as NumPy rounds a Python
-float), so the moments, ``m_hat``, the standard error and ``z`` are the reference's to the
-bit. Only the CDF differs: it runs in double precision through :mod:`.vector_math` and is
-rounded once to ``T``. The scalar table of a tensor holds, at the column offsets below,
+Each function follows one function of :mod:`cprop_ref.scale`, in the array's dtype ``T``
+with the scalars already rounded to ``T`` (as NumPy rounds a Python float): the moments
+are the reference's to the bit; ``z`` divides by multiplying with reciprocals; the CDF
+enters as ``|F(z) - 1/2|``, evaluated in double precision by :mod:`.vector_math` and
+rounded once to ``T``. Every difference is within the tolerance policy. The scalar table of a tensor holds, at the column offsets below,
 the values :func:`cprop_scalars` computes.
 """
 
@@ -17,26 +17,42 @@ from numba import njit
 
 from ..cdf import BFO_LINEAR, BFT_CUBIC, BFT_LINEAR, CDF_NAMES, LOGISTIC_SLOPE
 from ..scale import bias_correction, degrees_of_freedom
-from .vector_math import expit_double, expit_single, phi_double, phi_single
+from .vector_math import SQRT_HALF, erf_double, erf_single, tanh_half_double, tanh_half_single
 
 #: Integer codes of the CDFs, in ``CDF_NAMES`` order.
 CDF_CODES: dict[str, int] = {name: code for code, name in enumerate(CDF_NAMES)}
 NORMAL, BFT, BFO, LOGISTIC = (CDF_CODES[name] for name in ("normal", "bft", "bfo", "logistic"))
 
 #: Columns of CProp's scalars in a kernel's scalar table, after the optimizer's own.
-C_BETA, C_ONE_MINUS_BETA, C_BIAS, C_DENOMINATOR, C_EPS, C_TWO_C, C_HALF, C_ONE, C_ZERO, C_INFINITY = range(10)
+C_BETA, C_ONE_MINUS_BETA, C_INV_BIAS, C_INV_DENOMINATOR, C_ONE_SAMPLE, C_EPS, C_TWO_C, C_ONE, C_ZERO, C_INFINITY = (
+    range(10)
+)
 CPROP_SCALAR_COUNT = 10
 
 
 def cprop_scalars(beta: float, c: float, eps: float, t: int) -> list[float]:
     """CProp's scalars for a tensor's ``t``-th gradient, in double precision, in column order.
 
-    ``C_DENOMINATOR`` is ``n - 1 + eps``; it is 0 exactly when ``n - 1 = 0``, which the
-    kernel reads as "one sample: the variance term is 0" (:func:`cprop_ref.scale.standard_error`).
+    ``C_INV_BIAS`` is ``1 / (1 - beta^t)``, ``C_INV_DENOMINATOR`` is ``1 / (n - 1 + eps)``
+    (``inf`` for ``0``), ``C_ONE_SAMPLE`` is 1 when ``n - 1 = 0``: one sample, the
+    variance term is 0 (:func:`cprop_ref.scale.standard_error`).
     """
     dof = degrees_of_freedom(beta, t)
-    denominator = 0.0 if dof == 0.0 else dof + eps
-    return [beta, 1.0 - beta, bias_correction(beta, t), denominator, eps, 2.0 * c, 0.5, 1.0, 0.0, math.inf]
+    denominator = dof + eps
+    inv_denominator = 1.0 / denominator if denominator > 0.0 else math.inf
+    one_sample = 1.0 if dof == 0.0 else 0.0
+    return [
+        beta,
+        1.0 - beta,
+        1.0 / bias_correction(beta, t),
+        inv_denominator,
+        one_sample,
+        eps,
+        2.0 * c,
+        1.0,
+        0.0,
+        math.inf,
+    ]
 
 
 @njit(error_model="numpy", cache=True)
@@ -54,71 +70,75 @@ def nan_maximum(a, b):
 
 
 @njit(error_model="numpy", cache=True)
-def standardized(m, v, bias, denominator, eps, zero, infinity):
+def standardized(m, v, inv_bias, inv_denominator, one_sample, eps, zero, infinity):
     """``z = -m_hat / se`` from the moments (``scale.cprop_scale`` up to the CDF).
 
-    All arguments are of the array's dtype; ``denominator`` is 0 for one sample (see
-    :func:`cprop_scalars`). Written with selects only, so that the loop vectorises.
+    All arguments are of the array's dtype. ``m / b`` and ``var / (n - 1 + eps)`` are
+    multiplications by the reciprocals (one more rounding each, which the tolerance policy's
+    ``2u |m_hat|`` and ``3u se`` terms cover); ``one_sample`` (1 or 0) marks ``n - 1 = 0``,
+    where the variance term is 0 exactly. Selects only, so that the loop vectorises.
     """
-    m_hat = m / bias
-    v_hat = v / bias
+    m_hat = m * inv_bias
+    v_hat = v * inv_bias
     difference = v_hat - m_hat * m_hat
     # inf - inf where m_hat^2 overflowed too: the variance is +inf, as in the reference.
     difference = abs(v_hat) if (math.isinf(v_hat) and difference != difference) else difference
     variance = zero if difference < zero else difference
-    root = np.sqrt(variance / denominator)
-    se = (zero if denominator == zero else root) + eps
+    root = np.sqrt(variance * inv_denominator)
+    se = (zero if one_sample != zero else root) + eps
     degenerate = np.copysign(infinity, -m_hat)
     degenerate = zero if m_hat == zero else degenerate
     return degenerate if se == zero else -m_hat / se
 
 
 @njit(error_model="numpy", cache=True)
-def scale_from_probability(p, two_c, half, one):
-    """``s = min(2 c |p - 0.5|, 1)``, NaN propagating as ``np.minimum`` does."""
-    x = two_c * abs(p - half)
-    return one if x > one else x
-
-
-@njit(error_model="numpy", cache=True)
-def _cdf_loop_single(buffer, count, cdf):
-    # One loop per CDF so that each is a straight SIMD loop over the cache-resident chunk.
+def _conformity_loop_single(buffer, count, cdf):
+    # One loop per CDF so that each is a straight SIMD loop over the cache-resident chunk;
+    # |q| is odd in z, so the conformity needs |z| only.
     if cdf == BFT:
         for j in range(count):
-            z = np.float64(buffer[j])
-            buffer[j] = expit_single(BFT_CUBIC * (z * z * z) + BFT_LINEAR * z)
+            z = abs(np.float64(buffer[j]))
+            buffer[j] = 0.5 * tanh_half_single(BFT_CUBIC * (z * z * z) + BFT_LINEAR * z)
     elif cdf == BFO:
         for j in range(count):
-            buffer[j] = expit_single(BFO_LINEAR * np.float64(buffer[j]))
+            buffer[j] = 0.5 * tanh_half_single(BFO_LINEAR * np.float64(buffer[j]))
     elif cdf == LOGISTIC:
         for j in range(count):
-            buffer[j] = expit_single(LOGISTIC_SLOPE * np.float64(buffer[j]))
+            buffer[j] = 0.5 * tanh_half_single(LOGISTIC_SLOPE * np.float64(buffer[j]))
     else:
         for j in range(count):
-            buffer[j] = phi_single(np.float64(buffer[j]))
+            buffer[j] = 0.5 * erf_single(abs(np.float64(buffer[j])) * SQRT_HALF)
 
 
 @njit(error_model="numpy", cache=True)
-def _cdf_loop_double(buffer, count, cdf):
+def _conformity_loop_double(buffer, count, cdf):
     if cdf == BFT:
         for j in range(count):
-            z = np.float64(buffer[j])
-            buffer[j] = expit_double(BFT_CUBIC * (z * z * z) + BFT_LINEAR * z)
+            z = abs(buffer[j])
+            buffer[j] = 0.5 * tanh_half_double(BFT_CUBIC * (z * z * z) + BFT_LINEAR * z)
     elif cdf == BFO:
         for j in range(count):
-            buffer[j] = expit_double(BFO_LINEAR * np.float64(buffer[j]))
+            buffer[j] = 0.5 * tanh_half_double(BFO_LINEAR * buffer[j])
     elif cdf == LOGISTIC:
         for j in range(count):
-            buffer[j] = expit_double(LOGISTIC_SLOPE * np.float64(buffer[j]))
+            buffer[j] = 0.5 * tanh_half_double(LOGISTIC_SLOPE * buffer[j])
     else:
         for j in range(count):
-            buffer[j] = phi_double(np.float64(buffer[j]))
+            buffer[j] = 0.5 * erf_double(abs(buffer[j]) * SQRT_HALF)
 
 
 @njit(error_model="numpy", cache=True)
-def cdf_in_place(buffer, count, cdf, single):
-    """Replace ``z`` by ``p = F(z)`` in ``buffer[:count]``; ``single``: the dtype is float32."""
+def scale_in_place(buffer, count, cdf, single, two_c, one):
+    """Replace ``z`` by the scale ``s = min(2 c |F(z) - 1/2|, 1)`` in ``buffer[:count]``.
+
+    ``|F - 1/2|`` is computed directly (half the conformity of :mod:`.vector_math`) in double
+    precision and rounded once to the dtype; then ``2c`` times it, capped at 1, in the dtype
+    as the reference does (NaN propagates as ``np.minimum`` does). ``single``: float32.
+    """
     if single:
-        _cdf_loop_single(buffer, count, cdf)
+        _conformity_loop_single(buffer, count, cdf)
     else:
-        _cdf_loop_double(buffer, count, cdf)
+        _conformity_loop_double(buffer, count, cdf)
+    for j in range(count):
+        x = two_c * buffer[j]
+        buffer[j] = one if x > one else x

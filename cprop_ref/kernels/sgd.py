@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .adam import CHUNK, cprop_z_loop
+from .adam import CHUNK, cprop_z_loop, scale_loop
 from .pointers import array_at
-from .scale import C_HALF, C_ONE, C_TWO_C, CPROP_SCALAR_COUNT, cdf_in_place, scale_from_probability
+from .scale import CPROP_SCALAR_COUNT
 
 #: Columns of the scalar table: SGD's, then CProp's from ``CPROP_BASE``.
 LR, MOMENTUM, ONE_MINUS_DAMPENING, WEIGHT_DECAY = range(4)
@@ -66,10 +66,9 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, direction, buf, single):
         cm = arena[CPROP_M, off + lo : off + hi]
         cv = arena[CPROP_V, off + lo : off + hi]
         cprop_z_loop(g, cm, cv, cm, cv, buf, sc, CPROP_BASE, True, True)
-        cdf_in_place(buf, count, fl[CDF], single)
-        two_c, half, one = sc[CPROP_BASE + C_TWO_C], sc[CPROP_BASE + C_HALF], sc[CPROP_BASE + C_ONE]
+        scale_loop(buf, count, sc, CPROP_BASE, fl[CDF], single)
         for j in range(count):
-            p[j] = p[j] - lr * (direction[j] * scale_from_probability(buf[j], two_c, half, one))
+            p[j] = p[j] - lr * (direction[j] * buf[j])
     else:
         for j in range(count):
             p[j] = p[j] - lr * direction[j]

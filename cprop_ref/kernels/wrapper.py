@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .adam import CHUNK, cprop_z_loop
+from .adam import CHUNK, cprop_z_loop, scale_loop
 from .pointers import array_at
-from .scale import C_HALF, C_ONE, C_TWO_C, CPROP_SCALAR_COUNT, cdf_in_place, scale_from_probability
+from .scale import CPROP_SCALAR_COUNT
 
 CPROP_BASE = 0
 SCALAR_COUNT = CPROP_SCALAR_COUNT
@@ -34,11 +34,10 @@ def _apply_chunk(p, g, arena, off, lo, hi, sc, fl, buf, single):
     cv = arena[CPROP_V, off + lo : off + hi]
     before = arena[BEFORE, off + lo : off + hi]
     cprop_z_loop(g, cm, cv, cm, cv, buf, sc, CPROP_BASE, True, True)
-    cdf_in_place(buf, count, fl[CDF], single)
-    two_c, half, one = sc[C_TWO_C], sc[C_HALF], sc[C_ONE]
+    scale_loop(buf, count, sc, CPROP_BASE, fl[CDF], single)
     for j in range(count):
         b = before[j]
-        p[j] = b + (p[j] - b) * scale_from_probability(buf[j], two_c, half, one)
+        p[j] = b + (p[j] - b) * buf[j]
 
 
 @njit(error_model="numpy", cache=True)
