@@ -8,7 +8,8 @@ generation 0. The first ``N`` at which the child survives ends the loop.
 
 ``python tests/crash_saver.py timed DIR TRIALS SEED`` forks, per trial, a child that
 steps and saves generations 1, 2, 3, ... in a loop, reporting each finished save on a
-pipe, and SIGKILLs it after a random delay (uniform in [0, 80] ms).
+pipe, and SIGKILLs it after a random delay, uniform over the time of the first four
+step-and-save cycles (measured first, so that a busy machine is taken into account).
 
 After every kill the parent copies the checkpoint as the crash left it to
 ``DIR/after-<i>.npz`` and lists the temporary files left beside it, then restores
@@ -34,6 +35,8 @@ import numpy as np
 from cprop_ref import CPropAdam, checkpoint
 
 CHECKPOINT_NAME = "c.npz"
+#: Kills land uniformly in the first this-many step-and-save cycles of a trial.
+CYCLES_PER_TRIAL = 4
 #: Parameter size in the timed mode: about 2.4 MB of state, so that a save takes long
 #: enough for a random kill to land inside it often.
 TIMED_SIZE = 100_000
@@ -133,6 +136,7 @@ def run_timed(folder: Path, trials: int, seed: int) -> dict:
     gen0 = folder / "gen0.npz"
     generation(0, TIMED_SIZE).save(gen0)
     shutil.copyfile(gen0, folder / CHECKPOINT_NAME)
+    cycle = _cycle_seconds(folder)
     delays = random.Random(seed)
     outcomes = []
     for trial in range(trials):
@@ -146,7 +150,7 @@ def run_timed(folder: Path, trials: int, seed: int) -> dict:
                 os._exit(0)
         os.close(write_fd)
         select.select([read_fd], [], [], 30.0)  # wait for "0": the child is running
-        delay = delays.uniform(0.0, 0.080)
+        delay = delays.uniform(0.0, CYCLES_PER_TRIAL * cycle)
         time.sleep(delay)
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
@@ -164,7 +168,18 @@ def run_timed(folder: Path, trials: int, seed: int) -> dict:
                 **_collect(folder, trial, gen0),
             }
         )
-    return {"mode": "timed", "size": TIMED_SIZE, "outcomes": outcomes}
+    return {"mode": "timed", "size": TIMED_SIZE, "cycle_ms": round(1000 * cycle, 3), "outcomes": outcomes}
+
+
+def _cycle_seconds(folder: Path) -> float:
+    """How long one step-and-save takes here and now (the machine may be busy)."""
+    optimizer = generation(0, TIMED_SIZE)
+    start = time.perf_counter()
+    for k in range(3):
+        optimizer.step([np.random.default_rng(k).standard_normal(TIMED_SIZE) + 0.1])
+        optimizer.save(folder / "timing.npz")
+    (folder / "timing.npz").unlink()
+    return (time.perf_counter() - start) / 3
 
 
 def main(argv: list[str]) -> int:
