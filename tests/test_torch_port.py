@@ -210,3 +210,20 @@ def test_without_torch_the_import_error_names_the_extra():
     code = "import sys; sys.modules['torch'] = None\ntry:\n import cprop_ref.torch\nexcept ImportError as e:\n print(e)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "cprop-ref[torch]" in out
+
+
+def test_cprop_adam_shares_adams_moments_when_the_betas_allow():
+    """With ``betas[1] == cprop_beta`` (the defaults) and no weight decay, CProp's ``v`` is
+    Adam's second moment: not stored twice; ``betas[0] == cprop_beta`` shares ``m`` too."""
+    x, y = torch.ones(3), torch.ones(3)
+    default = CPropAdam([x], lr=0.1)
+    both = CPropAdam([y], lr=0.1, betas=(0.9, 0.9), cprop_beta=0.9)
+    x.grad, y.grad = torch.ones(3), torch.ones(3)
+    default.step()
+    both.step()
+    assert "cprop_v" not in default.state[x] and "cprop_m" in default.state[x]
+    assert "cprop_v" not in both.state[y] and "cprop_m" not in both.state[y]
+    decayed = CPropAdam([z := torch.ones(3)], lr=0.1, weight_decay=0.1)
+    z.grad = torch.ones(3)
+    decayed.step()
+    assert {"cprop_m", "cprop_v"} <= set(decayed.state[z])
