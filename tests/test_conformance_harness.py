@@ -211,3 +211,22 @@ def test_load_port_errors_name_the_spec():
     for spec in ("no_colon", "cprop_ref.conformance:nothing_here", "no.such.module:f"):
         with pytest.raises(ValueError, match="port"):
             load_port(spec)
+
+
+def test_a_port_without_read_outs_is_checked_on_its_parameters():
+    """A torch optimizer with neither ``scales()`` nor ``cprop_statistics()`` (the authors'
+    package has neither): the harness compares the parameters only, and declines nothing
+    for it; the configurations the port has no class for are counted as declined."""
+    from cprop_ref.conformance.torch_adapter import TorchPort
+    from cprop_ref.torch import CPropSGD
+
+    class WithoutReadOuts(CPropSGD):
+        def __getattribute__(self, name):
+            if name in ("scales", "cprop_statistics"):
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    coverage, failure = run_check("open_loop", TorchPort(classes={"CPropSGD": WithoutReadOuts}), max_examples=20)
+    assert failure is None
+    assert set(coverage.compared) == {"param"} and coverage.compared["param"] > 0
+    assert set(coverage.unsupported) <= {"no class for CPropAdam", "no class for CProp"}

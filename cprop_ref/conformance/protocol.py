@@ -8,7 +8,8 @@ copy, not keep), it builds its optimizer and returns an object with
   dtype as parameter ``k``) or ``None`` for a tensor that receives no gradient this step;
 - ``params()``: the current parameters as NumPy arrays (copies), in the same order;
 
-and, where the port can expose them (each is optional; the harness checks what is there):
+and, where the port can expose them (each is optional; the harness compares what is there,
+and a method that returns ``None`` counts as absent):
 
 - ``scales()``: the CProp scale each tensor's last step applied, ``None`` before its first
   gradient;

@@ -55,14 +55,16 @@ class TorchRun:
     def params(self) -> list[np.ndarray]:
         return [_to_numpy(p) for p in self.tensors]
 
-    def scales(self) -> list[np.ndarray | None]:
+    def scales(self) -> list[np.ndarray | None] | None:
+        """The optimizer's ``scales()``; ``None`` (not compared) if it has no such method."""
         if not hasattr(self.optimizer, "scales"):
-            raise Unsupported("the optimizer has no scales() method")
+            return None
         return [None if s is None else _to_numpy(s) for s in self.optimizer.scales()]
 
-    def cprop_state(self) -> list[tuple[np.ndarray, np.ndarray, int] | None]:
+    def cprop_state(self) -> list[tuple[np.ndarray, np.ndarray, int] | None] | None:
+        """The optimizer's ``cprop_statistics()``; ``None`` (not compared) if it has none."""
         if not hasattr(self.optimizer, "cprop_statistics"):
-            raise Unsupported("the optimizer has no cprop_statistics() method")
+            return None
         return [
             None if st is None else (_to_numpy(st[0]), _to_numpy(st[1]), int(st[2]))
             for st in self.optimizer.cprop_statistics()
