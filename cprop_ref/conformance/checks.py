@@ -210,7 +210,8 @@ def check_open_loop(
     comparer = _Comparer("open_loop", config, coverage, make_snippet)
     run, ref = _start(comparer, port, config, params)
     bounds = RunBounds(config, [np.shape(p) for p in params])
-    comparer.compare(0, 0, "param", _port_call(comparer, 0, "params()", run.params)[0], ref.params()[0], 0.0)
+    for k, (port_p, ref_p) in enumerate(zip(_port_call(comparer, 0, "params()", run.params), ref.params())):
+        comparer.compare(0, k, "param", port_p, ref_p, 0.0)  # the initial parameters, exactly
     for step, gs in enumerate(grads, start=1):
         gs = [None if g is None else np.asarray(g, config.np_dtype) for g in gs]
         params_before, states_before = ref.params(), ref.states()

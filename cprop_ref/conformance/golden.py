@@ -22,6 +22,7 @@ from .. import __version__
 from .bounds import RunBounds
 from .checks import _Comparer, _port_call, _start
 from .config import PortConfig
+from .protocol import optional
 from .reference import ReferenceRun
 from .report import Coverage
 
@@ -237,8 +238,8 @@ def check_case(
     coverage: Coverage | None = None,
     folder: str | Path | None = None,
 ) -> Coverage:
-    """Run ``port`` over one fixture, comparing with the stored values and tolerances
-    (scales where the port exposes them, then parameters, every step)."""
+    """Run ``port`` over one fixture, comparing with the stored values and tolerances every
+    step: CProp's moments and the scale where the port exposes them, then the parameters."""
     coverage = Coverage() if coverage is None else coverage
     params, grads = case.inputs()
 
@@ -261,8 +262,19 @@ def check_case(
         step = i + 1
         _port_call(comparer, step, "step(grads)", lambda gs=gs: run.step(gs))
         port_params = _port_call(comparer, step, "params()", run.params)
-        scales = getattr(run, "scales", None)
-        port_scales = _port_call(comparer, step, "scales()", scales) if callable(scales) else None
+        read_scales, read_state = optional(run, "scales"), optional(run, "cprop_state")
+        port_scales = _port_call(comparer, step, "scales()", read_scales) if read_scales else None
+        port_state = _port_call(comparer, step, "cprop_state()", read_state) if read_state else None
+        for k in range(case.tensors):
+            if port_state is None or a[f"step{k}"][i] == 0 or port_state[k] is None:
+                continue
+            m, v, t = port_state[k]
+            if int(t) != int(a[f"step{k}"][i]):
+                comparer.fail(
+                    step, k, (), "step", float(t), float(a[f"step{k}"][i]), 0.0, "CProp's step count t differs"
+                )
+            comparer.compare(step, k, "cprop_m", m, a[f"cprop_m{k}"][i], a[f"cprop_m{k}_tol"][i])
+            comparer.compare(step, k, "cprop_v", v, a[f"cprop_v{k}"][i], a[f"cprop_v{k}_tol"][i])
         for k in range(case.tensors):
             if port_scales is not None and a[f"step{k}"][i] > 0:
                 comparer.compare(step, k, "scale", port_scales[k], a[f"scale{k}"][i], a[f"scale{k}_tol"][i])
