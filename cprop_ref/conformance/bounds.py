@@ -75,6 +75,9 @@ class RunBounds:
         self.config = config
         self.tensors = [TensorBounds(shape, config.np_dtype) for shape in shapes]
 
+    # Overflowing squares (gradients near the dtype's range) make some bounds inf or NaN; a NaN
+    # bound is an unknown one and becomes inf: the element is counted, not compared.
+    @np.errstate(all="ignore")
     def advance(
         self,
         k: int,
@@ -91,23 +94,6 @@ class RunBounds:
         ``state_before`` / ``state_after`` are the reference's states in the protocol's names
         (``{}`` before the first gradient), ``scale`` the reference's scale of this step.
         """
-        # Overflowing squares (gradients near the dtype's range) make some bounds inf or NaN;
-        # a NaN bound is an unknown one and becomes inf: the element is counted, not compared.
-        with np.errstate(all="ignore"):
-            bounds = self._advance(k, param_before, grad, state_before, state_after, scale, param_after, grad_error)
-        return {name: np.nan_to_num(b, nan=np.inf) for name, b in bounds.items()}
-
-    def _advance(
-        self,
-        k: int,
-        param_before: np.ndarray,
-        grad: np.ndarray,
-        state_before: dict[str, Any],
-        state_after: dict[str, Any],
-        scale: np.ndarray,
-        param_after: np.ndarray,
-        grad_error: np.ndarray | float,
-    ) -> dict[str, np.ndarray]:
         tb, cfg = self.tensors[k], self.config
         cp = cfg.cprop()
         u = tb.u

@@ -182,6 +182,22 @@ def _start(
     return run, ref
 
 
+def _step_both(comparer: _Comparer, step: int, run: Any, ref: ReferenceRun, bounds: RunBounds, grads: Grads) -> None:
+    """One step of the reference and the port with the same gradients, then the comparison."""
+    gs = [None if g is None else np.asarray(g, bounds.config.np_dtype) for g in grads]
+    params_before, states_before = ref.params(), ref.states()
+    ref.step(gs)
+    _port_call(comparer, step, "step(grads)", lambda: run.step(gs))
+    _compare_step(comparer, step, run, ref, bounds, params_before, states_before, gs)
+    comparer.coverage.steps += 1
+
+
+def _done(coverage: Coverage, config: PortConfig) -> Coverage:
+    coverage.examples += 1
+    coverage.configurations.add(config.describe())
+    return coverage
+
+
 def check_open_loop(
     port: Any,
     config: PortConfig,
@@ -213,15 +229,8 @@ def check_open_loop(
     for k, (port_p, ref_p) in enumerate(zip(_port_call(comparer, 0, "params()", run.params), ref.params())):
         comparer.compare(0, k, "param", port_p, ref_p, 0.0)  # the initial parameters, exactly
     for step, gs in enumerate(grads, start=1):
-        gs = [None if g is None else np.asarray(g, config.np_dtype) for g in gs]
-        params_before, states_before = ref.params(), ref.states()
-        ref.step(gs)
-        _port_call(comparer, step, "step(grads)", lambda gs=gs: run.step(gs))
-        _compare_step(comparer, step, run, ref, bounds, params_before, states_before, gs)
-        coverage.steps += 1
-    coverage.examples += 1
-    coverage.configurations.add(config.describe())
-    return coverage
+        _step_both(comparer, step, run, ref, bounds, gs)
+    return _done(coverage, config)
 
 
 def check_injected_step(
@@ -258,16 +267,8 @@ def check_injected_step(
         raise Unsupported("the port has no load_state(): the injected-state check needs it")
     ref.load_state(states)
     _port_call(comparer, 0, "load_state(states)", lambda: load([dict(st) for st in states]))
-    bounds = RunBounds(config, [np.shape(p) for p in params])
-    gs = [None if g is None else np.asarray(g, config.np_dtype) for g in grads]
-    params_before, states_before = ref.params(), ref.states()
-    ref.step(gs)
-    _port_call(comparer, 1, "step(grads)", lambda: run.step(gs))
-    _compare_step(comparer, 1, run, ref, bounds, params_before, states_before, gs)
-    coverage.steps += 1
-    coverage.examples += 1
-    coverage.configurations.add(config.describe())
-    return coverage
+    _step_both(comparer, 1, run, ref, RunBounds(config, [np.shape(p) for p in params]), grads)
+    return _done(coverage, config)
 
 
 def check_closed_loop(
@@ -322,6 +323,4 @@ def check_closed_loop(
         _port_call(comparer, step, "step(grads)", lambda g=g_port: run.step([g]))
         _compare_step(comparer, step, run, ref, bounds, params_before, states_before, [g_ref], [g_error])
         coverage.steps += 1
-    coverage.examples += 1
-    coverage.configurations.add(config.describe())
-    return coverage
+    return _done(coverage, config)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from ..hyperparams import ADAM_HYPERPARAMS, CPROP_HYPERPARAMS
-from .base import CPropOptimizerMixin, gradients_to_apply, keep_statistics_precision, validated
+from .base import CPropOptimizerMixin, validated
 from .functional import statistics_dtype, update_cprop_moment_, update_ema_
 
 
@@ -117,20 +117,7 @@ class CPropAdam(CPropOptimizerMixin, torch.optim.Optimizer):
         m, v, t = self._cprop_view(p, state)
         return self._scale(m, v, t, hp)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One step for every parameter that has a gradient (``None``: skipped, state unchanged)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for p, grad, hp in gradients_to_apply(self.param_groups, self._check_groups(), type(self).__name__):
-            dtype = statistics_dtype(p.dtype)
-            p_compute, g = p.to(dtype), grad.to(dtype)
-            state = self.state[p]
-            if not state:
-                self._init_state(p, state, hp)
-            p.copy_(self._new_param(p_compute, g, state, hp))
-        return loss
-
-    load_state_dict = keep_statistics_precision(torch.optim.Optimizer.load_state_dict)
+    def _step_tensor(self, p: torch.Tensor, g: torch.Tensor, state: dict[str, Any], hp: dict[str, Any]) -> torch.Tensor:
+        if not state:
+            self._init_state(p, state, hp)
+        return self._new_param(p, g, state, hp)

@@ -60,6 +60,26 @@ class CPropOptimizerMixin:
         name = type(self).__name__
         return [validated(self.hyperparams, g, f"{name} param group {i}") for i, g in enumerate(self.param_groups)]
 
+    # -- the step ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One step for every parameter that has a gradient (``None``: skipped, its state
+        unchanged). Hyperparameters and gradients are all checked before anything changes.
+        16-bit parameters are computed in float32 and rounded once."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for p, grad, hp in gradients_to_apply(self.param_groups, self._check_groups(), type(self).__name__):
+            dtype = statistics_dtype(p.dtype)
+            p.copy_(self._step_tensor(p.to(dtype), grad.to(dtype), self.state[p], hp))
+        return loss
+
+    def _step_tensor(self, p: torch.Tensor, g: torch.Tensor, state: dict[str, Any], hp: dict[str, Any]) -> torch.Tensor:
+        """The new value of one parameter (in the compute dtype); updates ``state`` in place."""
+        raise NotImplementedError
+
     # -- the CProp part of one step, in overridable pieces ------------------------------
 
     def _statistics(self, p: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,6 +137,10 @@ class CPropOptimizerMixin:
                 out.append(self._scale(m, v, t, hp))
         return out
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``load_state_dict``, keeping 16-bit parameters' state in float32."""
+        _load_keeping_precision(self, state_dict)
+
 
 def keep_statistics_precision(load: Callable[[Any, dict[str, Any]], None]) -> Callable[[Any, dict[str, Any]], None]:
     """Wrap ``load_state_dict`` so that 16-bit parameters get their float32 state back.
@@ -140,3 +164,6 @@ def keep_statistics_precision(load: Callable[[Any, dict[str, Any]], None]) -> Ca
 
     load_state_dict.__doc__ = load.__doc__
     return load_state_dict
+
+
+_load_keeping_precision = keep_statistics_precision(torch.optim.Optimizer.load_state_dict)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from ..hyperparams import CPROP_HYPERPARAMS, SGD_HYPERPARAMS, check_sgd_group
-from .base import CPropOptimizerMixin, gradients_to_apply, keep_statistics_precision, validated
-from .functional import statistics_dtype
+from .base import CPropOptimizerMixin, validated
 
 
 def sgd_direction(
@@ -68,20 +67,7 @@ class CPropSGD(CPropOptimizerMixin, torch.optim.Optimizer):
             state["momentum_buffer"] = buf
         return p - hp["lr"] * (d * s)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One step for every parameter that has a gradient (``None``: skipped, state unchanged)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for p, grad, hp in gradients_to_apply(self.param_groups, self._check_groups(), type(self).__name__):
-            dtype = statistics_dtype(p.dtype)
-            p_compute, g = p.to(dtype), grad.to(dtype)
-            state = self.state[p]
-            m, v = self._statistics(p, state)
-            s = self._update_and_scale(m, v, self._statistics_input(p_compute, g, hp), state, hp)
-            p.copy_(self._new_param(p_compute, g, s, state, hp))
-        return loss
-
-    load_state_dict = keep_statistics_precision(torch.optim.Optimizer.load_state_dict)
+    def _step_tensor(self, p: torch.Tensor, g: torch.Tensor, state: dict[str, Any], hp: dict[str, Any]) -> torch.Tensor:
+        m, v = self._statistics(p, state)
+        s = self._update_and_scale(m, v, self._statistics_input(p, g, hp), state, hp)
+        return self._new_param(p, g, s, state, hp)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..hyperparams import Validator, cdf_name, decay_rate, non_negative
-from .base import keep_statistics_precision, validated
+from .base import _load_keeping_precision, validated
 from .functional import cprop_scale, statistics_dtype, update_statistics_
 
 WRAPPER_HYPERPARAMS: dict[str, Validator] = {
@@ -120,8 +120,7 @@ class CProp(torch.optim.Optimizer):
             raise ValueError("CProp.load_state_dict: expected a dict with 'state', 'param_groups', 'base', 'cprop'")
         hp = validated(WRAPPER_HYPERPARAMS, state_dict["cprop"], "CProp.load_state_dict")
         own = {"state": state_dict["state"], "param_groups": state_dict["param_groups"]}
-        load_own = keep_statistics_precision(torch.optim.Optimizer.load_state_dict)
         self.base_optimizer.load_state_dict(state_dict["base"])
-        load_own(self, own)
+        _load_keeping_precision(self, own)
         self.param_groups = self.base_optimizer.param_groups
         self.beta, self.c, self.eps, self.cdf = hp["beta"], hp["c"], hp["eps"], hp["cdf"]
