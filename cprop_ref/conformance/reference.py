@@ -15,20 +15,20 @@ _BASES = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
 _SPECIALISED = {"CPropSGD": CPropSGD, "CPropAdam": CPropAdam}
 
 
-def _backend_kwargs(cls: type) -> dict[str, Any]:
-    """``backend="numpy"`` where the optimizer offers a choice: the plain NumPy path is the
+def _backend_kwargs(cls: type, backend: str) -> dict[str, Any]:
+    """``backend=...`` where the optimizer offers a choice. The plain NumPy path is the
     reference (the fused kernels are themselves checked against it)."""
-    return {"backend": "numpy"} if "backend" in inspect.signature(cls.__init__).parameters else {}
+    return {"backend": backend} if "backend" in inspect.signature(cls.__init__).parameters else {}
 
 
-def build_reference(config: PortConfig, params: list[np.ndarray]) -> Any:
+def build_reference(config: PortConfig, params: list[np.ndarray], backend: str = "numpy") -> Any:
     """The cprop-ref optimizer for ``config`` over ``params`` (updated in place)."""
     if config.optimizer == "CProp":
         base_cls = _BASES[config.base or ""]
-        base = base_cls(params, **config.base_hyperparams, **_backend_kwargs(base_cls))
-        return CProp(base, **config.hyperparams, **_backend_kwargs(CProp))
+        base = base_cls(params, **config.base_hyperparams, **_backend_kwargs(base_cls, backend))
+        return CProp(base, **config.hyperparams, **_backend_kwargs(CProp, backend))
     cls = _SPECIALISED[config.optimizer]
-    return cls(params, **config.hyperparams, **_backend_kwargs(cls))
+    return cls(params, **config.hyperparams, **_backend_kwargs(cls, backend))
 
 
 class ReferenceRun:
@@ -99,3 +99,19 @@ def _pick(state: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 def reference_port(config: PortConfig, params: Sequence[np.ndarray]) -> ReferenceRun:
     """The port factory of cprop-ref itself (``cprop_ref.conformance:reference_port``)."""
     return ReferenceRun(config, params)
+
+
+class _BackendRun(ReferenceRun):
+    """cprop-ref's optimizers on another backend (the fused Numba kernels), checked like a port."""
+
+    backend = "numba"
+
+    def __init__(self, config: PortConfig, params: Sequence[np.ndarray]) -> None:
+        self.config = config
+        self._params = [np.array(p, dtype=config.np_dtype, copy=True) for p in params]
+        self.optimizer = build_reference(config, self._params, backend=self.backend)
+
+
+def numba_port(config: PortConfig, params: Sequence[np.ndarray]) -> ReferenceRun:
+    """cprop-ref's default (Numba) backend as a port: ``cprop-ref verify cprop_ref.conformance.reference:numba_port``."""
+    return _BackendRun(config, params)
