@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "compare",
         help="CProp against its base optimizers on a test problem: table and plots",
-        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        description="Run CProp and its base optimizers on a test problem from the same seed; "
+        "print a table and write PNG plots.",
         epilog="Optimizer specs: NAME[:KEY=VALUE...], e.g. cprop-sgd:c=3:beta=0.99:lr=0.1 "
         "(names: sgd, cprop-sgd, adam, cprop-adam, adamw, cprop-adamw). `cprop-ref problems` lists the problems.",
     )

@@ -165,3 +165,13 @@ def test_progress_without_tqdm_prints_lines(capsys, monkeypatch):
     run(make_problem("beale"), "adam", 20, progress=True)
     err = capsys.readouterr().err
     assert "adam on beale: 20/20 steps" in err and err.count("\n") == 10
+
+
+def test_warm_up_leaves_the_run_unchanged():
+    """The throwaway warm-up step uses a copy and the exact gradient: the history is the
+    same with and without it."""
+    problem = make_problem("logistic", samples=40, features=3, noise=0.1)
+    a = run(problem, "cprop-adam", 30, seed=5, runs=2, warm_up=True)
+    b = run(problem, "cprop-adam", 30, seed=5, runs=2, warm_up=False)
+    np.testing.assert_array_equal(a.loss, b.loss)
+    np.testing.assert_array_equal(a.scale_mean, b.scale_mean)
