@@ -89,7 +89,7 @@ class TorchRun:
                 opt.base_optimizer.state[p] = base
                 continue
             entry: dict[str, Any] = {"step": int(st["step"]), **arrays}
-            if cfg.optimizer == "CPropAdam":
+            if cfg.optimizer == "CPropAdam" and hasattr(opt, "sharing_allowed"):
                 share_m, share_v = opt.sharing_allowed(opt.param_groups[0])
                 if share_m and np.array_equal(st["cprop_m"], st["exp_avg"]):
                     del entry["cprop_m"]
