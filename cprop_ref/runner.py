@@ -258,15 +258,16 @@ def run(
         factory = optimizer
     else:
         raise ValueError(f"optimizer must be a name, an OptimizerSpec or a factory, got {type(optimizer).__name__}")
-    opt = factory([x])
-    lr = opt.param_groups[0].get("lr")
     if warm_up:
         # One step of a throwaway optimizer on a copy, with the exact gradient (no draw from
         # the noise stream): one-time costs such as Numba compiling a kernel stay out of the
-        # timings, and the run itself is unchanged.
+        # timings, and the run itself is unchanged. It comes first, so that the optimizer a
+        # factory made last is the one that runs.
         scratch = x.copy()
         with np.errstate(over="ignore", invalid="ignore"):
             factory([scratch]).step([problem.gradient(scratch)])
+    opt = factory([x])
+    lr = opt.param_groups[0].get("lr")
 
     losses, grad_norms, distances, trajectory = [], [], [], []
     scale_mean, scale_min, scale_ones = [], [], []
