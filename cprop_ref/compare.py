@@ -163,12 +163,12 @@ def run_compare(args: argparse.Namespace) -> int:
             pyplot()  # fail before running if matplotlib is missing
     except (ValueError, ImportError) as err:
         raise SystemExit(f"cprop-ref compare: {err}") from None
-    target = args.target if args.target is not None else problem.default_target
+    target = args.target if args.target is not None else problem.target_loss()
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     minimum = "unknown" if problem.minimum is None else f"{problem.minimum:.6g}"
     print(f"{problem.name}: {problem.describe()}; dim={problem.dim}, minimum={minimum}")
     print(
-        f"{args.steps} steps, {args.runs} run(s), seed={args.seed}, target loss={target if target is not None else '-'}; "
+        f"{args.steps} steps, {args.runs} run(s), seed={args.seed}, target loss={'-' if target is None else f'{target:.6g}'}; "
         "losses are of the full (noise-free) objective, averaged over runs"
     )
     try:

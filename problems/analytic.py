@@ -32,7 +32,7 @@ class Rosenbrock(Problem):
     name: ClassVar[str] = "rosenbrock"
     summary: ClassVar[str] = "Rosenbrock's narrow curved valley, N-D (scipy.optimize.rosen)"
     plot_box: ClassVar = ((-2.5, 2.0), (-1.0, 3.5))
-    default_target: ClassVar[float | None] = 1e-2
+    target_gap: ClassVar[float | None] = 1e-2
     default_lr: ClassVar[dict[str, float]] = {"sgd": 1e-3, "adam": 2e-2}
 
     def __post_init__(self) -> None:
@@ -76,7 +76,7 @@ class Beale(Problem):
     name: ClassVar[str] = "beale"
     summary: ClassVar[str] = "Beale's function, 2-D, flat valley with steep walls"
     plot_box: ClassVar = ((-1.0, 4.5), (-1.5, 2.0))
-    default_target: ClassVar[float | None] = 1e-3
+    target_gap: ClassVar[float | None] = 1e-3
     default_lr: ClassVar[dict[str, float]] = {"sgd": 1e-3, "adam": 1e-2}
     coefficients: ClassVar[tuple[float, float, float]] = (1.5, 2.25, 2.625)
 
@@ -124,7 +124,7 @@ class Branin(Problem):
     name: ClassVar[str] = "branin"
     summary: ClassVar[str] = "Branin-Hoo, 2-D, three global minima (0.397887)"
     plot_box: ClassVar = ((-5.0, 10.0), (0.0, 15.0))
-    default_target: ClassVar[float | None] = 0.4
+    target_gap: ClassVar[float | None] = 1e-3
     default_lr: ClassVar[dict[str, float]] = {"sgd": 1e-2, "adam": 5e-2}
     a: ClassVar[float] = 1.0
     b: ClassVar[float] = 5.1 / (4.0 * math.pi**2)
@@ -178,7 +178,7 @@ class Rastrigin(MinimumAtOrigin, Problem):
     name: ClassVar[str] = "rastrigin"
     summary: ClassVar[str] = "Rastrigin, N-D, a local minimum near every integer point"
     plot_box: ClassVar = ((-3.0, 3.0), (-3.0, 3.0))
-    default_target: ClassVar[float | None] = 1e-2
+    target_gap: ClassVar[float | None] = 1e-2
     default_lr: ClassVar[dict[str, float]] = {"sgd": 1e-3, "adam": 5e-2}
 
     def __post_init__(self) -> None:
@@ -219,7 +219,7 @@ class StyblinskiTang(Problem):
     name: ClassVar[str] = "styblinski-tang"
     summary: ClassVar[str] = "Styblinski-Tang, N-D, 2^N local minima"
     plot_box: ClassVar = ((-4.5, 4.5), (-4.5, 4.5))
-    default_target: ClassVar[float | None] = None
+    target_gap: ClassVar[float | None] = 1e-2
     default_lr: ClassVar[dict[str, float]] = {"sgd": 1e-2, "adam": 5e-2}
 
     def __post_init__(self) -> None:

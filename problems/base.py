@@ -48,7 +48,10 @@ class Problem:
     noise_models: ClassVar[str] = "noise (additive Gaussian, std)"
     #: ``((x_low, x_high), (y_low, y_high))`` of the contour plot, for 2-D problems.
     plot_box: ClassVar[tuple[tuple[float, float], tuple[float, float]] | None] = None
-    #: A loss that counts as "solved" in ``cprop-ref compare`` unless ``--target`` is given.
+    #: ``loss - minimum`` that counts as reached in ``cprop-ref compare`` (problems with a
+    #: known minimum) unless ``--target`` is given ...
+    target_gap: ClassVar[float | None] = None
+    #: ... or the loss itself, for problems whose minimum is unknown.
     default_target: ClassVar[float | None] = None
     #: Learning rates that make the base optimizers work from the default start:
     #: ``{"sgd": ..., "adam": ...}``; CProp variants use their base optimizer's rate.
@@ -134,6 +137,13 @@ class Problem:
         x = self.check_point(x)
         differences = x[..., None, :] - minimisers.astype(x.dtype)
         return np.sqrt(np.min(np.sum(differences * differences, axis=-1), axis=-1))
+
+    def target_loss(self) -> float | None:
+        """The loss that counts as reached: ``minimum + target_gap`` or ``default_target``."""
+        minimum = self.minimum
+        if self.target_gap is not None and minimum is not None:
+            return minimum + self.target_gap
+        return self.default_target
 
     def check_point(self, x: Any) -> np.ndarray:
         """``x`` must be a float32/float64 array whose last axis has length ``dim``."""

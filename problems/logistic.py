@@ -39,7 +39,7 @@ class LogisticRegression(Problem):
     name: ClassVar[str] = "logistic"
     summary: ClassVar[str] = "L2-regularised logistic regression on seeded synthetic data"
     noise_models: ClassVar[str] = "batch_size (mini-batches of the data); noise (additive Gaussian, std)"
-    default_target: ClassVar[float | None] = None
+    target_gap: ClassVar[float | None] = 1e-3
     default_lr: ClassVar[dict[str, float]] = {"sgd": 0.5, "adam": 1e-2}
 
     def __post_init__(self) -> None:

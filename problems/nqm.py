@@ -31,7 +31,7 @@ class NoisyQuadraticModel(MinimumAtOrigin, Problem):
     name: ClassVar[str] = "nqm"
     summary: ClassVar[str] = "Noisy Quadratic Model (Zhang et al. 2019), h_i = 1/i, noise covariance H/batch_size"
     noise_models: ClassVar[str] = "batch_size (noise covariance H/batch_size); noise (additive Gaussian, std)"
-    default_target: ClassVar[float | None] = 0.3
+    target_gap: ClassVar[float | None] = 0.3
     default_lr: ClassVar[dict[str, float]] = {"sgd": 0.5, "adam": 1e-2}
 
     def __post_init__(self) -> None:

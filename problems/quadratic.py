@@ -31,7 +31,7 @@ class IllConditionedQuadratic(MinimumAtOrigin, Problem):
 
     name: ClassVar[str] = "quadratic"
     summary: ClassVar[str] = "ill-conditioned quadratic, N-D, chosen condition number, optional rotation"
-    default_target: ClassVar[float | None] = 1e-3
+    target_gap: ClassVar[float | None] = 1e-3
     default_lr: ClassVar[dict[str, float]] = {"sgd": 0.5, "adam": 1e-2}
 
     def __post_init__(self) -> None:

@@ -79,6 +79,17 @@ def test_same_seed_same_gradient_noise(name):
     np.testing.assert_array_equal(a, b)
 
 
+def test_target_loss_is_a_gap_above_a_known_minimum_else_absolute():
+    deep = make_problem("quadratic-deep", seed=3)
+    assert deep.target_loss() == deep.minimum + deep.target_gap
+    assert make_problem("nqm").target_loss() == 0.3
+
+
+def test_target_loss_without_a_known_minimum_is_absolute():
+    pytest.importorskip("sklearn")
+    assert make_problem("digits-mlp", hidden=2, samples=10).target_loss() == 0.1
+
+
 def test_quadratic_deep_is_seeded():
     """Two instances with the same seed are identical; another seed gives another Hessian."""
     a, b, c = make_problem("quadratic-deep"), make_problem("quadratic-deep"), make_problem("quadratic-deep", seed=1)
