@@ -11,7 +11,6 @@ scale over time). With no arguments it runs that command on the built-in default
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -78,7 +77,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bars (default: when stderr is a terminal)",
+        help="progress bars (default: for runs of 1000 steps or more when stderr is a terminal)",
     )
 
 
@@ -103,7 +102,7 @@ def compare(
     *,
     seed: int = 0,
     runs: int = 1,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> list[History]:
     """One :func:`~cprop_ref.runner.run` per spec, all from the same seed; trajectories
     are kept for 2-D problems (for the contour plot)."""
@@ -164,7 +163,6 @@ def run_compare(args: argparse.Namespace) -> int:
     except (ValueError, ImportError) as err:
         raise SystemExit(f"cprop-ref compare: {err}") from None
     target = args.target if args.target is not None else problem.target_loss()
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
     minimum = "unknown" if problem.minimum is None else f"{problem.minimum:.6g}"
     print(f"{problem.name}: {problem.describe()}; dim={problem.dim}, minimum={minimum}")
     print(
@@ -172,7 +170,7 @@ def run_compare(args: argparse.Namespace) -> int:
         "losses are of the full (noise-free) objective, averaged over runs"
     )
     try:
-        histories = compare(problem, specs, args.steps, seed=args.seed, runs=args.runs, progress=progress)
+        histories = compare(problem, specs, args.steps, seed=args.seed, runs=args.runs, progress=args.progress)
     except ValueError as err:
         raise SystemExit(f"cprop-ref compare: {err}") from None
     print(format_table(histories, target, problem.minimum))

@@ -51,6 +51,9 @@ _FLAGS = ("nesterov", "amsgrad")
 #: Options whose values are names, passed on as text (``backend`` where the optimizers have one).
 _TEXT_OPTIONS = ("cprop_cdf", "backend")
 
+#: Runs at least this long show a progress bar by default (when stderr is a terminal).
+PROGRESS_MIN_STEPS = 1000
+
 OptimizerFactory = Callable[[list[np.ndarray]], OptimizerProtocol]
 
 
@@ -224,7 +227,7 @@ def run(
     runs: int = 1,
     start: np.ndarray | None = None,
     record_trajectory: bool = False,
-    progress: bool = False,
+    progress: bool | None = None,
     warm_up: bool = True,
 ) -> History:
     """Run ``optimizer`` on ``problem`` for ``steps`` steps from ``seed``; see the module docstring.
@@ -234,6 +237,8 @@ def run(
     rate defaults to ``problem.default_lr`` of its family), an :class:`OptimizerSpec`, or
     a factory ``params -> optimizer`` (any object with the optimizer protocol).
     ``start``: ``(dim,)`` or ``(runs, dim)``; default ``problem.initial_points``.
+    ``progress``: a progress bar on stderr; ``None`` (default) shows one for runs of at
+    least ``PROGRESS_MIN_STEPS`` steps when stderr is a terminal.
     ``warm_up``: step a throwaway copy once before the timed run (compilation, caches).
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
@@ -282,6 +287,8 @@ def run(
             trajectory.append(x.copy())
 
     diverged = None
+    if progress is None:
+        progress = steps >= PROGRESS_MIN_STEPS and sys.stderr.isatty()
     bar = _Progress(steps, f"{label} on {problem.name}") if progress and steps > 0 else None
     step_time = 0.0
     began = time.perf_counter()

@@ -175,3 +175,9 @@ def test_warm_up_leaves_the_run_unchanged():
     b = run(problem, "cprop-adam", 30, seed=5, runs=2, warm_up=False)
     np.testing.assert_array_equal(a.loss, b.loss)
     np.testing.assert_array_equal(a.scale_mean, b.scale_mean)
+
+
+def test_progress_by_default_only_on_a_terminal(capsys):
+    """Under pytest stderr is captured, not a terminal: no bar unless asked for."""
+    run(make_problem("beale"), "adam", 1200)
+    assert capsys.readouterr().err == ""
