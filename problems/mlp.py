@@ -136,9 +136,6 @@ class DigitsMLP(Problem):
         penalty = 0.5 * self.l2 * np.sum(x * x, axis=-1)
         return loss + penalty, np.concatenate(parts, axis=-1) + self.l2 * x
 
-    def _onehot(self, labels: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        return np.eye(DIGITS_CLASSES, dtype=dtype)[labels]
-
     def _full_data(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         return self.inputs.astype(dtype, copy=False), self.targets.astype(dtype, copy=False)
 
@@ -154,7 +151,7 @@ class DigitsMLP(Problem):
 
     def _sample_gradient(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         idx = batch_indices(rng, x.shape[:-1], self.samples, self.batch_size)
-        return self._backprop(x, self.inputs[idx].astype(x.dtype), self._onehot(self.labels[idx], x.dtype))[1]
+        return self._backprop(x, self.inputs[idx].astype(x.dtype), self.targets[idx].astype(x.dtype))[1]
 
     def accuracy(self, x: np.ndarray) -> np.ndarray:
         """Share of the training images classified correctly, per point."""
