@@ -125,20 +125,7 @@ def test_c_zero_never_moves_a_parameter(kind, dtype, backend):
         assert (optimizer.scales()[0] == 0.0).all()
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        pytest.param(
-            b,
-            marks=pytest.mark.xfail(
-                strict=True, reason="the Numba kernels still compute 0 * v = 0 * inf = NaN for beta = 0"
-            ),
-        )
-        if b == "numba"
-        else b
-        for b in BACKENDS
-    ],
-)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["CPropSGD", "CPropAdam", "CProp(SGD)"])
 def test_beta_zero_after_an_overflowed_square(kind, backend):
     """beta = 0 keeps no memory: a gradient whose square overflowed (v = inf) must not

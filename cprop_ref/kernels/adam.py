@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .pointers import array_at
+from .pointers import array_at, chunks_finite, finite
 from .scale import (
     C_BETA,
     C_EPS,
@@ -29,6 +29,7 @@ from .scale import (
     C_TWO_C,
     C_ZERO,
     CPROP_SCALAR_COUNT,
+    cprop_ema,
     ema,
     nan_maximum,
     scale_in_place,
@@ -125,10 +126,10 @@ def cprop_z_loop(g, m_source, v_source, cm, cv, buf, sc, base, private_m, privat
     beta, one_minus_beta = sc[base + C_BETA], sc[base + C_ONE_MINUS_BETA]
     if private_m:
         for j in range(g.size):
-            cm[j] = ema(cm[j], g[j], beta, one_minus_beta)
+            cm[j] = cprop_ema(cm[j], g[j], beta, one_minus_beta)
     if private_v:
         for j in range(g.size):
-            cv[j] = ema(cv[j], g[j] * g[j], beta, one_minus_beta)
+            cv[j] = cprop_ema(cv[j], g[j] * g[j], beta, one_minus_beta)
     inv_bias, inv_denominator = sc[base + C_INV_BIAS], sc[base + C_INV_DENOMINATOR]
     one_sample, eps, zero, infinity = (
         sc[base + C_ONE_SAMPLE],
@@ -194,18 +195,43 @@ def _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, ch
 
 
 @njit(error_model="numpy", cache=True)
-def adam_serial(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single):
-    """One step of every listed tensor on the calling thread (small totals)."""
-    _chunks(
-        0, chunk_tensor.size, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single
-    )
+def adam_one(p, g, arena, off, sc, fl, single, check_finite):
+    """One step of one small tensor (``p``, ``g`` 1-D) on the calling thread. With
+    ``check_finite``, a gradient with a NaN or inf changes nothing and returns False."""
+    if check_finite and not finite(g):
+        return False
+    delta = np.empty(CHUNK, arena.dtype)
+    buf = np.empty(CHUNK, arena.dtype)
+    for lo in range(0, p.size, CHUNK):
+        _chunk(p, g, arena, off, lo, min(lo + CHUNK, p.size), sc, fl, delta, buf, single)
+    return True
+
+
+@njit(error_model="numpy", cache=True)
+def adam_serial(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, check_finite):
+    """One step of every listed tensor on the calling thread (small totals); with
+    ``check_finite``, any NaN or inf gradient changes nothing and returns False."""
+    n = chunk_tensor.size
+    if check_finite and not chunks_finite(0, n, g_addr, sizes, arena, chunk_tensor, chunk_lo, chunk_hi):
+        return False
+    _chunks(0, n, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single)
+    return True
 
 
 @njit(error_model="numpy", cache=True, parallel=True)
-def adam_parallel(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, workers):
-    """One step of every listed tensor, the chunks split into ``workers`` contiguous runs."""
+def adam_parallel(
+    p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, check_finite, workers
+):
+    """As :func:`adam_serial`, the chunks split into ``workers`` contiguous runs."""
     n = chunk_tensor.size
+    if check_finite:
+        bad = np.zeros(workers, np.bool_)
+        for w in prange(workers):
+            first, last = w * n // workers, (w + 1) * n // workers
+            bad[w] = not chunks_finite(first, last, g_addr, sizes, arena, chunk_tensor, chunk_lo, chunk_hi)
+        if bad.any():
+            return False
     for w in prange(workers):
-        first = w * n // workers
-        last = (w + 1) * n // workers
+        first, last = w * n // workers, (w + 1) * n // workers
         _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single)
+    return True

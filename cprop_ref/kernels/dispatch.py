@@ -66,13 +66,33 @@ class _Launch:
             cache[key] = cached
         self.sizes, self.offsets, self.p_addr, self.tensor, self.lo, self.hi, self.total = cached
         self.flat = flat
+        self.params = [flat.param(k) for k in ks] if len(ks) == 1 else []
 
     def run(
-        self, serial: Callable, parallel: Callable, g_addr: np.ndarray, scalars: np.ndarray, flags: np.ndarray
-    ) -> None:
+        self,
+        kernels: tuple[Callable, Callable, Callable | None],
+        grads: Sequence[np.ndarray | None],
+        ks: list[int],
+        scalars: np.ndarray,
+        flags: np.ndarray,
+        check_finite: bool | None,
+    ) -> bool:
+        """Launch ``kernels`` = (one, serial, parallel); ``check_finite=None``: a kernel without
+        the check (the wrapper's). Returns False if the kernel found a non-finite gradient
+        (and then changed nothing)."""
+        one, serial, parallel = kernels
         arena = self.flat.arena
         single = arena.dtype == np.float32
-        workers = min(numba.get_num_threads(), self.tensor.size)
+        small = self.total < PARALLEL_THRESHOLD
+        if one is not None and small and len(ks) == 1:
+            # One small tensor: pass the arrays themselves, no address table (the tiny-step path).
+            k = ks[0]
+            p, g = self.params[0], grads[k]
+            if not g.flags.c_contiguous:
+                g = np.ascontiguousarray(g)
+            return one(p.reshape(-1), g.reshape(-1), arena, self.offsets[0], scalars[0], flags[0], single, check_finite)
+        keep: list[np.ndarray] = []
+        g_addr = _grad_addresses(grads, ks, keep)
         args = (
             self.p_addr,
             g_addr,
@@ -86,10 +106,14 @@ class _Launch:
             flags,
             single,
         )
-        if self.total < PARALLEL_THRESHOLD or workers < 2:
-            serial(*args)
+        if check_finite is not None:
+            args = (*args, check_finite)
+        workers = min(numba.get_num_threads(), self.tensor.size)
+        if small or workers < 2:
+            ok = serial(*args)
         else:
-            parallel(*args, workers)
+            ok = parallel(*args, workers)
+        return ok is not False
 
 
 def _table(rows: list, dtype: np.dtype) -> np.ndarray:
@@ -110,24 +134,89 @@ def _grad_addresses(grads: Sequence[np.ndarray | None], ks: list[int], keep: lis
     return addresses
 
 
-def fused_step(opt: Any, groups: list[dict[str, Any]], grads: list[np.ndarray | None]) -> list[np.ndarray | None]:
-    """Step every kernel-eligible parameter of ``opt`` in place; return the gradients left
-    for the NumPy path (``None`` where done). ``groups`` are the validated groups."""
-    family = opt.kernel_family
+def validated_groups(opt: Any) -> list[dict[str, Any]]:
+    """``opt._validated_groups()``, reused while no hyperparameter changed (the values and
+    their types are compared, so ``amsgrad=1`` is still refused, and lists are frozen)."""
+    names = opt.hyperparams
+    key = tuple(
+        (id(group["params"]), len(group["params"]), tuple(_frozen(group[name]) for name in names))
+        for group in opt.param_groups
+    )
+    cached = opt.__dict__.get("_kernel_groups")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    groups = opt._validated_groups()
+    opt.__dict__["_kernel_groups"] = (key, groups)
+    return groups
+
+
+def _frozen(value: Any) -> tuple[type, Any]:
+    return (type(value), tuple(value) if isinstance(value, list) else value)
+
+
+def _plain_gradients(params: list[np.ndarray], grads: Any) -> bool:
+    """Whether ``grads`` is a list of arrays (or None) matching ``params`` exactly in count,
+    type, shape and dtype: then ``check_gradients`` would only look at the values."""
+    if not isinstance(grads, (list, tuple)) or len(grads) != len(params):
+        return False
+    for p, g in zip(params, grads):
+        if g is not None and (type(g) is not np.ndarray or g.shape != p.shape or g.dtype != p.dtype):
+            return False
+    return True
+
+
+def fused_step(opt: Any, grads: Any) -> tuple[list[dict[str, Any]], list[np.ndarray | None]]:
+    """Validate, then step every kernel-eligible parameter of ``opt`` in place; return the
+    validated groups and the gradients left for the NumPy path (``None`` where done).
+
+    When all the work is one kernel launch, the finiteness check of the gradients runs
+    inside the kernel, before it writes anything; if it fails, the step falls back to
+    :meth:`Optimizer.check_grads`, which raises (``nonfinite="raise"``) or drops the
+    gradients (``"skip"``) exactly as on the NumPy path. Otherwise the gradients are
+    checked first, as there.
+    """
+    groups = validated_groups(opt)
     pairs = opt._flat(groups)
     params = [p for p, _ in pairs]
-    remaining = list(grads)
-    for dtype, ks in _by_dtype(params, grads).items():
-        if family == "adam":
-            _adam_family(opt, pairs, grads, dtype, ks)
-        else:
-            _sgd_family(opt, pairs, grads, dtype, ks)
+    by_dtype = _by_dtype(params, grads) if _plain_gradients(params, grads) else None
+    one_launch = (
+        by_dtype is not None
+        and len(by_dtype) <= 1
+        and all(g is None or kernel_eligible(p) for p, g in zip(params, grads))
+    )
+    if one_launch:
+        checked = list(grads)
+        check_finite = opt.nonfinite != "propagate"
+    else:
+        checked = opt.check_grads(grads)
+        by_dtype = _by_dtype(params, checked)
+        check_finite = False
+    step = _adam_family if opt.kernel_family == "adam" else _sgd_family
+    remaining = list(checked)
+    for dtype, ks in by_dtype.items():
+        if not step(opt, pairs, checked, dtype, ks, check_finite):
+            # A non-finite gradient, found before anything was written: the full check
+            # raises or drops it, and the step runs on what is left.
+            checked = opt.check_grads(grads)
+            return groups, fused_step_checked(opt, groups, pairs, checked)
+        for k in ks:
+            remaining[k] = None
+    return groups, remaining
+
+
+def fused_step_checked(opt: Any, groups: list, pairs: list, checked: list) -> list[np.ndarray | None]:
+    """The step for gradients already checked: every eligible tensor, no finiteness check."""
+    params = [p for p, _ in pairs]
+    step = _adam_family if opt.kernel_family == "adam" else _sgd_family
+    remaining = list(checked)
+    for dtype, ks in _by_dtype(params, checked).items():
+        step(opt, pairs, checked, dtype, ks, False)
         for k in ks:
             remaining[k] = None
     return remaining
 
 
-def _adam_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[int]) -> None:
+def _adam_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[int], check_finite: bool) -> bool:
     cprop = "cprop_beta" in opt.hyperparams
     decoupled = bool(opt.decoupled_weight_decay)
     flat = _arena(opt, adam_kernels.FIELDS, dtype, [p for p, _ in pairs])
@@ -162,20 +251,16 @@ def _adam_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[i
         scalars.append(adam_kernels.adam_scalars(group, t, decoupled) + row)
         flags.append((decoupled, group["weight_decay"] != 0.0, group["amsgrad"], cprop, private_m, private_v, cdf_code))
         new_states.append(new)
-    keep: list[np.ndarray] = []
     launch = _Launch(flat, ks, adam_kernels.CHUNK)
-    launch.run(
-        adam_kernels.adam_serial,
-        adam_kernels.adam_parallel,
-        _grad_addresses(grads, ks, keep),
-        _table(scalars, dtype),
-        np.array(flags, dtype=np.int64),
-    )
+    kernels = (adam_kernels.adam_one, adam_kernels.adam_serial, adam_kernels.adam_parallel)
+    if not launch.run(kernels, grads, ks, _table(scalars, dtype), np.array(flags, dtype=np.int64), check_finite):
+        return False
     for k, new in zip(ks, new_states):
         opt.state[k] = new
+    return True
 
 
-def _sgd_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[int]) -> None:
+def _sgd_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[int], check_finite: bool) -> bool:
     cprop = "cprop_beta" in opt.hyperparams
     flat = _arena(opt, sgd_kernels.FIELDS, dtype, [p for p, _ in pairs])
     scalars, flags, new_states = [], [], []
@@ -207,17 +292,13 @@ def _sgd_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[in
         scalars.append(sgd_kernels.sgd_scalars(group) + row)
         flags.append((group["weight_decay"] != 0.0, has_momentum, first, group["nesterov"], cprop, cdf_code))
         new_states.append(new)
-    keep: list[np.ndarray] = []
     launch = _Launch(flat, ks, sgd_kernels.CHUNK)
-    launch.run(
-        sgd_kernels.sgd_serial,
-        sgd_kernels.sgd_parallel,
-        _grad_addresses(grads, ks, keep),
-        _table(scalars, dtype),
-        np.array(flags, dtype=np.int64),
-    )
+    kernels = (sgd_kernels.sgd_one, sgd_kernels.sgd_serial, sgd_kernels.sgd_parallel)
+    if not launch.run(kernels, grads, ks, _table(scalars, dtype), np.array(flags, dtype=np.int64), check_finite):
+        return False
     for k, new in zip(ks, new_states):
         opt.state[k] = new
+    return True
 
 
 _WRAPPER_ROWS = (*wrapper_kernels.FIELDS, "before")
@@ -262,14 +343,8 @@ class WrapperStep:
                     }
                 )
                 scalars.append(cprop_scalars(hp["beta"], hp["c"], hp["eps"], t))
-            keep: list[np.ndarray] = []
             flags = np.full((len(ks), wrapper_kernels.FLAG_COUNT), CDF_CODES[hp["cdf"]], dtype=np.int64)
-            launch.run(
-                wrapper_kernels.apply_serial,
-                wrapper_kernels.apply_parallel,
-                _grad_addresses(self.grads, ks, keep),
-                _table(scalars, flat.arena.dtype),
-                flags,
-            )
+            kernels = (None, wrapper_kernels.apply_serial, wrapper_kernels.apply_parallel)
+            launch.run(kernels, self.grads, ks, _table(scalars, flat.arena.dtype), flags, None)
             for k, new in zip(ks, new_states):
                 state[k] = new

@@ -35,10 +35,15 @@ class FlatState:
         self.sizes = np.asarray(sizes, dtype=np.intp)
         self.offsets = offsets.astype(np.intp)
         self.param_addresses = np.asarray([p.ctypes.data for _, p in members], dtype=np.intp)
+        self._params = [p for _, p in members]
         self._views: list[dict[str, np.ndarray]] = []
         for (_, p), off in zip(members, self.offsets):
             start, stop = int(off), int(off) + p.size
             self._views.append({row: self.arena[r, start:stop].reshape(p.shape) for r, row in enumerate(self.rows)})
+
+    def param(self, k: int) -> np.ndarray:
+        """Parameter ``k`` itself."""
+        return self._params[self.position[k]]
 
     def view(self, k: int, row: str) -> np.ndarray:
         """Parameter ``k``'s view of ``row``."""

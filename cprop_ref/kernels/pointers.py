@@ -33,3 +33,23 @@ def array_at(address, size, like):
 def address(array: np.ndarray) -> int:
     """The address of the first element of a C-contiguous array."""
     return array.ctypes.data
+
+
+@njit(error_model="numpy", cache=True)
+def finite(g):
+    """Whether every element of the 1-D array ``g`` is finite (a vectorisable OR-reduction)."""
+    bad = False
+    for i in range(g.size):
+        bad = bad | (not (abs(g[i]) < np.inf))
+    return not bad
+
+
+@njit(error_model="numpy", cache=True)
+def chunks_finite(first, last, g_addr, sizes, like, chunk_tensor, chunk_lo, chunk_hi):
+    """Whether the gradients of chunks ``first..last`` are all finite."""
+    for c in range(first, last):
+        k = chunk_tensor[c]
+        g = array_at(g_addr[k], sizes[k], like)
+        if not finite(g[chunk_lo[c] : chunk_hi[c]]):
+            return False
+    return True

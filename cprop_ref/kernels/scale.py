@@ -62,6 +62,13 @@ def ema(old, new, beta, one_minus_beta):
 
 
 @njit(error_model="numpy", cache=True)
+def cprop_ema(old, new, beta, one_minus_beta):
+    """CProp's moment update (``scale.update_moments``): as :func:`ema`, but ``beta = 0``
+    keeps no memory at all (``0 * old`` would be NaN where ``old`` overflowed to inf)."""
+    return one_minus_beta * new if beta == 0 else beta * old + one_minus_beta * new
+
+
+@njit(error_model="numpy", cache=True)
 def nan_maximum(a, b):
     """``np.maximum``: NaN if either is NaN."""
     if a != a or b != b:

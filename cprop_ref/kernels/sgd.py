@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from .adam import CHUNK, cprop_z_loop, scale_loop
-from .pointers import array_at
+from .pointers import array_at, chunks_finite, finite
 from .scale import CPROP_SCALAR_COUNT
 
 #: Columns of the scalar table: SGD's, then CProp's from ``CPROP_BASE``.
@@ -86,18 +86,43 @@ def _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, ch
 
 
 @njit(error_model="numpy", cache=True)
-def sgd_serial(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single):
-    """One step of every listed tensor on the calling thread (small totals)."""
-    _chunks(
-        0, chunk_tensor.size, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single
-    )
+def sgd_one(p, g, arena, off, sc, fl, single, check_finite):
+    """One step of one small tensor (``p``, ``g`` 1-D) on the calling thread. With
+    ``check_finite``, a gradient with a NaN or inf changes nothing and returns False."""
+    if check_finite and not finite(g):
+        return False
+    direction = np.empty(CHUNK, arena.dtype)
+    buf = np.empty(CHUNK, arena.dtype)
+    for lo in range(0, p.size, CHUNK):
+        _chunk(p, g, arena, off, lo, min(lo + CHUNK, p.size), sc, fl, direction, buf, single)
+    return True
+
+
+@njit(error_model="numpy", cache=True)
+def sgd_serial(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, check_finite):
+    """One step of every listed tensor on the calling thread (small totals); with
+    ``check_finite``, any NaN or inf gradient changes nothing and returns False."""
+    n = chunk_tensor.size
+    if check_finite and not chunks_finite(0, n, g_addr, sizes, arena, chunk_tensor, chunk_lo, chunk_hi):
+        return False
+    _chunks(0, n, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single)
+    return True
 
 
 @njit(error_model="numpy", cache=True, parallel=True)
-def sgd_parallel(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, workers):
-    """One step of every listed tensor, the chunks split into ``workers`` contiguous runs."""
+def sgd_parallel(
+    p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, check_finite, workers
+):
+    """As :func:`sgd_serial`, the chunks split into ``workers`` contiguous runs."""
     n = chunk_tensor.size
+    if check_finite:
+        bad = np.zeros(workers, np.bool_)
+        for w in prange(workers):
+            first, last = w * n // workers, (w + 1) * n // workers
+            bad[w] = not chunks_finite(first, last, g_addr, sizes, arena, chunk_tensor, chunk_lo, chunk_hi)
+        if bad.any():
+            return False
     for w in prange(workers):
-        first = w * n // workers
-        last = (w + 1) * n // workers
+        first, last = w * n // workers, (w + 1) * n // workers
         _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single)
+    return True

@@ -36,8 +36,10 @@ def _apply_chunk(p, g, arena, off, lo, hi, sc, fl, buf, single):
     cprop_z_loop(g, cm, cv, cm, cv, buf, sc, CPROP_BASE, True, True)
     scale_loop(buf, count, sc, CPROP_BASE, fl[CDF], single)
     for j in range(count):
-        b = before[j]
-        p[j] = b + (p[j] - b) * buf[j]
+        b, after, s = before[j], p[j], buf[j]
+        # No update, or one scaled by s = 0, leaves the parameter as it was (as the
+        # reference does, where IEEE would give inf - inf or 0 * inf = NaN).
+        p[j] = b if (s == 0 or after == b) else b + (after - b) * s
 
 
 @njit(error_model="numpy", cache=True)

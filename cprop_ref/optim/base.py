@@ -135,13 +135,15 @@ class Optimizer:
     def step(self, grads: Sequence[np.ndarray | None]) -> None:
         """One optimization step. ``grads[k]`` is the gradient of ``params[k]`` (``None``: no
         step for that parameter, and its state does not advance)."""
-        groups = self._validated_groups()
-        checked = self.check_grads(grads)
         if check_backend(self.backend) == "numba" and self.kernel_family is not None:
             from ..kernels.dispatch import fused_step  # imports Numba on the first fused step only
 
-            # Steps the float32/float64 parameters in place; the rest go on to the NumPy path.
-            checked = fused_step(self, groups, checked)
+            # Validates as below, then steps the float32/float64 parameters in place; the
+            # rest (float16, non-contiguous) go on to the NumPy path.
+            groups, checked = fused_step(self, grads)
+        else:
+            groups = self._validated_groups()
+            checked = self.check_grads(grads)
         updates: list[tuple[int, Update]] = []
         # IEEE results (inf on overflow) are the defined ones; a user's np.seterr(all="raise")
         # must not abort a step half-way.

@@ -1,0 +1,354 @@
+"""``cprop-ref bench``: the speed of a step, measured side by side in one run.
+
+Rows (every time is the median over repeated steps, after warm-up steps):
+
+- ``2^N elements``: one float32 tensor; CProp-Adam (``bft``, ``normal``) and CProp-SGD on
+  both backends, ``torch.optim.Adam(fused=True)`` and ``torch.optim.SGD`` (when torch is
+  installed), the project's PyTorch port (when ``cprop_ref.torch`` imports), and the
+  memory bound: a kernel that reads and writes exactly the bytes the step must touch
+  (parameter, gradient and two moments read; parameter and moments written).
+- ``many tensors``: the same total split into tensors of mixed sizes, against one tensor.
+- ``2 elements``: time per ``step()`` call (the Rosenbrock case), against ``torch.optim.Adam``.
+- ``compile``: import and first step in a new process, with the Numba cache warm and cold.
+
+The table is printed and written as JSON (``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+#: Bytes per element the memory-bound kernel moves: 4 arrays read, 3 written.
+BOUND_READS, BOUND_WRITES = 4, 3
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="time a step: Numba and NumPy backends, torch, the memory bound")
+    parser.add_argument("--log2-size", type=int, default=24, help="elements of the large tensor, as a power of 2")
+    parser.add_argument("--tensors", type=int, default=200, help="tensors in the many-tensor row (default 200)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed steps per fast row (default 15)")
+    parser.add_argument("--numpy-repeats", type=int, default=3, help="timed steps per NumPy-backend row (default 3)")
+    parser.add_argument("--tiny-repeats", type=int, default=2000, help="timed steps of the 2-element rows")
+    parser.add_argument("--skip-compile", action="store_true", help="skip the new-process compile rows")
+    parser.add_argument(
+        "--json", default="cprop-bench.json", help="where to write the table (default cprop-bench.json)"
+    )
+    parser.set_defaults(func=run_bench)
+
+
+def median_time(step: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``step()`` in seconds over ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def median_time_batched(step: Callable[[], Any], repeats: int, batch: int = 100) -> float:
+    """Median time per call of ``step()`` over batches of ``batch`` calls (for microsecond steps)."""
+    for _ in range(batch):
+        step()
+    times = []
+    for _ in range(max(1, repeats // batch)):
+        start = time.perf_counter()
+        for _ in range(batch):
+            step()
+        times.append((time.perf_counter() - start) / batch)
+    return statistics.median(times)
+
+
+def _memory_bound_kernel() -> Callable[..., None]:
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=True)
+    def touch(p, g, m, v):  # pragma: no cover - timed, not tested for its values
+        for i in prange(p.size):
+            gi = g[i]
+            p[i] += gi
+            m[i] += gi
+            v[i] += gi
+
+    return touch
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _torch_port() -> Any:
+    try:
+        import importlib
+
+        return importlib.import_module("cprop_ref.torch")
+    except Exception:  # noqa: BLE001 - any failure to import means "no port to time"
+        return None
+
+
+def mixed_sizes(total: int, count: int, seed: int = 0) -> list[int]:
+    """``count`` sizes spread log-uniformly over three orders of magnitude, summing to ``total``."""
+    rng = np.random.default_rng(seed)
+    weights = 10.0 ** rng.uniform(0.0, 3.0, size=count)
+    sizes = np.maximum(1, np.floor(weights / weights.sum() * total)).astype(np.int64)
+    sizes[np.argmax(sizes)] += total - int(sizes.sum())
+    return [int(n) for n in sizes]
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, group: str, name: str, seconds: float | None, against: str | None = None, note: str = "") -> None:
+        ratio = None
+        if seconds is not None and against is not None:
+            base = self.seconds(group, against)
+            ratio = seconds / base if base else None
+        self.rows.append(
+            {"group": group, "row": name, "median_s": seconds, "ratio": ratio, "against": against, "note": note}
+        )
+        shown = "-" if seconds is None else _format_time(seconds)
+        ratio_text = "" if ratio is None else f"{ratio:6.2f}x {against}"
+        print(f"  {name:<44} {shown:>11}  {ratio_text}{('  ' + note) if note else ''}", flush=True)
+
+    def seconds(self, group: str, name: str) -> float | None:
+        for row in self.rows:
+            if row["group"] == group and row["row"] == name:
+                return row["median_s"]
+        return None
+
+
+def _format_time(seconds: float) -> str:
+    if seconds >= 1.0:
+        return f"{seconds:.3f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.2f} us"
+
+
+def machine() -> dict[str, Any]:
+    import numba
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "numba_threads": numba.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+    }
+    torch = _torch()
+    info["torch"] = None if torch is None else torch.__version__
+    if torch is not None:
+        info["torch_threads"] = torch.get_num_threads()
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def bench_single_tensor(table: Table, n: int, args: argparse.Namespace) -> None:
+    from .optim import CPropAdam, CPropSGD
+
+    group = f"2^{args.log2_size} elements, float32"
+    print(f"{group}:")
+    rng = np.random.default_rng(0)
+    grad = rng.standard_normal(n).astype(np.float32)
+    touch = _memory_bound_kernel()
+    arrays = [np.zeros(n, np.float32) for _ in range(3)]
+    seconds = median_time(lambda a=arrays: touch(a[0], grad, a[1], a[2]), args.repeats)
+    gbytes = (BOUND_READS + BOUND_WRITES) * 4 * n / seconds / 1e9
+    table.add(group, "memory bound (4 reads + 3 writes)", seconds, note=f"{gbytes:.1f} GB/s")
+    del arrays
+
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(_threads())
+        weight = torch.zeros(n, requires_grad=True)
+        weight.grad = torch.from_numpy(grad)
+        adam = torch.optim.Adam([weight], lr=1e-3, fused=True)
+        table.add(
+            group,
+            "torch.optim.Adam(fused=True)",
+            median_time(adam.step, args.repeats),
+            "memory bound (4 reads + 3 writes)",
+        )
+        sgd = torch.optim.SGD([weight], lr=1e-3)
+        table.add(group, "torch.optim.SGD", median_time(sgd.step, args.repeats), "memory bound (4 reads + 3 writes)")
+        del weight, adam, sgd
+    else:
+        table.add(group, "torch.optim.Adam(fused=True)", None, note="torch not installed: skipped")
+    fused_adam = "torch.optim.Adam(fused=True)" if torch is not None else "memory bound (4 reads + 3 writes)"
+    fused_sgd = "torch.optim.SGD" if torch is not None else "memory bound (4 reads + 3 writes)"
+
+    cases = [
+        ("CProp-Adam bft", lambda x, b: CPropAdam([x], cprop_cdf="bft", backend=b), fused_adam),
+        ("CProp-Adam normal", lambda x, b: CPropAdam([x], cprop_cdf="normal", backend=b), fused_adam),
+        ("CProp-SGD bft", lambda x, b: CPropSGD([x], lr=1e-3, backend=b), fused_sgd),
+    ]
+    for name, make, against in cases:
+        for backend in ("numba", "numpy"):
+            x = np.zeros(n, np.float32)
+            opt = make(x, backend)
+            repeats = args.repeats if backend == "numba" else args.numpy_repeats
+            table.add(group, f"{name} [{backend}]", median_time(lambda opt=opt: opt.step([grad]), repeats, 1), against)
+            if backend == "numba" and "Adam" in name:
+                table.add(
+                    group,
+                    f"{name} [{backend}] vs bound",
+                    table.seconds(group, f"{name} [{backend}]"),
+                    "memory bound (4 reads + 3 writes)",
+                )
+            del x, opt
+    port = _torch_port()
+    if torch is not None and port is not None and hasattr(port, "CPropAdam"):
+        weight = torch.zeros(n, requires_grad=True)
+        weight.grad = torch.from_numpy(grad)
+        try:
+            opt = port.CPropAdam([weight], lr=1e-3)
+            table.add(group, "cprop_ref.torch CPropAdam (port)", median_time(opt.step, args.repeats), fused_adam)
+        except Exception as err:  # noqa: BLE001 - the port is optional and may be incomplete
+            table.add(group, "cprop_ref.torch CPropAdam (port)", None, note=f"failed: {type(err).__name__}: {err}")
+    else:
+        table.add(group, "cprop_ref.torch CPropAdam (port)", None, note="no PyTorch port importable: skipped")
+
+
+def bench_many_tensors(table: Table, n: int, args: argparse.Namespace) -> None:
+    from .optim import CPropAdam
+
+    group = f"{args.tensors} tensors vs 1, same total 2^{args.log2_size}"
+    print(f"{group}:")
+    rng = np.random.default_rng(1)
+    sizes = mixed_sizes(n, args.tensors)
+    single = np.zeros(n, np.float32)
+    single_grad = rng.standard_normal(n).astype(np.float32)
+    opt = CPropAdam([single])
+    table.add(
+        group, "CProp-Adam bft, 1 tensor [numba]", median_time(lambda opt=opt: opt.step([single_grad]), args.repeats)
+    )
+    del opt
+    params = [np.zeros(size, np.float32) for size in sizes]
+    grads = [rng.standard_normal(size).astype(np.float32) for size in sizes]
+    many = CPropAdam(params)
+    table.add(
+        group,
+        f"CProp-Adam bft, {len(sizes)} tensors [numba]",
+        median_time(lambda: many.step(grads), args.repeats),
+        "CProp-Adam bft, 1 tensor [numba]",
+        note=f"sizes {min(sizes)}..{max(sizes)}",
+    )
+
+
+def bench_tiny(table: Table, args: argparse.Namespace) -> None:
+    from .optim import CPropAdam
+
+    group = "2 elements (Rosenbrock), time per step()"
+    print(f"{group}:")
+    torch = _torch()
+    reference = None
+    if torch is not None:
+        torch.set_num_threads(_threads())
+        weight = torch.zeros(2, requires_grad=True)
+        weight.grad = torch.ones(2)
+        adam = torch.optim.Adam([weight], lr=1e-3)
+        table.add(group, "torch.optim.Adam", median_time_batched(adam.step, args.tiny_repeats))
+        reference = "torch.optim.Adam"
+    else:
+        table.add(group, "torch.optim.Adam", None, note="torch not installed: skipped")
+    grad = np.array([0.5, -1.0], np.float32)
+    for backend in ("numba", "numpy"):
+        x = np.zeros(2, np.float32)
+        opt = CPropAdam([x], backend=backend)
+        table.add(
+            group,
+            f"CProp-Adam bft [{backend}]",
+            median_time_batched(lambda opt=opt: opt.step([grad]), args.tiny_repeats),
+            reference,
+        )
+
+
+_FIRST_STEP = """
+import time
+start = time.perf_counter()
+import numpy as np
+from cprop_ref import CPropAdam
+imported = time.perf_counter()
+for n in (2, 1 << 16):
+    x = np.zeros(n, np.float32)
+    CPropAdam([x]).step([np.ones(n, np.float32)])
+print(imported - start, time.perf_counter() - imported)
+"""
+
+
+def _first_step_in_new_process(cache_dir: str | None) -> tuple[float, float]:
+    env = dict(os.environ)
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = cache_dir
+    out = subprocess.run([sys.executable, "-c", _FIRST_STEP], env=env, capture_output=True, text=True, check=True)
+    imported, first = (float(x) for x in out.stdout.split())
+    return imported, first
+
+
+def bench_compile(table: Table) -> None:
+    group = "compile: new process, import + first step (serial and parallel kernels)"
+    print(f"{group}:")
+    _first_step_in_new_process(None)  # make sure the cache is warm
+    warm = [_first_step_in_new_process(None) for _ in range(3)]
+    table.add(group, "import cprop_ref", statistics.median(w[0] for w in warm))
+    table.add(group, "first step, warm cache", statistics.median(w[1] for w in warm))
+    with tempfile.TemporaryDirectory() as cold_dir:
+        cold = _first_step_in_new_process(cold_dir)
+    table.add(group, "first step, cold cache (compiles)", cold[1], "first step, warm cache")
+
+
+def _threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    if not 1 <= args.log2_size <= 30:
+        raise SystemExit(f"cprop-ref bench: invalid --log2-size={args.log2_size}: must be in 1..30")
+    if args.tensors < 1 or args.repeats < 1 or args.numpy_repeats < 1 or args.tiny_repeats < 1:
+        raise SystemExit("cprop-ref bench: --tensors and the --*repeats options must be >= 1")
+    n = 1 << args.log2_size
+    info = machine()
+    print(f"cprop-ref bench on {info['processor']}, {info['cpu_count']} CPUs, {info['numba_threads']} Numba threads")
+    table = Table()
+    bench_single_tensor(table, n, args)
+    bench_many_tensors(table, n, args)
+    bench_tiny(table, args)
+    if not args.skip_compile:
+        bench_compile(table)
+    with open(args.json, "w") as handle:
+        json.dump({"machine": info, "size": n, "rows": table.rows}, handle, indent=1)
+    print(f"wrote {args.json}")
+    return 0
