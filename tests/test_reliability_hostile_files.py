@@ -50,9 +50,15 @@ def _assert_refused(path: Path, optimizer, expected: str | None = None) -> Check
     return info.value
 
 
+#: The checkpoint cut and flipped byte by byte: plain SGD (momentum), the smallest one
+#: (3.4 kB), so that every byte costs little; zip structure, CRC and NumPy headers are
+#: the same as in any other.
+SMALL_VICTIM = "SGD"
+
+
 @pytest.fixture
 def saved(tmp_path):
-    optimizer, _ = _stepped()
+    optimizer, _ = _stepped(SMALL_VICTIM)
     path = tmp_path / "good.npz"
     optimizer.save(path)
     return path, path.read_bytes(), optimizer
@@ -61,7 +67,7 @@ def saved(tmp_path):
 def test_every_truncation_is_refused(saved, tmp_path):
     """All ``len(data)`` proper prefixes of a checkpoint, the empty file included."""
     path, data, _ = saved
-    target, _ = _stepped(steps=5)
+    target, _ = _stepped(SMALL_VICTIM, steps=5)
     damaged = tmp_path / "cut.npz"
     tried = 0
     for length in range(len(data)):
@@ -73,7 +79,7 @@ def test_every_truncation_is_refused(saved, tmp_path):
         if before is not None:
             assert_identical(snapshot(target), before)
         tried += 1
-    assert tried == len(data) > 7000  # the figure in docs/reliability.md
+    assert tried == len(data) > 3000  # the figure in docs/reliability.md
 
 
 def test_every_single_bit_flip_is_refused_or_harmless(saved, tmp_path):

@@ -201,5 +201,5 @@ def _groups_of_tree(tree: dict) -> list[dict]:
 
 TestOptimizerVersusUninterruptedRun = OptimizerVersusUninterruptedRun.TestCase
 TestOptimizerVersusUninterruptedRun.settings = settings(
-    settings.default, max_examples=150, stateful_step_count=30, deadline=None
+    settings.default, max_examples=100, stateful_step_count=30, deadline=None
 )
