@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, ndtr
 
 from .cdf import BFO_LINEAR, BFT_CUBIC, BFT_LINEAR, LOGISTIC_SLOPE
 from .scale import bias_correction, degrees_of_freedom, effective_sample_size
@@ -74,6 +74,18 @@ def cdf_density(z: np.ndarray, cdf: str) -> np.ndarray:
         slope = BFO_LINEAR if cdf == "bfo" else LOGISTIC_SLOPE
         q, dq = slope * z, slope
     return expit(q) * expit(-q) * dq
+
+
+def cdf_tail(z: np.ndarray, cdf: str) -> np.ndarray:
+    """``F(-|z|) = 1 - F(|z|)``, the mass of each CDF beyond ``|z|`` (all four are symmetric),
+    evaluated without cancellation; 0 at ``|z| = inf``."""
+    z = np.abs(np.asarray(z, dtype=np.float64))
+    if cdf == "normal":
+        return ndtr(-z)
+    if cdf == "bft":
+        return expit(-(BFT_CUBIC * z**3 + BFT_LINEAR * z))
+    slope = BFO_LINEAR if cdf == "bfo" else LOGISTIC_SLOPE
+    return expit(-slope * z)
 
 
 def scale_tolerance(
@@ -133,6 +145,12 @@ def scale_tolerance(
         nearest = np.maximum(np.abs(z) - dz, 0.0)
         density = cdf_density(nearest, cdf)
         dp = np.where(np.isfinite(dz), density * dz, 1.0) + cdf_error_ulps * u
+        # Where se is not pinned down (a nearly constant gradient: its variance is rounding
+        # noise) the sign of m_hat may still be: then both sides have |z| >= z_low and their p
+        # differ by at most the CDF's tail beyond z_low. The saturated scales of such streams
+        # are compared instead of counted. (fmin: a NaN z_low, 0 / 0, leaves dp as it is.)
+        z_low = np.maximum(np.abs(m_hat) - dm_hat, 0.0) / (se + dse) * (1.0 - 2.0 * u)
+        dp = np.fmin(dp, cdf_tail(z_low, cdf) + cdf_error_ulps * u)
         tol = 2.0 * c * dp + SCALE_ROUNDINGS * u
     return np.minimum(np.nan_to_num(tol, nan=1.0, posinf=1.0), 1.0)
 
