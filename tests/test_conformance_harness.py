@@ -230,3 +230,22 @@ def test_a_port_without_read_outs_is_checked_on_its_parameters():
     assert failure is None
     assert set(coverage.compared) == {"param"} and coverage.compared["param"] > 0
     assert set(coverage.unsupported) <= {"no class for CPropAdam", "no class for CProp"}
+
+
+def test_saturated_scales_of_a_nearly_constant_gradient_are_compared():
+    """A nearly constant gradient has a variance that is rounding noise in float32, so the
+    standard error is not pinned down; its sign is, and the scale is saturated at 1 whatever
+    the rounding (the tail bound of the policy). A port 0.1% off there is caught, not counted."""
+
+    class Off(ReferenceRun):
+        def scales(self):
+            return [None if s is None else (s * 0.999).astype(s.dtype) for s in super().scales()]
+
+    rng = np.random.default_rng(5)
+    grads = [[np.asarray(1.0 + 1e-3 * rng.standard_normal(4), np.float32)] for _ in range(10)]
+    params = [np.zeros(4, np.float32)]
+    coverage = check_open_loop(reference_port, SGD_CONFIG, params, grads)
+    assert coverage.unconstrained == 0 and coverage.compared["scale"] == 40
+    with pytest.raises(ConformanceMismatch) as info:
+        check_open_loop(Off, SGD_CONFIG, params, grads)
+    assert info.value.mismatch.quantity == "scale" and info.value.mismatch.reference_value == 1.0
