@@ -174,6 +174,32 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def interleaved_medians(steps: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median time of each step, the steps taken in turn (A B C A B C ...) so that a change
+    in the machine's load during the run affects every row alike and the ratios stay fair."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def interleaved_medians_batched(
+    steps: dict[str, Callable[[], Any]], repeats: int, batch: int = 100
+) -> dict[str, float]:
+    """As :func:`interleaved_medians`, per call, over batches of ``batch`` calls (microsecond steps)."""
+    batched = {name: (lambda step=step: [step() for _ in range(batch)]) for name, step in steps.items()}
+    return {name: t / batch for name, t in interleaved_medians(batched, max(1, repeats // batch), 1).items()}
+
+
+BOUND = "memory bound (4 reads + 3 writes)"
+
+
 def bench_single_tensor(table: Table, n: int, args: argparse.Namespace) -> None:
     from .optim import CPropAdam, CPropSGD
 
@@ -183,61 +209,59 @@ def bench_single_tensor(table: Table, n: int, args: argparse.Namespace) -> None:
     grad = rng.standard_normal(n).astype(np.float32)
     touch = _memory_bound_kernel()
     arrays = [np.zeros(n, np.float32) for _ in range(3)]
-    seconds = median_time(lambda a=arrays: touch(a[0], grad, a[1], a[2]), args.repeats)
-    gbytes = (BOUND_READS + BOUND_WRITES) * 4 * n / seconds / 1e9
-    table.add(group, "memory bound (4 reads + 3 writes)", seconds, note=f"{gbytes:.1f} GB/s")
-    del arrays
-
+    steps: dict[str, Callable[[], Any]] = {BOUND: lambda a=arrays: touch(a[0], grad, a[1], a[2])}
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(_threads())
-        weight = torch.zeros(n, requires_grad=True)
-        weight.grad = torch.from_numpy(grad)
-        adam = torch.optim.Adam([weight], lr=1e-3, fused=True)
-        table.add(
-            group,
-            "torch.optim.Adam(fused=True)",
-            median_time(adam.step, args.repeats),
-            "memory bound (4 reads + 3 writes)",
-        )
-        sgd = torch.optim.SGD([weight], lr=1e-3)
-        table.add(group, "torch.optim.SGD", median_time(sgd.step, args.repeats), "memory bound (4 reads + 3 writes)")
-        del weight, adam, sgd
+        weights = [torch.zeros(n, requires_grad=True) for _ in range(2)]
+        for weight in weights:
+            weight.grad = torch.from_numpy(grad)
+        steps["torch.optim.Adam(fused=True)"] = torch.optim.Adam([weights[0]], lr=1e-3, fused=True).step
+        steps["torch.optim.SGD"] = torch.optim.SGD([weights[1]], lr=1e-3).step
+        fused_adam, plain_sgd = "torch.optim.Adam(fused=True)", "torch.optim.SGD"
     else:
-        table.add(group, "torch.optim.Adam(fused=True)", None, note="torch not installed: skipped")
-    fused_adam = "torch.optim.Adam(fused=True)" if torch is not None else "memory bound (4 reads + 3 writes)"
-    fused_sgd = "torch.optim.SGD" if torch is not None else "memory bound (4 reads + 3 writes)"
-
-    cases = [
-        ("CProp-Adam bft", lambda x, b: CPropAdam([x], cprop_cdf="bft", backend=b), fused_adam),
-        ("CProp-Adam normal", lambda x, b: CPropAdam([x], cprop_cdf="normal", backend=b), fused_adam),
-        ("CProp-SGD bft", lambda x, b: CPropSGD([x], lr=1e-3, backend=b), fused_sgd),
-    ]
-    for name, make, against in cases:
-        for backend in ("numba", "numpy"):
-            x = np.zeros(n, np.float32)
-            opt = make(x, backend)
-            repeats = args.repeats if backend == "numba" else args.numpy_repeats
-            table.add(group, f"{name} [{backend}]", median_time(lambda opt=opt: opt.step([grad]), repeats, 1), against)
-            if backend == "numba" and "Adam" in name:
-                table.add(
-                    group,
-                    f"{name} [{backend}] vs bound",
-                    table.seconds(group, f"{name} [{backend}]"),
-                    "memory bound (4 reads + 3 writes)",
-                )
-            del x, opt
+        fused_adam = plain_sgd = BOUND
+    makers = {
+        "CProp-Adam bft": (lambda x, b: CPropAdam([x], cprop_cdf="bft", backend=b), fused_adam),
+        "CProp-Adam normal": (lambda x, b: CPropAdam([x], cprop_cdf="normal", backend=b), fused_adam),
+        "CProp-SGD bft": (lambda x, b: CPropSGD([x], lr=1e-3, backend=b), plain_sgd),
+    }
+    for name, (make, _) in makers.items():
+        opt = make(np.zeros(n, np.float32), "numba")
+        steps[f"{name} [numba]"] = lambda opt=opt: opt.step([grad])
     port = _torch_port()
+    port_note = "no PyTorch port importable: skipped"
     if torch is not None and port is not None and hasattr(port, "CPropAdam"):
         weight = torch.zeros(n, requires_grad=True)
         weight.grad = torch.from_numpy(grad)
         try:
-            opt = port.CPropAdam([weight], lr=1e-3)
-            table.add(group, "cprop_ref.torch CPropAdam (port)", median_time(opt.step, args.repeats), fused_adam)
+            steps["cprop_ref.torch CPropAdam bft (port)"] = port.CPropAdam([weight], lr=1e-3).step
         except Exception as err:  # noqa: BLE001 - the port is optional and may be incomplete
-            table.add(group, "cprop_ref.torch CPropAdam (port)", None, note=f"failed: {type(err).__name__}: {err}")
+            port_note = f"failed: {type(err).__name__}: {err}"
+    medians = interleaved_medians(steps, args.repeats)
+    gbytes = (BOUND_READS + BOUND_WRITES) * 4 * n / medians[BOUND] / 1e9
+    table.add(group, BOUND, medians[BOUND], note=f"{gbytes:.1f} GB/s")
+    if torch is not None:
+        table.add(group, fused_adam, medians[fused_adam], BOUND)
+        table.add(group, plain_sgd, medians[plain_sgd], BOUND)
     else:
-        table.add(group, "cprop_ref.torch CPropAdam (port)", None, note="no PyTorch port importable: skipped")
+        table.add(group, "torch.optim.Adam(fused=True)", None, note="torch not installed: skipped")
+        table.add(group, "torch.optim.SGD", None, note="torch not installed: skipped")
+    for name, (_, against) in makers.items():
+        table.add(group, f"{name} [numba]", medians[f"{name} [numba]"], against)
+        table.add(group, f"{name} [numba] vs bound", medians[f"{name} [numba]"], BOUND)
+    if "cprop_ref.torch CPropAdam bft (port)" in medians:
+        table.add(
+            group, "cprop_ref.torch CPropAdam bft (port)", medians["cprop_ref.torch CPropAdam bft (port)"], fused_adam
+        )
+    else:
+        table.add(group, "cprop_ref.torch CPropAdam bft (port)", None, note=port_note)
+    steps.clear()
+    # The NumPy backend takes seconds per step at this size: measured after, on its own.
+    for name, (make, _) in makers.items():
+        opt = make(np.zeros(n, np.float32), "numpy")
+        seconds = median_time(lambda opt=opt: opt.step([grad]), args.numpy_repeats, 1)
+        table.add(group, f"{name} [numpy]", seconds, f"{name} [numba]", note="measured after the interleaved rows")
 
 
 def bench_many_tensors(table: Table, n: int, args: argparse.Namespace) -> None:
@@ -247,23 +271,17 @@ def bench_many_tensors(table: Table, n: int, args: argparse.Namespace) -> None:
     print(f"{group}:")
     rng = np.random.default_rng(1)
     sizes = mixed_sizes(n, args.tensors)
-    single = np.zeros(n, np.float32)
     single_grad = rng.standard_normal(n).astype(np.float32)
-    opt = CPropAdam([single])
-    table.add(
-        group, "CProp-Adam bft, 1 tensor [numba]", median_time(lambda opt=opt: opt.step([single_grad]), args.repeats)
-    )
-    del opt
+    single = CPropAdam([np.zeros(n, np.float32)])
     params = [np.zeros(size, np.float32) for size in sizes]
     grads = [rng.standard_normal(size).astype(np.float32) for size in sizes]
     many = CPropAdam(params)
-    table.add(
-        group,
-        f"CProp-Adam bft, {len(sizes)} tensors [numba]",
-        median_time(lambda: many.step(grads), args.repeats),
-        "CProp-Adam bft, 1 tensor [numba]",
-        note=f"sizes {min(sizes)}..{max(sizes)}",
+    one_name, many_name = "CProp-Adam bft, 1 tensor [numba]", f"CProp-Adam bft, {len(sizes)} tensors [numba]"
+    medians = interleaved_medians(
+        {one_name: lambda: single.step([single_grad]), many_name: lambda: many.step(grads)}, args.repeats
     )
+    table.add(group, one_name, medians[one_name])
+    table.add(group, many_name, medians[many_name], one_name, note=f"sizes {min(sizes)}..{max(sizes)}")
 
 
 def bench_tiny(table: Table, args: argparse.Namespace) -> None:
@@ -272,26 +290,25 @@ def bench_tiny(table: Table, args: argparse.Namespace) -> None:
     group = "2 elements (Rosenbrock), time per step()"
     print(f"{group}:")
     torch = _torch()
-    reference = None
+    grad = np.array([0.5, -1.0], np.float32)
+    steps: dict[str, Callable[[], Any]] = {}
     if torch is not None:
         torch.set_num_threads(_threads())
         weight = torch.zeros(2, requires_grad=True)
         weight.grad = torch.ones(2)
-        adam = torch.optim.Adam([weight], lr=1e-3)
-        table.add(group, "torch.optim.Adam", median_time_batched(adam.step, args.tiny_repeats))
-        reference = "torch.optim.Adam"
-    else:
-        table.add(group, "torch.optim.Adam", None, note="torch not installed: skipped")
-    grad = np.array([0.5, -1.0], np.float32)
+        steps["torch.optim.Adam"] = torch.optim.Adam([weight], lr=1e-3).step
     for backend in ("numba", "numpy"):
-        x = np.zeros(2, np.float32)
-        opt = CPropAdam([x], backend=backend)
-        table.add(
-            group,
-            f"CProp-Adam bft [{backend}]",
-            median_time_batched(lambda opt=opt: opt.step([grad]), args.tiny_repeats),
-            reference,
-        )
+        opt = CPropAdam([np.zeros(2, np.float32)], backend=backend)
+        steps[f"CProp-Adam bft [{backend}]"] = lambda opt=opt: opt.step([grad])
+    medians = interleaved_medians_batched(steps, args.tiny_repeats)
+    reference = "torch.optim.Adam" if torch is not None else None
+    if reference is None:
+        table.add(group, "torch.optim.Adam", None, note="torch not installed: skipped")
+    else:
+        table.add(group, reference, medians[reference])
+    for backend in ("numba", "numpy"):
+        name = f"CProp-Adam bft [{backend}]"
+        table.add(group, name, medians[name], reference)
 
 
 _FIRST_STEP = """

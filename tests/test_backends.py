@@ -333,3 +333,45 @@ def test_parallel_launch_many_tensors_agrees(kind):
                 continue
             bound = parameter_bound(ref_params[k], fast_params[k], updates[k], tol)
             assert np.all(np.abs(fast_params[k].astype(np.float64) - ref_params[k]) <= bound)
+
+
+def test_state_lives_in_one_flat_buffer_and_survives_a_numpy_step():
+    """Deliverable 2: after a Numba step the state entries of all parameters of a dtype are
+    views of one arena; a NumPy-backend step (which stores fresh arrays) and a switch back
+    repack them, with no change in the numbers."""
+    rng = np.random.default_rng(5)
+    params = [rng.standard_normal(s).astype(np.float32) for s in [(3,), (2, 2), (), (0,)]]
+    twin = [p.copy() for p in params]
+    opt, ref = CPropAdam(params, cprop_beta=0.9), CPropAdam(twin, cprop_beta=0.9, backend="numpy")
+    for backend in ("numba", "numpy", "numba", "numba"):
+        grads = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
+        opt.backend = backend
+        opt.load_state_dict(ref.state_dict())
+        for p, q in zip(params, twin):
+            p[...] = q
+        opt.step(grads)
+        ref.step(grads)
+        assert_states_identical(opt.state_dict(), ref.state_dict())
+    bases = {id(st["exp_avg"].base) for st in opt.state}
+    assert len(bases) == 1 and all(st["exp_avg"].base is not None for st in opt.state)
+
+
+def test_cached_validation_still_refuses_a_changed_hyperparameter():
+    """The Numba path reuses the validated groups while nothing changed; a change of value,
+    of type (``amsgrad=1``) or inside a list (``betas``) is validated again and refused."""
+    x = np.zeros(2, np.float32)
+    opt = CPropAdam([x])
+    g = np.array([0.5, -1.0], np.float32)
+    opt.step([g])
+    opt.param_groups[0]["amsgrad"] = 1
+    with pytest.raises(ValueError, match="amsgrad=1"):
+        opt.step([g])
+    opt.param_groups[0]["amsgrad"] = False
+    betas = [0.9, 0.999]
+    opt.param_groups[0]["betas"] = betas
+    opt.step([g])
+    betas[0] = 1.5
+    before = x.copy()
+    with pytest.raises(ValueError, match=r"betas\[0\]=1.5"):
+        opt.step([g])
+    np.testing.assert_array_equal(x, before)

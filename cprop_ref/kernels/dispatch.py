@@ -135,23 +135,30 @@ def _grad_addresses(grads: Sequence[np.ndarray | None], ks: list[int], keep: lis
 
 
 def validated_groups(opt: Any) -> list[dict[str, Any]]:
-    """``opt._validated_groups()``, reused while no hyperparameter changed (the values and
-    their types are compared, so ``amsgrad=1`` is still refused, and lists are frozen)."""
+    """``opt._validated_groups()``, reused while no hyperparameter changed: the values and
+    their types are compared (so ``amsgrad=1`` is still refused), lists by their contents."""
     names = opt.hyperparams
-    key = tuple(
-        (id(group["params"]), len(group["params"]), tuple(_frozen(group[name]) for name in names))
-        for group in opt.param_groups
-    )
+    key = []
+    for group in opt.param_groups:
+        values = [group[name] for name in names]
+        key.append((group["params"], len(group["params"]), [tuple(v) if type(v) is list else v for v in values]))
+        key.append([type(v) for v in values])
     cached = opt.__dict__.get("_kernel_groups")
-    if cached is not None and cached[0] == key:
+    if cached is not None and len(cached[0]) == len(key) and _same_key(cached[0], key):
         return cached[1]
     groups = opt._validated_groups()
     opt.__dict__["_kernel_groups"] = (key, groups)
     return groups
 
 
-def _frozen(value: Any) -> tuple[type, Any]:
-    return (type(value), tuple(value) if isinstance(value, list) else value)
+def _same_key(old: list, new: list) -> bool:
+    for a, b in zip(old, new):
+        if type(a) is tuple:
+            if a[0] is not b[0] or a[1] != b[1] or a[2] != b[2]:
+                return False
+        elif a != b:
+            return False
+    return True
 
 
 def _plain_gradients(params: list[np.ndarray], grads: Any) -> bool:
