@@ -153,8 +153,12 @@ def _compare_step(
     # Upstream quantities first, so the report names where the port first goes wrong:
     # CProp's moments, then the scale computed from them, then the parameter it moves.
     for k, tb in enumerate(bounds.tensors):
-        if port_state is None or port_state[k] is None or ref_scales[k] is None:
+        if port_state is None or ref_scales[k] is None:
             continue
+        if port_state[k] is None:
+            comparer.fail(
+                step, k, (), "step", 0.0, float(states_after[k]["step"]), 0.0, "no statistics for a stepped tensor"
+            )
         m, v, t = port_state[k]
         after = states_after[k]
         if int(t) != int(after["step"]):
