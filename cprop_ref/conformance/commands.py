@@ -52,7 +52,8 @@ def _split(value: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    """Exit status 0: the port conforms; 1: a mismatch (the report says where); 2: bad usage."""
+    """Exit status 0: the port conforms; 1: a mismatch (the report says where); 2: the port
+    cannot be loaded or hypothesis is missing."""
     from . import load_port
     from .suite import CHECKS, run_suite
 
@@ -67,16 +68,20 @@ def run_verify(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"cprop-ref verify: {err}", file=sys.stderr)
         return 2
-    report = run_suite(
-        port,
-        port_spec=args.port,
-        checks=checks,
-        max_examples=args.examples,
-        derandomize=not args.random,
-        dtypes=dtypes,
-        fixtures=args.fixtures,
-        progress=lambda line: print(line, file=sys.stderr),
-    )
+    try:
+        report = run_suite(
+            port,
+            port_spec=args.port,
+            checks=checks,
+            max_examples=args.examples,
+            derandomize=not args.random,
+            dtypes=dtypes,
+            fixtures=args.fixtures,
+            progress=lambda line: print(line, file=sys.stderr),
+        )
+    except ImportError as err:  # hypothesis (the test extra) is missing
+        print(f"cprop-ref verify: {err}", file=sys.stderr)
+        return 2
     text = report.format()
     print(text)
     if args.report:
