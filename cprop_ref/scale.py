@@ -143,10 +143,25 @@ def cprop_scale(stats: CPropStats, beta: float, c: float, eps: float, cdf: str) 
         with np.errstate(over="ignore"):  # v / b past the range is inf, handled in standard_error
             m_hat = stats.m / b
             v_hat = stats.v / b
+        # The bias-corrected mean of finite gradients is at most the largest of them; where
+        # the quotient rounds past the range (|g| within rounding of the largest finite value)
+        # it is clamped to that value, not inf (inf / inf would make z NaN below).
+        overflowed = np.isinf(m_hat) & np.isfinite(stats.m)
+        if np.any(overflowed):
+            m_hat = np.where(overflowed, np.copysign(np.finfo(m_hat.dtype).max, stats.m), m_hat)
         se = standard_error(m_hat, v_hat, degrees_of_freedom(beta, stats.t), eps)
         z = standardized_mean(m_hat, se)
         p = conformity_probability(z, cdf)
         return scale_from_probability(p, c)
+
+
+def scale_update(update: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``update * s``, with ``0 * inf = 0``: a scale of 0 means no update at all, also where
+    the base optimizer's own update overflowed to inf (a momentum buffer near the dtype's
+    largest value), which IEEE arithmetic would turn into NaN from finite gradients.
+    NaN in ``s`` or ``update`` (``nonfinite="propagate"``) still propagates where ``s != 0``."""
+    with np.errstate(invalid="ignore"):
+        return np.where(s == 0.0, 0.0, update * s)
 
 
 def cprop_step(

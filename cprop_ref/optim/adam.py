@@ -10,7 +10,7 @@ import numpy as np
 from ..functional import AdamMoments, adam_delta, adam_moments
 from ..hyperparams import ADAM_HYPERPARAMS, CPROP_HYPERPARAMS, Validator
 from ..kernels import DEFAULT_BACKEND
-from ..scale import CPropStats, cprop_scale, update_moments
+from ..scale import CPropStats, cprop_scale, scale_update, update_moments
 from .base import Optimizer, ParamState, Update
 from .cprop_mixin import CPropStatsMixin
 
@@ -195,4 +195,4 @@ class CPropAdam(CPropStatsMixin, Adam):
             new_state["cprop_v"] = v
         stats = CPropStats(m, v, moments.step)
         s = cprop_scale(stats, beta, group["cprop_c"], group["cprop_eps"], group["cprop_cdf"])
-        return p_decayed + delta * s, new_state
+        return p_decayed + scale_update(delta, s), new_state

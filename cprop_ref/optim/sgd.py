@@ -10,7 +10,7 @@ import numpy as np
 from ..functional import sgd_direction
 from ..hyperparams import CPROP_HYPERPARAMS, SGD_HYPERPARAMS, Validator, check_sgd_group
 from ..kernels import DEFAULT_BACKEND
-from ..scale import cprop_step
+from ..scale import cprop_step, scale_update
 from .base import Optimizer, ParamState, Update
 from .cprop_mixin import CPropStatsMixin
 
@@ -120,4 +120,4 @@ class CPropSGD(CPropStatsMixin, SGD):
         )
         d, buf = self._direction(p, g, state, group)
         new_state = {"step": stats.t, "cprop_m": stats.m, "cprop_v": stats.v, "momentum_buffer": buf}
-        return p - group["lr"] * (d * s), new_state
+        return p - group["lr"] * scale_update(d, s), new_state
