@@ -94,3 +94,27 @@ def test_kill_at_random_moments_of_a_save_loop(tmp_path):
         held = _which_generation(tmp_path / outcome["file"], (last, last + 1), TIMED_SIZE)
         assert held in (last, last + 1)
         assert all(name.endswith(".tmp") for name in outcome["leftovers"])
+
+
+def test_save_writes_flushes_and_syncs_before_the_rename_and_syncs_the_folder_after(tmp_path):
+    """The order of the built-in calls ``checkpoint.save`` makes: the data reaches the disk
+    (``write``, ``flush``, ``fsync``) before ``os.replace`` puts it in place, and the
+    folder is synced after, so that the rename itself survives a power cut."""
+    calls: list[str] = []
+    watched = {checkpoint.save.__code__, checkpoint._fsync_directory.__code__}
+
+    def profile(frame, event, arg):
+        if event == "c_call" and frame.f_code in watched:
+            calls.append(getattr(arg, "__name__", repr(arg)))
+
+    sys.setprofile(profile)
+    try:
+        checkpoint.save(tmp_path / "c.npz", generation(1, POINTS_SIZE).state_dict())
+    finally:
+        sys.setprofile(None)
+    expected = ["write", "flush", "fsync", "replace", "open", "fsync", "close"]
+    positions = []
+    for name in expected:  # an ordered subsequence of the calls
+        start = positions[-1] + 1 if positions else 0
+        assert name in calls[start:], f"{name} missing after {expected[: len(positions)]}: {calls}"
+        positions.append(calls.index(name, start))
