@@ -299,7 +299,7 @@ def bench_tiny(table: Table, args: argparse.Namespace) -> None:
         steps["torch.optim.Adam"] = torch.optim.Adam([weight], lr=1e-3).step
     for backend in ("numba", "numpy"):
         opt = CPropAdam([np.zeros(2, np.float32)], backend=backend)
-        steps[f"CProp-Adam bft [{backend}]"] = lambda opt=opt: opt.step([grad])
+        steps[f"CProp-Adam bft, 2 elements [{backend}]"] = lambda opt=opt: opt.step([grad])
     medians = interleaved_medians_batched(steps, args.tiny_repeats)
     reference = "torch.optim.Adam" if torch is not None else None
     if reference is None:
@@ -307,7 +307,7 @@ def bench_tiny(table: Table, args: argparse.Namespace) -> None:
     else:
         table.add(group, reference, medians[reference])
     for backend in ("numba", "numpy"):
-        name = f"CProp-Adam bft [{backend}]"
+        name = f"CProp-Adam bft, 2 elements [{backend}]"
         table.add(group, name, medians[name], reference)
 
 
