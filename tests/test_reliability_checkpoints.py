@@ -16,6 +16,7 @@ import pytest
 
 from cprop_ref import SGD, CheckpointError, CProp, checkpoint
 from tests.reliability_support import (
+    BACKENDS,
     DTYPES,
     OPTIMIZERS,
     PARAM_SHAPES,
@@ -27,8 +28,8 @@ from tests.reliability_support import (
 )
 
 
-def _stepped(kind: str, dtype=np.float64, steps: int = 3, seed: int = 0):
-    optimizer, params = build(kind, dtype, seed=seed)
+def _stepped(kind: str, dtype=np.float64, steps: int = 3, seed: int = 0, backend: str = "numpy"):
+    optimizer, params = build(kind, dtype, seed=seed, backend=backend)
     rng = np.random.default_rng(seed + 10)
     for _ in range(steps):
         optimizer.step(make_grads(dtype, rng))
@@ -92,14 +93,15 @@ PARAM_MISMATCHES = {
 }
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mismatch", PARAM_MISMATCHES)
 @pytest.mark.parametrize("kind", OPTIMIZERS)
-def test_a_checkpoint_for_other_parameters_is_refused(kind, mismatch, tmp_path):
+def test_a_checkpoint_for_other_parameters_is_refused(kind, mismatch, backend, tmp_path):
     saved, _ = _stepped(kind)
     saved.save(tmp_path / "c.npz")
     make_params, expected = PARAM_MISMATCHES[mismatch]
     params = make_params()
-    target = OPTIMIZERS[kind](params, "raise", "numpy")  # a fourth parameter joins group 1
+    target = OPTIMIZERS[kind](params, "raise", backend)  # a fourth parameter joins group 1
     rng = np.random.default_rng(3)
     target.step([np.asarray(0.3 + rng.standard_normal(p.shape)).astype(p.dtype) for p in params])
     before = snapshot(target)
@@ -155,15 +157,16 @@ def _first_count(states, value) -> None:
     states[0]["step"] = value  # SGD has no count: then it is an unknown entry, also refused
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("edit", TREE_EDITS)
 @pytest.mark.parametrize("kind", OPTIMIZERS)
-def test_an_invalid_state_is_refused_with_the_reason(kind, edit, tmp_path):
+def test_an_invalid_state_is_refused_with_the_reason(kind, edit, backend, tmp_path):
     saved, _ = _stepped(kind)
     path = tmp_path / "c.npz"
     saved.save(path)
     change, expected = TREE_EDITS[edit]
     _rewrite(path, change)
-    target, _ = _stepped(kind, seed=1)
+    target, _ = _stepped(kind, seed=1, backend=backend)
     before = snapshot(target)
     with pytest.raises(ValueError) as info:
         target.load(path)

@@ -22,15 +22,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cprop_ref import CheckpointError, checkpoint
-from tests.reliability_support import OPTIMIZERS, PARAM_SHAPES, assert_identical, build, snapshot
+from tests.reliability_support import BACKENDS, OPTIMIZERS, PARAM_SHAPES, assert_identical, build, snapshot
 
 #: The optimizer whose checkpoint is damaged below: CProp around Adam holds the most
 #: kinds of entries (wrapper state, base state, per-group hyperparameters).
 VICTIM = "CProp(Adam)"
 
 
-def _stepped(kind: str = VICTIM, steps: int = 2):
-    optimizer, params = build(kind, np.float64)
+def _stepped(kind: str = VICTIM, steps: int = 2, backend: str = "numpy"):
+    optimizer, params = build(kind, np.float64, backend=backend)
     rng = np.random.default_rng(0)
     for _ in range(steps):
         optimizer.step([rng.standard_normal(shape) for shape in PARAM_SHAPES])
@@ -323,7 +323,8 @@ def damaged_state_dicts(draw):
     tree = optimizer.state_dict()
     path = draw(st.sampled_from(list(_paths(tree))))
     delete = bool(path) and draw(st.booleans())
-    return kind, _replace(tree, path, draw(HOSTILE_VALUES), delete), path
+    backend = draw(st.sampled_from(BACKENDS))  # of the optimizer it is loaded into
+    return kind, _replace(tree, path, draw(HOSTILE_VALUES), delete), backend
 
 
 @given(damaged_state_dicts())
@@ -333,7 +334,7 @@ def test_damaged_state_is_refused_or_loads_into_a_working_optimizer(tmp_path_fac
     a checkpoint with arbitrary JSON (NaN and huge integers allowed): the load either
     raises ``ValueError`` and changes nothing, or succeeds and the optimizer still steps
     (a substitute that happens to be valid, such as another learning rate)."""
-    kind, tree, _ = case
+    kind, tree, backend = case
     path = tmp_path_factory.mktemp("damaged") / "c.npz"
     arrays: dict[str, np.ndarray] = {}
 
@@ -353,7 +354,7 @@ def test_damaged_state_is_refused_or_loads_into_a_working_optimizer(tmp_path_fac
     except ValueError:  # an integer too long for json
         return
     _write_npz(path, __meta__=np.array(text), **arrays)
-    target, _ = _stepped(kind, steps=3)
+    target, _ = _stepped(kind, steps=3, backend=backend)
     before = snapshot(target)
     try:
         target.load(path)
