@@ -120,21 +120,21 @@ def test_skip_leaves_the_parameter_alone_and_steps_the_others_exactly(kind, dtyp
         for k, flat in POSITIONS:
             grads = make_grads(dtype, rng)
             untouched = np.array(skipping_params[k], copy=True)
-            state_before = snapshot(skipping)[1]["state"]
+            state_before = _states_of(snapshot(skipping)[1], k)
             clean = [g.copy() for g in grads]
             clean[k] = None
             _poison(grads, k, flat, value)
             skipping.step(grads)
             reference.step(clean)
             assert skipping_params[k].tobytes() == untouched.tobytes()
-            state_after = snapshot(skipping)[1]["state"]
-            assert_identical(_param_state(state_after, k), _param_state(state_before, k), f"state of parameter {k}")
+            assert_identical(_states_of(snapshot(skipping)[1], k), state_before, f"state of parameter {k}")
             assert_identical(snapshot(skipping)[0], snapshot(reference)[0], f"{kind} parameters")
             _assert_same_state(skipping, reference)
 
 
-def _param_state(state: list[dict], k: int):
-    return state[k]
+def _states_of(tree: dict, k: int) -> list[dict]:
+    """Parameter ``k``'s state: the optimizer's, and the base optimizer's for the wrapper."""
+    return [tree["state"][k]] + ([tree["base"]["state"][k]] if "base" in tree else [])
 
 
 def _assert_same_state(a, b) -> None:
