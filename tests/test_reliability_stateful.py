@@ -184,6 +184,16 @@ class OptimizerVersusUninterruptedRun(RuleBasedStateMachine):
         with pytest.raises(ValueError):
             self.subject.step(grads)
 
+    @precondition(lambda self: hasattr(self.subject, "base_optimizer"))
+    @rule(name=st.sampled_from(["beta", "c", "eps", "cdf"]))
+    def refused_step_with_an_invalid_wrapper_hyperparameter(self, name):
+        bad = {"beta": 1.0, "c": -1.0, "eps": float("nan"), "cdf": "cauchy"}[name]
+        saved = getattr(self.subject, name)
+        setattr(self.subject, name, bad)
+        with pytest.raises(ValueError, match=f"invalid {name}="):
+            self.subject.step([np.asarray(np.ones(shape)).astype(self.dtype) for shape in PARAM_SHAPES])
+        setattr(self.subject, name, saved)
+
     @invariant()
     def identical_to_the_uninterrupted_run(self):
         if not hasattr(self, "subject"):
