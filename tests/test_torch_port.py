@@ -64,13 +64,12 @@ def test_all_four_cdfs_run_and_match_the_reference_scale(cdf):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name", ["CPropSGD", "CPropAdam", "CProp(SGD)"])
+@pytest.mark.parametrize("name", ["CPropSGD", "CPropAdam", "CProp(SGD)", "CProp(Adam)"])
 def test_half_precision_zero_gradients_give_no_nan(dtype, name):
     """In 16 bits eps = 1e-8 underflows and a zero gradient would be 0/0; the statistics live
-    in float32, so the scale is exactly 0 there and the parameter does not move. (The wrapper
-    is shown around SGD: torch.optim.Adam itself gives 0/0 = NaN on a float16 parameter with a
-    zero gradient, before CProp sees its update, and CProp's ``before + (after - before) * 0``
-    cannot undo a NaN.)"""
+    in float32, so the scale is exactly 0 there and the parameter does not move. Around
+    torch.optim.Adam, which itself gives 0/0 = NaN on a float16 parameter with a zero
+    gradient, the wrapper leaves the parameter as it was where ``s = 0``."""
     x = torch.ones(4, dtype=dtype)
     builders = {**_optimizers([x]), "CProp(SGD)": lambda: CProp(torch.optim.SGD([x], lr=0.1, momentum=0.9))}
     opt = builders[name]()
@@ -227,3 +226,18 @@ def test_cprop_adam_shares_adams_moments_when_the_betas_allow():
     z.grad = torch.ones(3)
     decayed.step()
     assert {"cprop_m", "cprop_v"} <= set(decayed.state[z])
+
+
+def test_an_overflowed_update_scaled_by_zero_is_no_update():
+    """A momentum buffer pushed past float32's range is inf; with c = 0 the scale is 0 and the
+    update is none at all (not 0 * inf = NaN), as in the reference."""
+    big = np.full(2, 3e38, np.float32)
+    x, ref_x = torch.ones(2), np.ones(2, np.float32)
+    opt = CPropSGD([x], lr=1.0, momentum=0.9, cprop_c=0.0)
+    ref = RefCPropSGD([ref_x], lr=1.0, momentum=0.9, cprop_c=0.0, backend="numpy")
+    for _ in range(3):
+        x.grad = torch.from_numpy(big.copy())
+        opt.step()
+        ref.step([big])
+    assert torch.isinf(opt.state[x]["momentum_buffer"]).all()
+    assert torch.equal(x, torch.ones(2)) and np.array_equal(ref_x, np.ones(2, np.float32))

@@ -10,7 +10,7 @@ import torch
 
 from ..hyperparams import ADAM_HYPERPARAMS, CPROP_HYPERPARAMS
 from .base import CPropOptimizerMixin, validated
-from .functional import statistics_dtype, update_cprop_moment_, update_ema_
+from .functional import scale_update, statistics_dtype, update_cprop_moment_, update_ema_
 
 
 def adam_moments_(state: dict[str, Any], d: torch.Tensor, hp: dict[str, Any]) -> None:
@@ -103,7 +103,7 @@ class CPropAdam(CPropOptimizerMixin, torch.optim.Optimizer):
         adam_moments_(state, d, hp)
         delta = adam_delta(state, hp)
         s = self._cprop_part(p, g, state, hp)
-        return p + delta * s
+        return p + scale_update(delta, s)
 
     def _cprop_part(self, p: torch.Tensor, g: torch.Tensor, state: dict[str, Any], hp: dict[str, Any]) -> torch.Tensor:
         """Private statistics take the raw gradient (shared ones were updated by Adam); the

@@ -99,6 +99,17 @@ def cprop_scale(
     b = bias_correction(beta, t)
     m_hat = m / b
     v_hat = v / b
+    # The bias-corrected mean of finite gradients is at most the largest of them; where the
+    # quotient rounds past the range it is clamped to that value, not inf (as the reference).
+    overflowed = torch.isinf(m_hat) & torch.isfinite(m)  # no .any(): no device sync
+    largest = torch.finfo(m_hat.dtype).max
+    m_hat = torch.where(overflowed, torch.copysign(torch.full_like(m_hat, largest), m), m_hat)
     se = standard_error(m_hat, v_hat, degrees_of_freedom(beta, t), eps)
     p = cdf(standardized_mean(m_hat, se), cdf_name)
     return torch.clamp_max(2.0 * c * torch.abs(p - 0.5), 1.0)
+
+
+def scale_update(update: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``update * s`` with ``0 * inf = 0``: a scale of 0 is no update at all, also where the
+    base update overflowed to inf (IEEE would give NaN from finite gradients), as the reference."""
+    return torch.where(s == 0.0, torch.zeros_like(update), update * s)

@@ -9,6 +9,7 @@ import torch
 
 from ..hyperparams import CPROP_HYPERPARAMS, SGD_HYPERPARAMS, check_sgd_group
 from .base import CPropOptimizerMixin, validated
+from .functional import scale_update
 
 
 def sgd_direction(
@@ -61,11 +62,11 @@ class CPropSGD(CPropOptimizerMixin, torch.optim.Optimizer):
         return groups
 
     def _new_param(self, p: torch.Tensor, g: torch.Tensor, s: torch.Tensor, state: dict[str, Any], hp: dict[str, Any]):
-        """``p - lr * (d * s)``: the scale multiplies the update, after momentum."""
+        """``p - lr * (d * s)``: the scale multiplies the update, after momentum (``s = 0``: no update)."""
         d, buf = sgd_direction(p, g, state.get("momentum_buffer"), hp)
         if buf is not None:
             state["momentum_buffer"] = buf
-        return p - hp["lr"] * (d * s)
+        return p - hp["lr"] * scale_update(d, s)
 
     def _step_tensor(self, p: torch.Tensor, g: torch.Tensor, state: dict[str, Any], hp: dict[str, Any]) -> torch.Tensor:
         m, v = self._statistics(p, state)

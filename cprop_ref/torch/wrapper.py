@@ -86,7 +86,11 @@ class CProp(torch.optim.Optimizer):
         self.base_optimizer.step()
         for p, before, m, v, t, s in pending:
             after = p.to(before.dtype)
-            p.copy_(before + (after - before) * s)
+            scaled = before + (after - before) * s
+            # No update (after == before, also +-inf) or an update scaled by s = 0 leaves the
+            # parameter as it was, where IEEE would give inf - inf or 0 * inf = NaN (e.g. a
+            # float16 parameter that torch's own Adam made NaN with a zero gradient), as the reference.
+            p.copy_(torch.where((s == 0.0) | (after == before), before, scaled))
             self.state[p] = {"step": t, "cprop_m": m, "cprop_v": v}
         return loss
 
