@@ -97,6 +97,7 @@ def save(path: str | os.PathLike[str], tree: Any) -> None:
     np.savez(buffer, **encode(tree))
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     try:
+        _keep_permissions(fd, target)
         with os.fdopen(fd, "wb") as handle:
             handle.write(buffer.getvalue())
             handle.flush()
@@ -106,6 +107,17 @@ def save(path: str | os.PathLike[str], tree: Any) -> None:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_directory(target.parent)
+
+
+def _keep_permissions(fd: int, target: Path) -> None:
+    # mkstemp creates the file readable by its owner only: a new checkpoint stays so, one
+    # that replaces an existing file keeps that file's permission bits.
+    try:
+        mode = os.stat(target).st_mode & 0o7777
+    except OSError:
+        return
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, mode)
 
 
 def _fsync_directory(folder: Path) -> None:

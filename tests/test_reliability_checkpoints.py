@@ -238,3 +238,17 @@ def test_wrapper_checkpoint_into_a_wrapper_around_another_base(tmp_path):
     with pytest.raises(ValueError, match="the state dict is for 'SGD', not Adam"):
         other.load(tmp_path / "c.npz")
     assert_identical(snapshot(other), before)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_a_save_keeps_the_permissions_of_the_file_it_replaces(tmp_path):
+    """The temporary file starts owner-only (mkstemp); replacing a checkpoint must not
+    silently change who can read it."""
+    optimizer, _ = _stepped("CPropSGD")
+    path = tmp_path / "c.npz"
+    optimizer.save(path)
+    assert os.stat(path).st_mode & 0o777 == 0o600  # a new checkpoint: owner only
+    for mode in (0o644, 0o640, 0o600):
+        os.chmod(path, mode)
+        optimizer.save(path)
+        assert os.stat(path).st_mode & 0o777 == mode
