@@ -375,3 +375,61 @@ def test_cached_validation_still_refuses_a_changed_hyperparameter():
     with pytest.raises(ValueError, match=r"betas\[0\]=1.5"):
         opt.step([g])
     np.testing.assert_array_equal(x, before)
+
+
+def test_tiny_steady_state_path_agrees_and_notices_every_change():
+    """One small tensor on the Numba backend: after the first step a step is the kernel call
+    alone (``dispatch.TinyPlan``). It must stay the reference's (state bit for bit, parameter
+    within the bound above) and fall back whenever something changes: a hyperparameter (new
+    value, AMSGrad switched on), a non-finite gradient (refused, nothing changed), a loaded
+    state, a gradient of another shape."""
+    cfg = {
+        "kind": "cprop_adam",
+        "lr": 0.01,
+        "momentum": 0.0,
+        "dampening": 0.0,
+        "nesterov": False,
+        "weight_decay": 0.0,
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "amsgrad": False,
+        "cprop_beta": 0.999,
+        "cprop_c": 1.0,
+        "cprop_eps": 1e-8,
+        "cprop_cdf": "bft",
+    }
+    rng = np.random.default_rng(11)
+    ref_params, fast_params = [np.array([1.0, -2.0], np.float32)], [np.array([1.0, -2.0], np.float32)]
+    ref, fast = build(ref_params, cfg, "numpy"), build(fast_params, cfg, "numba")
+    for step in range(40):
+        if step == 10:
+            for opt in (ref, fast):
+                opt.param_groups[0]["lr"] = 0.02
+            cfg["lr"] = 0.02
+        if step == 20:
+            for opt in (ref, fast):
+                opt.param_groups[0]["amsgrad"] = True
+            cfg["amsgrad"] = True
+        if step == 25:
+            before = (fast_params[0].copy(), fast.state_dict())
+            with pytest.raises(ValueError, match="non-finite"):
+                fast.step([np.array([np.nan, 1.0], np.float32)])
+            np.testing.assert_array_equal(fast_params[0], before[0])
+            assert_states_identical(fast.state_dict(), before[1])
+        if step == 30:
+            fast.load_state_dict(ref.state_dict())
+            fast_params[0][...] = ref_params[0]
+        if step == 35:
+            with pytest.raises(ValueError, match="shape"):
+                fast.step([np.zeros(3, np.float32)])
+        grads = [(0.2 + rng.standard_normal(2)).astype(np.float32)]
+        updates = unscaled_update(ref, cfg, ref_params, grads)
+        ref.step(grads)
+        fast.step(grads)
+        assert_states_identical(fast.state_dict(), ref.state_dict())
+        (tol,) = scale_tolerances(ref, cfg, np.float32)
+        error = np.abs(fast_params[0].astype(np.float64) - ref_params[0].astype(np.float64))
+        # Every step starts from the same parameters (reset below): the one-step bound.
+        assert np.all(error <= parameter_bound(ref_params[0], fast_params[0], updates[0], tol)), step
+        fast_params[0][...] = ref_params[0]
+    assert fast.__dict__.get("_kernel_plan") is not None  # the steady state was in use

@@ -23,6 +23,7 @@ from .scale import (
     C_INFINITY,
     C_INV_BIAS,
     C_INV_DENOMINATOR,
+    C_LARGEST,
     C_ONE,
     C_ONE_MINUS_BETA,
     C_ONE_SAMPLE,
@@ -31,6 +32,7 @@ from .scale import (
     CPROP_SCALAR_COUNT,
     cprop_ema,
     ema,
+    fill_cprop_scalars,
     nan_maximum,
     scale_in_place,
     standardized,
@@ -131,14 +133,17 @@ def cprop_z_loop(g, m_source, v_source, cm, cv, buf, sc, base, private_m, privat
         for j in range(g.size):
             cv[j] = cprop_ema(cv[j], g[j] * g[j], beta, one_minus_beta)
     inv_bias, inv_denominator = sc[base + C_INV_BIAS], sc[base + C_INV_DENOMINATOR]
-    one_sample, eps, zero, infinity = (
+    one_sample, eps, zero, infinity, largest = (
         sc[base + C_ONE_SAMPLE],
         sc[base + C_EPS],
         sc[base + C_ZERO],
         sc[base + C_INFINITY],
+        sc[base + C_LARGEST],
     )
     for j in range(g.size):
-        buf[j] = standardized(m_source[j], v_source[j], inv_bias, inv_denominator, one_sample, eps, zero, infinity)
+        buf[j] = standardized(
+            m_source[j], v_source[j], inv_bias, inv_denominator, one_sample, eps, zero, infinity, largest
+        )
 
 
 @njit(error_model="numpy", cache=True)
@@ -172,8 +177,11 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, single):
         v_source = cv if private_v else m2
         cprop_z_loop(g, m_source, v_source, cm, cv, buf, sc, CPROP_BASE, private_m, private_v)
         scale_loop(buf, count, sc, CPROP_BASE, fl[CDF], single)
+        zero = sc[CPROP_BASE + C_ZERO]
         for j in range(count):
-            p[j] = p[j] + delta[j] * buf[j]
+            # scale.scale_update: a scale of 0 is no update, also where delta overflowed to inf.
+            s = buf[j]
+            p[j] = p[j] + (zero if s == zero else delta[j] * s)
     elif decoupled_wd:
         decay = sc[DECAY_FACTOR]
         for j in range(count):
@@ -205,6 +213,61 @@ def adam_one(p, g, arena, off, sc, fl, single, check_finite):
     for lo in range(0, p.size, CHUNK):
         _chunk(p, g, arena, off, lo, min(lo + CHUNK, p.size), sc, fl, delta, buf, single)
     return True
+
+
+#: Columns of the hyperparameter row of :func:`adam_one_from_hyperparameters`.
+HP_LR, HP_BETA1, HP_BETA2, HP_EPS, HP_WEIGHT_DECAY, HP_CPROP_BETA, HP_CPROP_C, HP_CPROP_EPS, HP_LARGEST = range(9)
+HP_COUNT = 9
+
+
+def hyperparameter_row(group: dict, largest: float) -> list[float]:
+    """A group's hyperparameters in the columns ``HP_*`` (CProp's as 0 for Adam and AdamW),
+    and ``largest``, the dtype's largest finite value."""
+    beta1, beta2 = group["betas"]
+    cprop = [group["cprop_beta"], group["cprop_c"], group["cprop_eps"]] if "cprop_beta" in group else [0.0] * 3
+    return [group["lr"], beta1, beta2, group["eps"], group["weight_decay"], *cprop, largest]
+
+
+def powers(group: dict, t: int) -> tuple[float, float, float, float]:
+    """``beta1**t``, ``beta2**t``, ``cprop_beta**t``, ``cprop_beta**(t-1)``: Python's powers,
+    which :func:`fill_scalars` needs to reproduce :func:`adam_scalars` to the bit."""
+    beta1, beta2 = group["betas"]
+    beta = group.get("cprop_beta", 0.0)
+    return beta1**t, beta2**t, beta**t, beta ** (t - 1)
+
+
+@njit(error_model="numpy", cache=True)
+def fill_scalars(hp, pw, out, cprop):
+    """:func:`adam_scalars` (and CProp's) inside Numba, into ``out``, from the hyperparameter
+    row ``hp`` and the powers ``pw`` (:func:`powers`): the same double-precision operations in
+    the same order, rounded once to ``out``'s dtype."""
+    lr, beta1, beta2, wd = hp[HP_LR], hp[HP_BETA1], hp[HP_BETA2], hp[HP_WEIGHT_DECAY]
+    out[LR] = lr
+    out[BETA1] = beta1
+    out[ONE_MINUS_BETA1] = 1.0 - beta1
+    out[BETA2] = beta2
+    out[ONE_MINUS_BETA2] = 1.0 - beta2
+    out[EPS] = hp[HP_EPS]
+    out[WEIGHT_DECAY] = wd
+    out[DECAY_FACTOR] = 1.0 - lr * wd
+    out[NEG_STEP_SIZE] = -(lr / (1.0 - pw[0]))
+    out[BC2_SQRT] = math.sqrt(1.0 - pw[1])
+    if cprop:
+        fill_cprop_scalars(
+            hp[HP_CPROP_BETA], hp[HP_CPROP_C], hp[HP_CPROP_EPS], pw[2], pw[3], hp[HP_LARGEST], out, CPROP_BASE
+        )
+    else:
+        out[CPROP_BASE:] = 0.0
+
+
+@njit(error_model="numpy", cache=True)
+def adam_one_from_hyperparameters(p, g, arena, off, hp, pw1, pw2, pw3, pw4, fl, single, check_finite):
+    """:func:`adam_one` with the scalars computed here from the hyperparameter row ``hp`` and
+    the powers ``pw1..pw4`` (:func:`powers`; the steady-state path of a tiny step: no scalar
+    table in Python)."""
+    sc = np.empty(SCALAR_COUNT, arena.dtype)
+    fill_scalars(hp, (pw1, pw2, pw3, pw4), sc, fl[CPROP] != 0)
+    return adam_one(p, g, arena, off, sc, fl, single, check_finite)
 
 
 @njit(error_model="numpy", cache=True)

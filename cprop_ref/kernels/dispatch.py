@@ -182,6 +182,13 @@ def fused_step(opt: Any, grads: Any) -> tuple[list[dict[str, Any]], list[np.ndar
     gradients (``"skip"``) exactly as on the NumPy path. Otherwise the gradients are
     checked first, as there.
     """
+    plan = opt.__dict__.get("_kernel_plan")
+    if plan is not None:
+        stepped = plan.step(opt, grads)
+        if stepped:
+            return plan.groups, [None]
+        # None: the plan no longer applies; False: a non-finite gradient, which the general
+        # path below finds again and handles (nothing was written).
     groups = validated_groups(opt)
     pairs = opt._flat(groups)
     params = [p for p, _ in pairs]
@@ -200,6 +207,7 @@ def fused_step(opt: Any, grads: Any) -> tuple[list[dict[str, Any]], list[np.ndar
         check_finite = False
     step = _adam_family if opt.kernel_family == "adam" else _sgd_family
     remaining = list(checked)
+    opt.__dict__["_kernel_plan"] = None
     for dtype, ks in by_dtype.items():
         if not step(opt, pairs, checked, dtype, ks, check_finite):
             # A non-finite gradient, found before anything was written: the full check
@@ -208,7 +216,83 @@ def fused_step(opt: Any, grads: Any) -> tuple[list[dict[str, Any]], list[np.ndar
             return groups, fused_step_checked(opt, groups, pairs, checked)
         for k in ks:
             remaining[k] = None
+    if one_launch and opt.kernel_family == "adam" and len(params) == 1 and remaining[0] is None:
+        opt.__dict__["_kernel_plan"] = TinyPlan.for_optimizer(opt, groups)
     return groups, remaining
+
+
+class TinyPlan:
+    """The steady state of an Adam-family optimizer over one small tensor (the Rosenbrock
+    case): while the hyperparameter values, the parameter, its state dict and the arena views
+    in it are the very objects of the previous step, a step is the kernel call alone, with the
+    scalars computed inside it (:func:`.adam.adam_one_from_hyperparameters`) and the step
+    count incremented in place. Anything else goes back to the general path."""
+
+    def __init__(self, opt: Any, groups: list, flat: FlatState, flags: np.ndarray) -> None:
+        self.groups = groups
+        self.param = opt.param_groups[0]["params"][0]
+        self.flat_param = self.param.reshape(-1)
+        self.state = opt.state[0]
+        self.size = len(self.state)
+        self.entries = tuple((k, v) for k, v in self.state.items() if isinstance(v, np.ndarray))
+        self.group = groups[0]
+        # The raw values the groups were validated from: the same objects (and, for a list,
+        # the same contents) mean the same validated groups.
+        raw = opt.param_groups[0]
+        self.raw = tuple(
+            (name, raw[name], tuple(raw[name]) if type(raw[name]) is list else None) for name in opt.hyperparams
+        )
+        self.hyperparameters = np.array(
+            adam_kernels.hyperparameter_row(self.group, float(np.finfo(flat.arena.dtype).max)), dtype=np.float64
+        )
+        self.flags = flags
+        self.arena = flat.arena
+        self.offset = int(flat.offsets[0])
+        self.single = flat.arena.dtype == np.float32
+
+    @classmethod
+    def for_optimizer(cls, opt: Any, groups: list) -> TinyPlan | None:
+        last = opt.__dict__.get("_kernel_last")
+        p = opt.param_groups[0]["params"][0]
+        if last is None or p.size >= PARALLEL_THRESHOLD or len(opt.state) != 1:
+            return None
+        flat, flags = last
+        return cls(opt, groups, flat, flags)
+
+    def step(self, opt: Any, grads: Any) -> bool | None:
+        if len(opt.param_groups) != 1 or type(grads) not in (list, tuple) or len(grads) != 1:
+            return None
+        raw = opt.param_groups[0]
+        for name, value, contents in self.raw:
+            current = raw[name]
+            if current is not value or (contents is not None and tuple(current) != contents):
+                return None
+        g, p = grads[0], self.param
+        if type(g) is not np.ndarray or g.shape != p.shape or g.dtype != p.dtype or not g.flags.c_contiguous:
+            return None
+        group_params = raw["params"]  # the user's list (it may have been replaced)
+        state = opt.state[0] if len(opt.state) == 1 else None
+        if len(group_params) != 1 or group_params[0] is not p or state is not self.state or len(state) != self.size:
+            return None
+        for name, view in self.entries:
+            if state.get(name) is not view:
+                return None
+        t = state["step"] + 1
+        check_finite = opt.nonfinite != "propagate"
+        ok = adam_kernels.adam_one_from_hyperparameters(
+            self.flat_param,
+            g if g.ndim == 1 else g.reshape(-1),
+            self.arena,
+            self.offset,
+            self.hyperparameters,
+            *adam_kernels.powers(self.group, t),
+            self.flags,
+            self.single,
+            check_finite,
+        )
+        if ok:
+            state["step"] = t
+        return ok
 
 
 def fused_step_checked(opt: Any, groups: list, pairs: list, checked: list) -> list[np.ndarray | None]:
@@ -227,6 +311,7 @@ def _adam_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[i
     cprop = "cprop_beta" in opt.hyperparams
     decoupled = bool(opt.decoupled_weight_decay)
     flat = _arena(opt, adam_kernels.FIELDS, dtype, [p for p, _ in pairs])
+    largest = float(np.finfo(dtype).max)
     scalars, flags, new_states = [], [], []
     for k in ks:
         group = pairs[k][1]
@@ -252,7 +337,7 @@ def _adam_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[i
                 source = None if fresh else state.get("cprop_v", state["exp_avg_sq"])
                 new["cprop_v"] = flat.adopt(k, "cprop_v", source)
             cdf_code = CDF_CODES[group["cprop_cdf"]]
-            row = cprop_scalars(group["cprop_beta"], group["cprop_c"], group["cprop_eps"], t)
+            row = cprop_scalars(group["cprop_beta"], group["cprop_c"], group["cprop_eps"], t, largest)
         else:
             row = _NO_CPROP
         scalars.append(adam_kernels.adam_scalars(group, t, decoupled) + row)
@@ -260,16 +345,19 @@ def _adam_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[i
         new_states.append(new)
     launch = _Launch(flat, ks, adam_kernels.CHUNK)
     kernels = (adam_kernels.adam_one, adam_kernels.adam_serial, adam_kernels.adam_parallel)
-    if not launch.run(kernels, grads, ks, _table(scalars, dtype), np.array(flags, dtype=np.int64), check_finite):
+    flag_table = np.array(flags, dtype=np.int64)
+    if not launch.run(kernels, grads, ks, _table(scalars, dtype), flag_table, check_finite):
         return False
     for k, new in zip(ks, new_states):
         opt.state[k] = new
+    opt.__dict__["_kernel_last"] = (flat, flag_table[0])
     return True
 
 
 def _sgd_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[int], check_finite: bool) -> bool:
     cprop = "cprop_beta" in opt.hyperparams
     flat = _arena(opt, sgd_kernels.FIELDS, dtype, [p for p, _ in pairs])
+    largest = float(np.finfo(dtype).max)
     scalars, flags, new_states = [], [], []
     for k in ks:
         group = pairs[k][1]
@@ -283,7 +371,7 @@ def _sgd_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[in
             new["cprop_m"] = flat.adopt(k, "cprop_m", None if fresh else state["cprop_m"])
             new["cprop_v"] = flat.adopt(k, "cprop_v", None if fresh else state["cprop_v"])
             cdf_code = CDF_CODES[group["cprop_cdf"]]
-            row = cprop_scalars(group["cprop_beta"], group["cprop_c"], group["cprop_eps"], t)
+            row = cprop_scalars(group["cprop_beta"], group["cprop_c"], group["cprop_eps"], t, largest)
         else:
             row = _NO_CPROP
         has_momentum = group["momentum"] != 0.0
@@ -338,6 +426,7 @@ class WrapperStep:
         hp, state = self.hp, self.wrapper.state
         for flat, ks, launch in self.batches:
             scalars, new_states = [], []
+            largest = float(np.finfo(flat.arena.dtype).max)
             for k in ks:
                 old = state[k]
                 fresh = not old
@@ -349,7 +438,7 @@ class WrapperStep:
                         "cprop_v": flat.adopt(k, "cprop_v", None if fresh else old["cprop_v"]),
                     }
                 )
-                scalars.append(cprop_scalars(hp["beta"], hp["c"], hp["eps"], t))
+                scalars.append(cprop_scalars(hp["beta"], hp["c"], hp["eps"], t, largest))
             flags = np.full((len(ks), wrapper_kernels.FLAG_COUNT), CDF_CODES[hp["cdf"]], dtype=np.int64)
             kernels = (None, wrapper_kernels.apply_serial, wrapper_kernels.apply_parallel)
             launch.run(kernels, self.grads, ks, _table(scalars, flat.arena.dtype), flags, None)

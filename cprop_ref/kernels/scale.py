@@ -24,18 +24,29 @@ CDF_CODES: dict[str, int] = {name: code for code, name in enumerate(CDF_NAMES)}
 NORMAL, BFT, BFO, LOGISTIC = (CDF_CODES[name] for name in ("normal", "bft", "bfo", "logistic"))
 
 #: Columns of CProp's scalars in a kernel's scalar table, after the optimizer's own.
-C_BETA, C_ONE_MINUS_BETA, C_INV_BIAS, C_INV_DENOMINATOR, C_ONE_SAMPLE, C_EPS, C_TWO_C, C_ONE, C_ZERO, C_INFINITY = (
-    range(10)
-)
-CPROP_SCALAR_COUNT = 10
+(
+    C_BETA,
+    C_ONE_MINUS_BETA,
+    C_INV_BIAS,
+    C_INV_DENOMINATOR,
+    C_ONE_SAMPLE,
+    C_EPS,
+    C_TWO_C,
+    C_ONE,
+    C_ZERO,
+    C_INFINITY,
+    C_LARGEST,
+) = range(11)
+CPROP_SCALAR_COUNT = 11
 
 
-def cprop_scalars(beta: float, c: float, eps: float, t: int) -> list[float]:
+def cprop_scalars(beta: float, c: float, eps: float, t: int, largest: float) -> list[float]:
     """CProp's scalars for a tensor's ``t``-th gradient, in double precision, in column order.
 
     ``C_INV_BIAS`` is ``1 / (1 - beta^t)``, ``C_INV_DENOMINATOR`` is ``1 / (n - 1 + eps)``
     (``inf`` for ``0``), ``C_ONE_SAMPLE`` is 1 when ``n - 1 = 0``: one sample, the
-    variance term is 0 (:func:`cprop_ref.scale.standard_error`).
+    variance term is 0 (:func:`cprop_ref.scale.standard_error`). ``C_LARGEST`` is
+    ``largest``, the dtype's largest finite value, to which an overflowed ``m_hat`` is clamped.
     """
     dof = degrees_of_freedom(beta, t)
     denominator = dof + eps
@@ -52,7 +63,30 @@ def cprop_scalars(beta: float, c: float, eps: float, t: int) -> list[float]:
         1.0,
         0.0,
         math.inf,
+        largest,
     ]
+
+
+@njit(error_model="numpy", cache=True)
+def fill_cprop_scalars(beta, c, eps, beta_t, beta_t_minus_1, largest, out, base):
+    """:func:`cprop_scalars` inside Numba, written into ``out[base:]`` (rounded to its dtype):
+    the same double-precision operations in the same order, so the same numbers to the bit.
+    The powers ``beta**t`` and ``beta**(t-1)`` come from Python (Numba's ``pow`` is not the
+    C library's to the last bit)."""
+    bias = 1.0 - beta_t
+    dof = beta * (1.0 - beta_t_minus_1) / (1.0 - beta)
+    denominator = dof + eps
+    out[base + C_BETA] = beta
+    out[base + C_ONE_MINUS_BETA] = 1.0 - beta
+    out[base + C_INV_BIAS] = 1.0 / bias
+    out[base + C_INV_DENOMINATOR] = 1.0 / denominator if denominator > 0.0 else math.inf
+    out[base + C_ONE_SAMPLE] = 1.0 if dof == 0.0 else 0.0
+    out[base + C_EPS] = eps
+    out[base + C_TWO_C] = 2.0 * c
+    out[base + C_ONE] = 1.0
+    out[base + C_ZERO] = 0.0
+    out[base + C_INFINITY] = math.inf
+    out[base + C_LARGEST] = largest
 
 
 @njit(error_model="numpy", cache=True)
@@ -77,7 +111,7 @@ def nan_maximum(a, b):
 
 
 @njit(error_model="numpy", cache=True)
-def standardized(m, v, inv_bias, inv_denominator, one_sample, eps, zero, infinity):
+def standardized(m, v, inv_bias, inv_denominator, one_sample, eps, zero, infinity, largest):
     """``z = -m_hat / se`` from the moments (``scale.cprop_scale`` up to the CDF).
 
     All arguments are of the array's dtype. ``m / b`` and ``var / (n - 1 + eps)`` are
@@ -86,6 +120,8 @@ def standardized(m, v, inv_bias, inv_denominator, one_sample, eps, zero, infinit
     where the variance term is 0 exactly. Selects only, so that the loop vectorises.
     """
     m_hat = m * inv_bias
+    # Finite moments whose m_hat overflowed: clamped to the largest finite value (the reference).
+    m_hat = np.copysign(largest, m) if (math.isinf(m_hat) and not math.isinf(m)) else m_hat
     v_hat = v * inv_bias
     difference = v_hat - m_hat * m_hat
     # inf - inf where m_hat^2 overflowed too: the variance is +inf, as in the reference.

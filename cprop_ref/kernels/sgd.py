@@ -12,7 +12,7 @@ from numba import njit, prange
 
 from .adam import CHUNK, cprop_z_loop, scale_loop
 from .pointers import array_at, chunks_finite, finite
-from .scale import CPROP_SCALAR_COUNT
+from .scale import C_ZERO, CPROP_SCALAR_COUNT
 
 #: Columns of the scalar table: SGD's, then CProp's from ``CPROP_BASE``.
 LR, MOMENTUM, ONE_MINUS_DAMPENING, WEIGHT_DECAY = range(4)
@@ -67,8 +67,11 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, direction, buf, single):
         cv = arena[CPROP_V, off + lo : off + hi]
         cprop_z_loop(g, cm, cv, cm, cv, buf, sc, CPROP_BASE, True, True)
         scale_loop(buf, count, sc, CPROP_BASE, fl[CDF], single)
+        zero = sc[CPROP_BASE + C_ZERO]
         for j in range(count):
-            p[j] = p[j] - lr * (direction[j] * buf[j])
+            # scale.scale_update: a scale of 0 is no update, also where the direction is inf.
+            s = buf[j]
+            p[j] = p[j] - lr * (zero if s == zero else direction[j] * s)
     else:
         for j in range(count):
             p[j] = p[j] - lr * direction[j]

@@ -136,11 +136,11 @@ class Optimizer:
         """One optimization step. ``grads[k]`` is the gradient of ``params[k]`` (``None``: no
         step for that parameter, and its state does not advance)."""
         if check_backend(self.backend) == "numba" and self.kernel_family is not None:
-            from ..kernels.dispatch import fused_step  # imports Numba on the first fused step only
-
             # Validates as below, then steps the float32/float64 parameters in place; the
             # rest (float16, non-contiguous) go on to the NumPy path.
-            groups, checked = fused_step(self, grads)
+            groups, checked = _fused_step()(self, grads)
+            if not any(g is not None for g in checked):
+                return  # every parameter was stepped by the kernels (or had no gradient)
         else:
             groups = self._validated_groups()
             checked = self.check_grads(grads)
@@ -275,6 +275,19 @@ class Optimizer:
     def load(self, path: str | os.PathLike[str]) -> None:
         """Load a checkpoint written by :meth:`save`; on any error the optimizer is unchanged."""
         self.load_state_dict(checkpoint.load(path))
+
+
+def _fused_step() -> Any:
+    """``kernels.dispatch.fused_step``, imported on the first fused step (Numba loads then)."""
+    global _FUSED_STEP
+    if _FUSED_STEP is None:
+        from ..kernels.dispatch import fused_step
+
+        _FUSED_STEP = fused_step
+    return _FUSED_STEP
+
+
+_FUSED_STEP: Any = None
 
 
 def import_state(entries: dict[str, Any], param: np.ndarray, schema: dict[str, str], where: str) -> ParamState:
