@@ -8,15 +8,17 @@ carries, per tensor, a bound on the error of everything the update depends on, i
 same first-order-plus-rounding style (``docs/conformance.md``, "Tolerance policy"):
 
 * SGD family: ``d0 = g + wd p``, momentum buffer ``buf``, direction ``d``;
-  ``e(lr d s) <= lr (|d| ds + e_d (s + ds)) + 3 u lr |d| s``;
+  ``e(lr d s) <= lr (|d| ds + e_d (s + ds)) + 2 * 2 u lr |d| s`` (``d * s`` and ``lr * .``);
 * Adam family: Adam's moments with :func:`~cprop_ref.tolerance.ema_error_bound` (plus the
   error of their input), ``den = sqrt(v) / sqrt(1 - b2^t) + eps`` through the conditioning
   of the square root, ``delta = step_size m / den`` as a quotient, where ``den`` is not
   pinned down by the bound the element is unconstrained (bound ``inf``); the wrapper
   around AdamW scales the decoupled decay ``-lr wd p`` too, so ``ds`` multiplies it;
-* ``p_new = p + update`` adds ``u |p_new|``; the wrapper's ``before + (after - before) s``
-  adds the rounding of the base optimizer's own parameter write, ``2 u (|p| + |p_new|)``.
+* ``p_new = p + update`` adds ``2 u |p_new|``; the wrapper's ``before + (after - before) s``
+  adds the rounding of the base optimizer's own write and of the difference,
+  ``2 u (|p| + 2 |p_new - p|)``.
 
+Every rounding is counted on both sides (:data:`BOTH_SIDES`): the reference rounds too.
 Everything is computed in float64 from the *reference* values, so the bound is the same
 whatever the port computes. ``g_error`` is the error of the port's gradient (0 in open
 loop; ``h |e_x|`` plus rounding in the closed loop on a quadratic).
@@ -31,6 +33,11 @@ import numpy as np
 
 from ..tolerance import EMA_ROUNDINGS, SQUARE_ROUNDINGS, CPropErrorBounds, ema_error_bound, unit_roundoff
 from .config import PortConfig
+
+#: Each rounding is counted on both sides: the reference rounds as much as the port does, and
+#: the two roundings of one operation can go opposite ways (a port that computes in float64
+#: and rounds once still differs from the float32 reference by up to one ulp of the result).
+BOTH_SIDES = 2.0
 
 
 def _f64(x: Any) -> np.ndarray:
@@ -117,9 +124,10 @@ class RunBounds:
             update_bound = self._sgd(tb, p, g, e_g, state_before, s, scale_bound)
         else:
             update_bound = self._adam(tb, p, g, e_g, state_before, state_after, s, scale_bound)
-        rounding = u * np.abs(p_new)
+        rounding = BOTH_SIDES * u * np.abs(p_new)
         if cfg.optimizer == "CProp":
-            rounding = rounding + 2.0 * u * (np.abs(p) + np.abs(p_new))
+            # the base optimizer's own write (|p|), after - before and its product with s (|p_new - p|)
+            rounding = rounding + BOTH_SIDES * u * (np.abs(p) + 2.0 * np.abs(p_new - p))
         tb.param = np.nan_to_num(update_bound + rounding, nan=np.inf)
         return {"cprop_m": tb.cprop.m_bound, "cprop_v": tb.cprop.v_bound, "scale": scale_bound, "param": tb.param}
 
@@ -158,7 +166,7 @@ class RunBounds:
             else:
                 d, e_d = buf, tb.buf
         step = lr * np.abs(d)
-        return tb.param + step * ds + lr * e_d * (s + ds) + 3.0 * u * step * s
+        return tb.param + step * ds + lr * e_d * (s + ds) + BOTH_SIDES * 2.0 * u * step * s
 
     def _adam(
         self,
@@ -182,7 +190,7 @@ class RunBounds:
             # decay included: p + s (-lr wd p + delta). The decay term's error is
             # lr wd (|p| ds + e_p (s + ds)); the rounding of p (1 - lr wd) adds 3 u |p|.
             decay = lr * wd
-            e_p = tb.param + decay * (np.abs(p) * ds + tb.param * (s + ds)) + 3.0 * u * np.abs(p)
+            e_p = tb.param + decay * (np.abs(p) * ds + tb.param * (s + ds)) + BOTH_SIDES * 2.0 * u * np.abs(p)
             d0, e_d0 = g, e_g
         else:
             e_p = tb.param
@@ -205,8 +213,8 @@ class RunBounds:
         bc2 = math.sqrt(1.0 - beta2**t)
         root = np.sqrt(second)
         den = root / bc2 + eps
-        e_den = (sqrt_error(second, e_second) + u * root) / bc2 + 3.0 * u * den
+        e_den = (sqrt_error(second, e_second) + BOTH_SIDES * u * root) / bc2 + BOTH_SIDES * 2.0 * u * den
         ratio = m1 / den
-        e_delta = step_size * quotient_error(m1, tb.m1, den, e_den) + 3.0 * u * step_size * np.abs(ratio)
+        e_delta = step_size * quotient_error(m1, tb.m1, den, e_den) + BOTH_SIDES * 2.0 * u * step_size * np.abs(ratio)
         delta = step_size * np.abs(ratio)
-        return e_p + delta * ds + e_delta * (s + ds) + u * delta * s
+        return e_p + delta * ds + e_delta * (s + ds) + BOTH_SIDES * u * delta * s

@@ -9,7 +9,7 @@ and shrinking still moves towards short streams, few tensors and simple configur
   (``beta = 0``, ``beta`` within 1e-7 of 1, ``c = 0``, large ``c``, ``eps = 0``, each CDF,
   momentum / Nesterov / dampening / weight decay / AMSGrad, Adam's moments shared or not);
 - :func:`gradient_streams`: 0-d, empty and odd shapes, several tensors; magnitudes from
-  tiny to huge (squares that underflow or overflow); exact zeros, constant streams, sign
+  subnormal to the largest finite value (squares that underflow or overflow); exact zeros, constant streams, sign
   flips, a drifting mean, and tensors that receive no gradient on some steps;
 - :func:`open_loop_cases`, :func:`injected_cases`, :func:`closed_loop_cases`: the checks' inputs.
 """
@@ -31,8 +31,9 @@ C_VALUES = (0.0, 0.5, 1.0, 3.0, 5.0, 100.0)
 EPS_VALUES = (0.0, 1e-8, 1e-4, 1.0)
 SHAPES: tuple[tuple[int, ...], ...] = ((), (0,), (1,), (3,), (2, 3), (7,), (2, 0, 3), (5, 1))
 STREAM_KINDS = ("noise", "constant", "sign_flips", "drift", "zeros", "mixed")
-#: log10 of gradient magnitudes per dtype: from squares that underflow to squares that overflow.
-MAGNITUDES = {"float32": (-25, -8, -2, 0, 2, 8, 25), "float64": (-170, -8, -2, 0, 2, 8, 170)}
+#: log10 of gradient magnitudes per dtype: subnormal gradients, squares that underflow, squares
+#: that overflow, gradients within a few ulp of the largest finite value (clipped to it).
+MAGNITUDES = {"float32": (-40, -25, -8, -2, 0, 2, 8, 25, 38), "float64": (-310, -170, -8, -2, 0, 2, 8, 170, 306)}
 
 
 def _unit_or_edge(draw: Any, edges: tuple[float, ...], low: float, high: float, label: str) -> float:
@@ -133,7 +134,8 @@ def gradient_streams(
         kind = draw(st.sampled_from(STREAM_KINDS), label=f"stream kind of tensor {k}")
         exponent = draw(st.sampled_from(MAGNITUDES[dtype]), label=f"log10 gradient magnitude of tensor {k}")
         missing = draw(st.sampled_from((0.0, 0.0, 0.3)), label=f"P(no gradient) of tensor {k}")
-        grads = _stream(rng, kind, shape, steps, 10.0**exponent).astype(dtype)
+        largest = float(np.finfo(dtype).max)
+        grads = np.clip(_stream(rng, kind, shape, steps, 10.0**exponent), -largest, largest).astype(dtype)
         present = rng.random(steps) >= missing
         params.append(np.asarray(rng.standard_normal(shape), dtype=dtype))
         columns.append([grads[i, ...] if present[i] else None for i in range(steps)])
