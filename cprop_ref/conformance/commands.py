@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def run_verify(args: argparse.Namespace) -> int:
     dtypes = _split(args.dtypes, DTYPES, "--dtypes")
     if args.fixtures is not None and not (Path(args.fixtures) / "manifest.json").is_file():
         raise SystemExit(f"cprop-ref verify: --fixtures={args.fixtures!r} has no manifest.json")
+    # As ``python -m`` does: a port module in the current directory (my_port.py) is importable.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         port = load_port(args.port)
     except ValueError as err:
