@@ -36,9 +36,10 @@ def update_moments(m: np.ndarray, v: np.ndarray, g: np.ndarray, beta: float) -> 
     dtype's range overflows to ``inf`` silently, as in torch; see :func:`standard_error`.
     """
     with np.errstate(over="ignore", under="ignore"):  # gradual underflow is the IEEE result too
-        if beta == 0.0:
+        if beta == 0.0 or np.result_type(m).type(beta) == 0.0:
             # No memory: the old moments do not enter at all. Written as 0 * v they would
-            # make 0 * inf = NaN after a square overflowed, from finite gradients.
+            # make 0 * inf = NaN after a square overflowed, from finite gradients. A beta that
+            # rounds to 0 in the dtype (below ~1e-45 in float32) is 0 there too.
             return (1.0 - beta) * g, (1.0 - beta) * (g * g)
         return beta * m + (1.0 - beta) * g, beta * v + (1.0 - beta) * (g * g)
 

@@ -46,17 +46,36 @@ def unit_roundoff(dtype: np.dtype | type) -> float:
     return float(np.finfo(dtype).eps) / 2.0
 
 
+def subnormal_floor(dtype: np.dtype | type) -> float:
+    """Half the smallest subnormal of the compute dtype: the absolute error of one rounding
+    where the relative bound ``u |x|`` no longer holds (gradual underflow)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float16:
+        dtype = np.dtype(np.float32)
+    return float(np.finfo(dtype).smallest_subnormal) / 2.0
+
+
 def ema_error_bound(
-    previous_bound: np.ndarray, previous_value: np.ndarray, new_input: np.ndarray, beta: float, u: float, roundings: int
+    previous_bound: np.ndarray,
+    previous_value: np.ndarray,
+    new_input: np.ndarray,
+    beta: float,
+    u: float,
+    roundings: int,
+    tiny: float = 0.0,
 ) -> np.ndarray:
     """Bound on ``|x_port - x_ref|`` after ``x <- beta x + (1 - beta) y``.
 
-    ``e_t <= beta e_{t-1} + roundings * u * (beta |x_{t-1}| + (1 - beta) |y_t|)``: the error
-    carried over shrinks by ``beta``, and each rounding adds at most ``u`` times the
-    magnitude of the terms it rounds.
+    ``e_t <= beta e_{t-1} + roundings * (u * (|x_{t-1}| + (1 - beta) |y_t|) + tiny)``: the error
+    carried over shrinks by ``beta``, and each rounding adds at most ``u`` times the magnitude
+    it rounds, or ``tiny`` (half the smallest subnormal) where that is more. The magnitude
+    covers both ways of writing the update: the weighted sum ``beta x + (1 - beta) y``, whose
+    terms are at most ``beta |x|`` and ``(1 - beta) |y|``, and torch's ``lerp``
+    ``x + (1 - beta) (y - x)``, whose terms reach ``|x|`` and ``(1 - beta) |y - x|`` (for a small
+    ``beta`` and ``|y| << |x|`` it rounds about ``u |x|``).
     """
-    magnitude = beta * np.abs(previous_value) + (1.0 - beta) * np.abs(new_input)
-    return beta * previous_bound + roundings * u * magnitude
+    magnitude = np.abs(previous_value) + (1.0 - beta) * np.abs(new_input)
+    return beta * previous_bound + roundings * (u * magnitude + tiny)
 
 
 def cdf_density(z: np.ndarray, cdf: str) -> np.ndarray:
@@ -162,13 +181,16 @@ class CPropErrorBounds:
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype | type) -> None:
         self.u = unit_roundoff(dtype)
+        self.tiny = subnormal_floor(dtype)
         self.m_bound = np.zeros(shape)
         self.v_bound = np.zeros(shape)
 
     def update(self, m_before: np.ndarray, v_before: np.ndarray, g: np.ndarray, beta: float) -> None:
         g = np.asarray(g, dtype=np.float64)
-        self.m_bound = ema_error_bound(self.m_bound, m_before, g, beta, self.u, EMA_ROUNDINGS)
-        self.v_bound = ema_error_bound(self.v_bound, v_before, g * g, beta, self.u, EMA_ROUNDINGS + SQUARE_ROUNDINGS)
+        self.m_bound = ema_error_bound(self.m_bound, m_before, g, beta, self.u, EMA_ROUNDINGS, self.tiny)
+        self.v_bound = ema_error_bound(
+            self.v_bound, v_before, g * g, beta, self.u, EMA_ROUNDINGS + SQUARE_ROUNDINGS, self.tiny
+        )
 
     def scale_tolerance(
         self, m: np.ndarray, v: np.ndarray, t: int, *, beta: float, c: float, eps: float, cdf: str

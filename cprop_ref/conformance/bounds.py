@@ -31,7 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from ..tolerance import EMA_ROUNDINGS, SQUARE_ROUNDINGS, CPropErrorBounds, ema_error_bound, unit_roundoff
+from ..tolerance import (
+    EMA_ROUNDINGS,
+    SQUARE_ROUNDINGS,
+    CPropErrorBounds,
+    ema_error_bound,
+    subnormal_floor,
+    unit_roundoff,
+)
 from .config import PortConfig
 
 #: Each rounding is counted on both sides: the reference rounds as much as the port does, and
@@ -64,6 +71,7 @@ class TensorBounds:
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self.u = unit_roundoff(dtype)
+        self.tiny = subnormal_floor(dtype)
         self.cprop = CPropErrorBounds(shape, dtype)
         zero = np.zeros(shape)
         self.param = zero.copy()
@@ -198,10 +206,10 @@ class RunBounds:
             e_d0 = e_g + wd * tb.param + (2.0 * u * (np.abs(wd * p) + np.abs(d0)) if wd != 0.0 else 0.0)
         m1_prev = _f64(before.get("exp_avg", zeros))
         v2_prev = _f64(before.get("exp_avg_sq", zeros))
-        tb.m1 = ema_error_bound(tb.m1, m1_prev, d0, beta1, u, EMA_ROUNDINGS) + (1.0 - beta1) * e_d0
-        tb.v2 = ema_error_bound(tb.v2, v2_prev, d0 * d0, beta2, u, EMA_ROUNDINGS + SQUARE_ROUNDINGS) + (1.0 - beta2) * (
-            2.0 * np.abs(d0) * e_d0 + e_d0 * e_d0
-        )
+        tb.m1 = ema_error_bound(tb.m1, m1_prev, d0, beta1, u, EMA_ROUNDINGS, tb.tiny) + (1.0 - beta1) * e_d0
+        tb.v2 = ema_error_bound(tb.v2, v2_prev, d0 * d0, beta2, u, EMA_ROUNDINGS + SQUARE_ROUNDINGS, tb.tiny) + (
+            1.0 - beta2
+        ) * (2.0 * np.abs(d0) * e_d0 + e_d0 * e_d0)
         m1 = _f64(after["exp_avg"])
         if hp.get("amsgrad", False):
             tb.vmax = np.maximum(tb.vmax, tb.v2)
