@@ -433,3 +433,32 @@ def test_tiny_steady_state_path_agrees_and_notices_every_change():
         assert np.all(error <= parameter_bound(ref_params[0], fast_params[0], updates[0], tol)), step
         fast_params[0][...] = ref_params[0]
     assert fast.__dict__.get("_kernel_plan") is not None  # the steady state was in use
+
+
+def test_non_contiguous_and_float16_parameters_take_the_numpy_path_alongside_kernel_ones():
+    """A strided view and a float16 array in the same optimizer as a float32 array: the
+    kernels step the float32 one, the NumPy path the others (bit for bit the reference's),
+    and a non-contiguous gradient is copied for the kernels (the float32 parameter's state is
+    identical; its value is held to the bound by the tests above)."""
+    rng = np.random.default_rng(13)
+    base = rng.standard_normal((4, 6)).astype(np.float64)
+
+    def make():
+        b = base.copy()
+        return b, [b[:, ::2], rng.standard_normal(5).astype(np.float16), np.arange(7, dtype=np.float32)]
+
+    (ref_base, ref_params), (fast_base, fast_params) = make(), make()
+    for p, q in zip(fast_params[1:], ref_params[1:]):
+        p[...] = q
+    ref, fast = CPropAdam(ref_params, backend="numpy"), CPropAdam(fast_params)
+    for _ in range(3):
+        grads = [rng.standard_normal(p.shape).astype(p.dtype) for p in ref_params]
+        strided = np.zeros(14, np.float32)
+        strided[::2] = grads[2]
+        grads_fast = [grads[0], grads[1], strided[::2]]
+        ref.step(grads)
+        fast.step(grads_fast)
+        np.testing.assert_array_equal(fast_params[0], ref_params[0])
+        np.testing.assert_array_equal(fast_params[1], ref_params[1])
+        assert_states_identical(fast.state_dict(), ref.state_dict())
+    np.testing.assert_array_equal(fast_base[:, 1::2], ref_base[:, 1::2])  # the rest of the base untouched
