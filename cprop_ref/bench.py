@@ -7,7 +7,8 @@ Rows (every time is the median over repeated steps, after warm-up steps):
   installed), the project's PyTorch port (when ``cprop_ref.torch`` imports), and the
   memory bound: a kernel that reads and writes exactly the bytes the step must touch
   (parameter, gradient and two moments read; parameter and moments written).
-- ``many tensors``: the same total split into tensors of mixed sizes, against one tensor.
+- ``many tensors``: the same total split into tensors of mixed sizes, against one tensor: as
+  separate arrays, and as views of one buffer (:func:`cprop_ref.kernels.flat.flat_parameters`).
 - ``2 elements``: time per ``step()`` call (the Rosenbrock case), against ``torch.optim.Adam``.
 - ``compile``: import and first step in a new process, with the Numba cache warm and cold.
 
@@ -265,6 +266,7 @@ def bench_single_tensor(table: Table, n: int, args: argparse.Namespace) -> None:
 
 
 def bench_many_tensors(table: Table, n: int, args: argparse.Namespace) -> None:
+    from .kernels.flat import flat_parameters
     from .optim import CPropAdam
 
     group = f"{args.tensors} tensors vs 1, same total 2^{args.log2_size}"
@@ -276,12 +278,25 @@ def bench_many_tensors(table: Table, n: int, args: argparse.Namespace) -> None:
     params = [np.zeros(size, np.float32) for size in sizes]
     grads = [rng.standard_normal(size).astype(np.float32) for size in sizes]
     many = CPropAdam(params)
+    # The same tensors as views of one buffer each for parameters and gradients (flat_parameters).
+    _, flat_params = flat_parameters([(size,) for size in sizes])
+    _, flat_grads = flat_parameters([(size,) for size in sizes])
+    for view, grad in zip(flat_grads, grads):
+        view[...] = grad
+    flat = CPropAdam(flat_params)
     one_name, many_name = "CProp-Adam bft, 1 tensor [numba]", f"CProp-Adam bft, {len(sizes)} tensors [numba]"
+    flat_name = f"CProp-Adam bft, {len(sizes)} views of one buffer [numba]"
     medians = interleaved_medians(
-        {one_name: lambda: single.step([single_grad]), many_name: lambda: many.step(grads)}, args.repeats
+        {
+            one_name: lambda: single.step([single_grad]),
+            many_name: lambda: many.step(grads),
+            flat_name: lambda: flat.step(flat_grads),
+        },
+        args.repeats,
     )
     table.add(group, one_name, medians[one_name])
     table.add(group, many_name, medians[many_name], one_name, note=f"sizes {min(sizes)}..{max(sizes)}")
+    table.add(group, flat_name, medians[flat_name], one_name, note="kernels.flat.flat_parameters")
 
 
 def bench_tiny(table: Table, args: argparse.Namespace) -> None:
