@@ -42,7 +42,12 @@ class Optimizer:
     kernel_family: ClassVar[str | None] = None
 
     def __init__(
-        self, params: Iterable[Any], defaults: dict[str, Any], *, nonfinite: str = "raise", backend: str = DEFAULT_BACKEND
+        self,
+        params: Iterable[Any],
+        defaults: dict[str, Any],
+        *,
+        nonfinite: str = "raise",
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
         self.nonfinite = check_nonfinite_policy(nonfinite)
         self.backend = check_backend(backend)
