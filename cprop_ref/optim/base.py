@@ -24,6 +24,21 @@ ParamState = dict[str, Any]
 Update = tuple[np.ndarray, ParamState]
 
 
+def flat_params(param_groups: list[dict[str, Any]]) -> list[np.ndarray]:
+    """The parameters of ``param_groups``, group after group (the order of ``step``'s gradients)."""
+    return [p for group in param_groups for p in group["params"]]
+
+
+def parameter_names(param_groups: list[dict[str, Any]]) -> list[str]:
+    """``"parameter k (group i, index j)"`` for every parameter, in :func:`flat_params` order:
+    how every error message names a parameter."""
+    names = []
+    for i, group in enumerate(param_groups):
+        for j in range(len(group["params"])):
+            names.append(f"parameter {len(names)} (group {i}, index {j})")
+    return names
+
+
 class Optimizer:
     """Base class of cprop-ref's optimizers (the optimizer protocol, see ``docs/optimizers.md``).
 
@@ -118,15 +133,11 @@ class Optimizer:
     @property
     def params(self) -> list[np.ndarray]:
         """All parameters, group after group: the order ``step(grads)`` expects."""
-        return [p for group in self.param_groups for p in group["params"]]
+        return flat_params(self.param_groups)
 
     def param_names(self) -> list[str]:
         """``"parameter k (group i, index j)"`` for every parameter, in ``params`` order."""
-        names = []
-        for i, group in enumerate(self.param_groups):
-            for j in range(len(group["params"])):
-                names.append(f"parameter {len(names)} (group {i}, index {j})")
-        return names
+        return parameter_names(self.param_groups)
 
     def _flat(self, groups: list[dict[str, Any]]) -> list[tuple[np.ndarray, dict[str, Any]]]:
         return [(p, group) for group in groups for p in group["params"]]

@@ -13,7 +13,7 @@ from ..gradients import check_gradients, check_nonfinite_policy, compute_dtype
 from ..hyperparams import cdf_name, decay_rate, non_negative
 from ..kernels import DEFAULT_BACKEND, check_backend
 from ..scale import CPropStats, cprop_scale, cprop_step, init_stats
-from .base import import_state
+from .base import flat_params, import_state, parameter_names
 
 _CPROP_STATE_SCHEMA = {"step": "count", "cprop_m": "array", "cprop_v": "array"}
 
@@ -96,14 +96,11 @@ class CProp:
 
     @property
     def params(self) -> list[np.ndarray]:
-        return [p for group in self.param_groups for p in group["params"]]
+        """All parameters, group after group: the order ``step(grads)`` expects."""
+        return flat_params(self.param_groups)
 
     def param_names(self) -> list[str]:
-        names = []
-        for i, group in enumerate(self.param_groups):
-            for j in range(len(group["params"])):
-                names.append(f"parameter {len(names)} (group {i}, index {j})")
-        return names
+        return parameter_names(self.param_groups)
 
     def step(self, grads: Sequence[np.ndarray | None]) -> None:
         hp = self._check_hyperparams()
