@@ -1,8 +1,9 @@
 """The implementation matrix: every optimizer configuration the core tests run through.
 
-``FACTORIES[name](params, cdf)`` builds a fresh optimizer over ``params`` (a list of arrays);
-non-CProp optimizers ignore ``cdf``. Parametrise tests over ``OPTIMIZER_NAMES`` x ``DTYPES``
-x ``CDF_NAMES`` so that each check runs on every cell.
+``FACTORIES[name](params, cdf, backend)`` builds a fresh optimizer over ``params`` (a list of
+arrays); non-CProp optimizers ignore ``cdf``. Parametrise tests over ``OPTIMIZER_NAMES`` x
+``DTYPES`` x ``CDF_NAMES`` and take the ``backend`` fixture (``tests/conftest.py``: "numpy"
+and "numba") so that each check runs on every cell.
 """
 
 from __future__ import annotations
@@ -14,21 +15,31 @@ import numpy as np
 
 from cprop_ref import SGD, Adam, AdamW, CProp, CPropAdam, CPropSGD
 
-Factory = Callable[[list[np.ndarray], str], Any]
+Factory = Callable[[list[np.ndarray], str, str], Any]
 
 FACTORIES: dict[str, Factory] = {
-    "sgd": lambda ps, cdf: SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01),
-    "adam": lambda ps, cdf: Adam(ps, lr=0.01, weight_decay=0.01, amsgrad=True),
-    "adamw": lambda ps, cdf: AdamW(ps, lr=0.01),
-    "cprop_sgd": lambda ps, cdf: CPropSGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, cprop_cdf=cdf),
-    "cprop_sgd_plain": lambda ps, cdf: CPropSGD(ps, lr=0.1, cprop_cdf=cdf, cprop_c=3.0, cprop_beta=0.9),
-    "cprop_adam": lambda ps, cdf: CPropAdam(ps, lr=0.01, cprop_cdf=cdf),
-    "cprop_adam_shared_m": lambda ps, cdf: CPropAdam(ps, lr=0.01, betas=(0.999, 0.999), cprop_cdf=cdf),
-    "cprop_adam_unshared": lambda ps, cdf: CPropAdam(
-        ps, lr=0.01, weight_decay=0.01, amsgrad=True, cprop_beta=0.99, cprop_cdf=cdf
+    "sgd": lambda ps, cdf, backend: SGD(ps, backend=backend, lr=0.1, momentum=0.9, weight_decay=0.01),
+    "adam": lambda ps, cdf, backend: Adam(ps, backend=backend, lr=0.01, weight_decay=0.01, amsgrad=True),
+    "adamw": lambda ps, cdf, backend: AdamW(ps, backend=backend, lr=0.01),
+    "cprop_sgd": lambda ps, cdf, backend: CPropSGD(
+        ps, backend=backend, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, cprop_cdf=cdf
     ),
-    "cprop_wrapper_sgd": lambda ps, cdf: CProp(SGD(ps, lr=0.1, momentum=0.5), cdf=cdf),
-    "cprop_wrapper_adamw": lambda ps, cdf: CProp(AdamW(ps, lr=0.01), beta=0.99, c=2.0, cdf=cdf),
+    "cprop_sgd_plain": lambda ps, cdf, backend: CPropSGD(
+        ps, backend=backend, lr=0.1, cprop_cdf=cdf, cprop_c=3.0, cprop_beta=0.9
+    ),
+    "cprop_adam": lambda ps, cdf, backend: CPropAdam(ps, backend=backend, lr=0.01, cprop_cdf=cdf),
+    "cprop_adam_shared_m": lambda ps, cdf, backend: CPropAdam(
+        ps, backend=backend, lr=0.01, betas=(0.999, 0.999), cprop_cdf=cdf
+    ),
+    "cprop_adam_unshared": lambda ps, cdf, backend: CPropAdam(
+        ps, backend=backend, lr=0.01, weight_decay=0.01, amsgrad=True, cprop_beta=0.99, cprop_cdf=cdf
+    ),
+    "cprop_wrapper_sgd": lambda ps, cdf, backend: CProp(
+        SGD(ps, lr=0.1, momentum=0.5, backend=backend), cdf=cdf, backend=backend
+    ),
+    "cprop_wrapper_adamw": lambda ps, cdf, backend: CProp(
+        AdamW(ps, lr=0.01, backend=backend), beta=0.99, c=2.0, cdf=cdf, backend=backend
+    ),
 }
 OPTIMIZER_NAMES = sorted(FACTORIES)
 CPROP_NAMES = [name for name in OPTIMIZER_NAMES if name.startswith("cprop")]

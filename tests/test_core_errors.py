@@ -118,10 +118,14 @@ def _bad_grads(params):
 
 
 @pytest.mark.parametrize("name", OPTIMIZER_NAMES)
-def test_bad_gradients_name_the_parameter_and_change_nothing(name):
+def test_bad_gradients_name_the_parameter_and_change_nothing(name, backend):
     params = make_params(np.float64)
     groups = [{"params": params[:2]}, {"params": params[2:]}]
-    opt = FACTORIES[name](groups, "bft") if not name.startswith("cprop_wrapper") else FACTORIES[name](params, "bft")
+    opt = (
+        FACTORIES[name](groups, "bft", backend)
+        if not name.startswith("cprop_wrapper")
+        else FACTORIES[name](params, "bft", backend)
+    )
     rng = np.random.default_rng(0)
     opt.step(make_grads(params, rng))
     before = snapshot(opt)
@@ -134,9 +138,9 @@ def test_bad_gradients_name_the_parameter_and_change_nothing(name):
 
 
 @pytest.mark.parametrize("name", ["sgd", "cprop_sgd", "cprop_adam"])
-def test_hyperparameter_made_invalid_between_steps_raises_and_changes_nothing(name):
+def test_hyperparameter_made_invalid_between_steps_raises_and_changes_nothing(name, backend):
     params = make_params(np.float32)
-    opt = FACTORIES[name](params, "bft")
+    opt = FACTORIES[name](params, "bft", backend)
     opt.step(make_grads(params, np.random.default_rng(1)))
     before = snapshot(opt)
     opt.param_groups[0]["lr"] = -1.0
@@ -177,12 +181,12 @@ def test_wrapper_refuses_objects_that_are_not_optimizers():
 
 
 @pytest.mark.parametrize("name", OPTIMIZER_NAMES)
-def test_load_state_dict_errors_name_the_problem_and_change_nothing(name):
+def test_load_state_dict_errors_name_the_problem_and_change_nothing(name, backend):
     params = make_params(np.float64)
-    opt = FACTORIES[name](params, "bft")
+    opt = FACTORIES[name](params, "bft", backend)
     opt.step(make_grads(params, np.random.default_rng(3)))
     good = opt.state_dict()
-    fresh = FACTORIES[name]([p.copy() for p in params], "bft")
+    fresh = FACTORIES[name]([p.copy() for p in params], "bft", backend)
     fresh.step(make_grads(params, np.random.default_rng(4)))
     before = snapshot(fresh)
     inner = good["base"] if "base" in good else good  # the wrapper delegates the base's checks

@@ -22,10 +22,10 @@ from tests.optimizer_matrix import (
 @pytest.mark.parametrize("cdf", CDF_NAMES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", OPTIMIZER_NAMES)
-def test_steps_keep_dtype_stay_finite_and_keep_state_in_compute_dtype(name, dtype, cdf):
+def test_steps_keep_dtype_stay_finite_and_keep_state_in_compute_dtype(name, dtype, cdf, backend):
     params = make_params(dtype)
     ids = [id(p) for p in params]
-    opt = FACTORIES[name](params, cdf)
+    opt = FACTORIES[name](params, cdf, backend)
     rng = np.random.default_rng(1)
     for _ in range(25):
         opt.step(make_grads(params, rng))
@@ -49,9 +49,9 @@ def test_steps_keep_dtype_stay_finite_and_keep_state_in_compute_dtype(name, dtyp
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", OPTIMIZER_NAMES)
-def test_none_gradient_skips_parameter_and_its_state(name, dtype):
+def test_none_gradient_skips_parameter_and_its_state(name, dtype, backend):
     params = make_params(dtype)
-    opt = FACTORIES[name](params, "bft")
+    opt = FACTORIES[name](params, "bft", backend)
     rng = np.random.default_rng(2)
     opt.step(make_grads(params, rng))
     frozen = params[3].copy()
@@ -65,9 +65,9 @@ def test_none_gradient_skips_parameter_and_its_state(name, dtype):
 
 
 @pytest.mark.parametrize("name", CPROP_NAMES)
-def test_scales_are_none_before_the_first_gradient(name):
+def test_scales_are_none_before_the_first_gradient(name, backend):
     params = make_params(np.float64)
-    opt = FACTORIES[name](params, "bft")
+    opt = FACTORIES[name](params, "bft", backend)
     assert opt.scales() == [None] * len(params)
     grads = make_grads(params, np.random.default_rng(0))
     grads[0] = None
@@ -78,11 +78,11 @@ def test_scales_are_none_before_the_first_gradient(name):
 
 @pytest.mark.parametrize("cdf", CDF_NAMES)
 @pytest.mark.parametrize("name", CPROP_NAMES)
-def test_float16_zero_gradient_gives_no_nan(name, cdf):
+def test_float16_zero_gradient_gives_no_nan(name, cdf, backend):
     """The authors' implementation computes in float16, where eps = 1e-8 underflows to 0 and a zero
     gradient gives 0/0; here float16 statistics are kept in float32 (eps = 1e-8 representable)."""
     params = [np.ones(4, np.float16), np.zeros((), np.float16)]
-    opt = FACTORIES[name](params, cdf)
+    opt = FACTORIES[name](params, cdf, backend)
     for _ in range(3):
         opt.step([np.zeros(4, np.float16), np.zeros((), np.float16)])
     for s in opt.scales():

@@ -27,18 +27,18 @@ def grad_stream(params, seed, steps):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", OPTIMIZER_NAMES)
-def test_save_load_resume_is_bit_identical(tmp_path, name, dtype):
+def test_save_load_resume_is_bit_identical(tmp_path, name, dtype, backend):
     """Save after k steps, load into a fresh optimizer over copies of the parameters, continue:
     parameters and state equal the uninterrupted run bit for bit, at every later step."""
     params = make_params(dtype)
     stream = grad_stream(params, seed=7, steps=20)
-    uninterrupted = FACTORIES[name](params, "normal")
+    uninterrupted = FACTORIES[name](params, "normal", backend)
     for grads in stream[:8]:
         uninterrupted.step(grads)
     path = tmp_path / "opt.npz"
     uninterrupted.save(path)
     resumed_params = [np.zeros_like(p) for p in params]
-    resumed = FACTORIES[name](resumed_params, "normal")
+    resumed = FACTORIES[name](resumed_params, "normal", backend)
     resumed.load(path)
     for p, q in zip(resumed_params, params):
         p[...] = q  # the parameters are the user's arrays; the checkpoint holds optimizer state
@@ -51,14 +51,14 @@ def test_save_load_resume_is_bit_identical(tmp_path, name, dtype):
 
 
 @pytest.mark.parametrize("name", OPTIMIZER_NAMES)
-def test_state_dict_round_trip_and_independence(name):
+def test_state_dict_round_trip_and_independence(name, backend):
     params = make_params(np.float32)
-    opt = FACTORIES[name](params, "bfo")
+    opt = FACTORIES[name](params, "bfo", backend)
     for grads in grad_stream(params, seed=8, steps=5):
         opt.step(grads)
     saved = opt.state_dict()
     json.dumps(_without_arrays(saved))  # everything but the arrays is plain JSON
-    other = FACTORIES[name]([p.copy() for p in params], "bft")
+    other = FACTORIES[name]([p.copy() for p in params], "bft", backend)
     other.load_state_dict(saved)
     assert_tree_equal(other.state_dict(), saved)
     # The state dict is a copy: changing it does not reach the optimizer, nor the other way.
