@@ -19,6 +19,7 @@ per-step bounds add up over the run.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -63,11 +64,12 @@ def cprop_configs(draw):
     )
 
 
-def make_pair(kind: str, base: dict, cp: dict, x0: np.ndarray):
+def make_pair(kind: str, base: dict, cp: dict, x0: np.ndarray, backend: str):
     cprop_kwargs = {f"cprop_{k}": v for k, v in cp.items()}
-    if kind == "sgd":
-        return CPropSGD([x0.copy()], **base, **cprop_kwargs), CProp(SGD([x0.copy()], **base), **cp)
-    return CPropAdam([x0.copy()], **base, **cprop_kwargs), CProp(Adam([x0.copy()], **base), **cp)
+    special_cls, base_cls = (CPropSGD, SGD) if kind == "sgd" else (CPropAdam, Adam)
+    special = special_cls([x0.copy()], **base, **cprop_kwargs, backend=backend)
+    wrapper = CProp(base_cls([x0.copy()], **base, backend=backend), **cp, backend=backend)
+    return special, wrapper
 
 
 def assert_states_identical(kind: str, special, wrapper) -> None:
@@ -82,9 +84,9 @@ def assert_states_identical(kind: str, special, wrapper) -> None:
     np.testing.assert_array_equal(special.scales()[0], wrapper.scales()[0])
 
 
-def check_run(kind, base, cp, grads, resync: bool) -> None:
+def check_run(kind, base, cp, grads, resync: bool, backend: str) -> None:
     x0 = np.linspace(-2.0, 2.0, grads.shape[1])
-    special, wrapper = make_pair(kind, base, cp, x0)
+    special, wrapper = make_pair(kind, base, cp, x0, backend)
     (p_special,) = special.params
     (p_wrapper,) = wrapper.params
     bound = np.zeros_like(x0)
@@ -101,21 +103,25 @@ def check_run(kind, base, cp, grads, resync: bool) -> None:
         assert_states_identical(kind, special, wrapper)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @given(base=sgd_configs(), cp=cprop_configs(), grads=gradient_streams(scale_exp=(-2, 2)))
-def test_wrapped_sgd_equals_cprop_sgd_step_by_step(base, cp, grads):
-    check_run("sgd", base, cp, grads, resync=True)
+def test_wrapped_sgd_equals_cprop_sgd_step_by_step(base, cp, grads, backend):
+    check_run("sgd", base, cp, grads, resync=True, backend=backend)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @given(base=adam_configs(), cp=cprop_configs(), grads=gradient_streams(scale_exp=(-2, 2)))
-def test_wrapped_adam_equals_cprop_adam_step_by_step(base, cp, grads):
-    check_run("adam", base, cp, grads, resync=True)
+def test_wrapped_adam_equals_cprop_adam_step_by_step(base, cp, grads, backend):
+    check_run("adam", base, cp, grads, resync=True, backend=backend)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @given(base=sgd_configs(weight_decay=st.just(0.0)), cp=cprop_configs(), grads=gradient_streams(scale_exp=(-2, 2)))
-def test_wrapped_sgd_equals_cprop_sgd_over_a_run(base, cp, grads):
-    check_run("sgd", base, cp, grads, resync=False)
+def test_wrapped_sgd_equals_cprop_sgd_over_a_run(base, cp, grads, backend):
+    check_run("sgd", base, cp, grads, resync=False, backend=backend)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @given(base=adam_configs(weight_decay=st.just(0.0)), cp=cprop_configs(), grads=gradient_streams(scale_exp=(-2, 2)))
-def test_wrapped_adam_equals_cprop_adam_over_a_run(base, cp, grads):
-    check_run("adam", base, cp, grads, resync=False)
+def test_wrapped_adam_equals_cprop_adam_over_a_run(base, cp, grads, backend):
+    check_run("adam", base, cp, grads, resync=False, backend=backend)
