@@ -4,8 +4,10 @@
 element at a time, and they dominate a fused CProp step. The functions here are
 straight-line arithmetic (a Cody-Waite range reduction, a Taylor polynomial in Horner
 form, an exponent built from bits, selects instead of branches), so a loop over a
-cache-resident chunk compiles to SIMD instructions. All work in double precision;
-the kernels round the result once to the array dtype.
+cache-resident chunk compiles to SIMD instructions. Most work in double precision and
+the kernels round the result once to the array dtype; :func:`exp_float32` and
+:func:`tanh_half_float32` work in float32 throughout, twice the lanes per vector, for the
+logistic CDFs of float32 tensors.
 
 Error bounds (derived in ``docs/performance.md``, "Exponentials at vector speed", and
 checked against mpmath in ``tests/test_kernels_vector_math.py``), for ``x <= 0``:
@@ -15,6 +17,9 @@ checked against mpmath in ``tests/test_kernels_vector_math.py``), for ``x <= 0``
   absolute error below 3.1e-308.
 - :func:`exp_single` (degree 7, for float32 results): relative error below
   ``EXP_SINGLE_BOUND`` (about 0.2 units of float32's ``2**-24``).
+- :func:`exp_float32` (degree 7, float32 arithmetic): relative error below
+  ``EXP_FLOAT32_BOUND_U`` units of ``2**-24`` for ``x >= -87``; below, ``exp(-87)``.
+- :func:`tanh_half_float32`: absolute error below ``TANH_HALF_FLOAT32_BOUND_U`` units of ``2**-24``.
 - :func:`erf_single`: absolute error below ``ERF_SINGLE_BOUND`` (Press et al.'s
   Chebyshev ``erfc``, fractional error < 1.2e-7).
 
@@ -43,6 +48,30 @@ EXP_SINGLE_BOUND = 1.2e-8
 ERF_SINGLE_BOUND = 1.2e-7
 SQRT_HALF = 0.7071067811865476
 
+#: float32 constants of :func:`exp_float32` (a Python float would promote the lanes to float64).
+#: ``LN2_HI_F32`` has 9 significant bits, so ``k * LN2_HI_F32`` is exact for ``|k| < 2**15``;
+#: ``LN2_HI_F32 + LN2_LO_F32`` is ln 2 to 1.7e-12 (Cephes' ``expf`` split).
+LN2_HI_F32 = np.float32(0.693359375)
+LN2_LO_F32 = np.float32(-2.12194440e-4)
+LOG2_E_F32 = np.float32(1.4426950408889634)
+#: Arguments below are clamped here: ``exp(-87) = 1.6e-38`` is still a normal float32.
+EXP_CLAMP_F32 = np.float32(-87.0)
+#: Proven relative error bound of :func:`exp_float32` in units of float32's ``2**-24``.
+EXP_FLOAT32_BOUND_U = 2.6
+#: Proven absolute error bound of :func:`tanh_half_float32` in units of ``2**-24``:
+#: ``EXP_FLOAT32_BOUND_U / 2`` (the error of ``e``) plus 3 roundings (``1 - e``, ``1 + e``, division).
+TANH_HALF_FLOAT32_BOUND_U = EXP_FLOAT32_BOUND_U / 2.0 + 3.0
+_ZERO_F32 = np.float32(0.0)
+_HALF_F32 = np.float32(0.5)
+_ONE_F32 = np.float32(1.0)
+#: Taylor coefficients ``1 / i!`` of :func:`exp_float32`, rounded to float32.
+_EXP_F32_C2 = np.float32(1.0 / 2.0)
+_EXP_F32_C3 = np.float32(1.0 / 6.0)
+_EXP_F32_C4 = np.float32(1.0 / 24.0)
+_EXP_F32_C5 = np.float32(1.0 / 120.0)
+_EXP_F32_C6 = np.float32(1.0 / 720.0)
+_EXP_F32_C7 = np.float32(1.0 / 5040.0)
+
 
 @intrinsic
 def _bits_as_double(typingctx, bits):  # pragma: no cover - runs inside Numba
@@ -51,6 +80,17 @@ def _bits_as_double(typingctx, bits):  # pragma: no cover - runs inside Numba
 
     def codegen(context, builder, sig, args):
         return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return signature, codegen
+
+
+@intrinsic
+def _bits_as_float32(typingctx, bits):  # pragma: no cover - runs inside Numba
+    """Reinterpret an int32 as the float32 with the same bits."""
+    signature = types.float32(types.int32)
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
 
     return signature, codegen
 
@@ -110,6 +150,45 @@ def exp_single(x):
     q = q * r + 1.0
     result = q * _power_of_two(k)
     return x if nan else result
+
+
+@njit(error_model="numpy", cache=True, fastmath={"contract"})
+def exp_float32(x):
+    """``exp(x)`` for a float32 ``x <= 0``, computed in float32 lanes (16 per AVX-512 vector):
+    relative error below ``EXP_FLOAT32_BOUND_U`` units of ``2**-24`` for ``x >= -87``; below
+    ``-87`` it returns ``exp(-87)`` (< 1.7e-38), an absolute error below that. NaN propagates.
+
+    Cody-Waite reduction ``x = k ln2 + r`` in float32 with Cephes' split of ln 2, the Taylor
+    polynomial of degree 7 in Horner form, ``2**k`` built from its bits (``k >= -126``: a
+    normal float32). The bound is derived in ``docs/performance.md``.
+    """
+    nan = x != x
+    y = EXP_CLAMP_F32 if (x < EXP_CLAMP_F32 or nan) else x
+    k = np.floor(y * LOG2_E_F32 + _HALF_F32)
+    # y - k ln2_hi is exact (k ln2_hi is a multiple of 2**-9, of no more bits than y, and
+    # |y - k ln2_hi| <= |y|); the one rounding is that of r itself.
+    r = (y - k * LN2_HI_F32) - k * LN2_LO_F32
+    q = _EXP_F32_C7
+    q = q * r + _EXP_F32_C6
+    q = q * r + _EXP_F32_C5
+    q = q * r + _EXP_F32_C4
+    q = q * r + _EXP_F32_C3
+    q = q * r + _EXP_F32_C2
+    q = q * r + _ONE_F32
+    q = q * r + _ONE_F32
+    result = q * _bits_as_float32(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
+    return x if nan else result
+
+
+@njit(error_model="numpy", cache=True, fastmath={"contract"})
+def tanh_half_float32(q):
+    """``tanh(|q| / 2) = (1 - e) / (1 + e)``, ``e = exp(-|q|)``, all in float32 lanes for a
+    float32 ``q``: absolute error below ``TANH_HALF_FLOAT32_BOUND_U`` units of ``2**-24``
+    (``|d tanh / d e| * e <= 1/2`` times the relative error of ``e``, plus ``1 - e``, ``1 + e``
+    and the division, each a relative ``2**-24`` of a result at most 1). NaN propagates,
+    ``|q| = inf`` gives 1."""
+    e = exp_float32(-abs(q))
+    return (_ONE_F32 - e) / (_ONE_F32 + e)
 
 
 @njit(error_model="numpy", cache=True, fastmath={"contract"})
