@@ -1,7 +1,6 @@
-"""The float32-lane exponential and logistic conformities of the kernels, against float64.
+"""The float32-lane exponential, erf and conformities of the kernels, against float64.
 
-For float32 tensors the kernels evaluate the logistic CDFs (``bft``, ``bfo``, ``logistic``)
-entirely in float32 (``cprop_ref.kernels.vector_math.exp_float32``). The bounds held here are
+For float32 tensors the kernels evaluate every CDF entirely in float32 (``cprop_ref.kernels.vector_math.exp_float32``). The bounds held here are
 derived in ``docs/performance.md`` ("Exponentials at vector speed"), in units of
 ``U32 = 2**-24``:
 
@@ -13,11 +12,18 @@ derived in ``docs/performance.md`` ("Exponentials at vector speed"), in units of
   with ``2c = 2``): that bound plus the rounding of ``q`` in float32, relative ``5 U32`` for
   bft's cubic (four roundings in ``C3 z z z``, one in the sum) and ``2 U32`` for a slope
   (the constant and the product), which moves ``tanh(q / 2)`` by at most
-  ``max_y y sech(y)^2 = 0.4478`` times that relative error.
+  ``max_y y sech(y)^2 = 0.4478`` times that relative error;
+- ``erf_float32``: absolute error <= ``ERF_FLOAT32_BOUND_U`` (Taylor branch below 1: Horner
+  with two roundings per step, ``x^2``, the product and the remainder, 4.15; Press's branch from
+  1 on: the fit's 1.2e-7, ``t``, Horner, ``q - x^2``, ``exp_float32`` and the product, all times
+  ``erfc(x) <= 0.16``, plus ``1 - .``, 3.41);
+- the normal's conformity ``erf(|z| / sqrt 2)`` from a float32 ``z``: that bound plus the
+  rounding of ``|z| sqrt(1/2)`` (constant and product, relative ``2 U32``), which moves ``erf``
+  by at most ``2/sqrt(pi) max_x x exp(-x^2) * 2 U32 = 0.968 U32``.
 
-The exact values are float64 evaluations at the float32 arguments (``np.exp``, ``np.tanh``:
-within a few ``2**-53``, below ``1e-8 U32``, which the comparisons leave to the margin of the
-bounds' first-order terms).
+The exact values are float64 evaluations at the float32 arguments (``np.exp``, ``np.tanh``,
+SciPy's ``erf``: within a few ``2**-53``, below ``1e-8 U32``, which the comparisons leave to
+the margin of the bounds' first-order terms).
 """
 
 from __future__ import annotations
@@ -28,13 +34,16 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
+from scipy.special import erf
 
 from cprop_ref.cdf import BFO_LINEAR, BFT_CUBIC, BFT_LINEAR, LOGISTIC_SLOPE
-from cprop_ref.kernels.scale import BFO, BFT, LOGISTIC, scale_in_place
+from cprop_ref.kernels.scale import BFO, BFT, LOGISTIC, NORMAL, scale_in_place
 from cprop_ref.kernels.vector_math import (
+    ERF_FLOAT32_BOUND_U,
     EXP_CLAMP_F32,
     EXP_FLOAT32_BOUND_U,
     TANH_HALF_FLOAT32_BOUND_U,
+    erf_float32,
     exp_float32,
     tanh_half_float32,
 )
@@ -44,6 +53,16 @@ U32 = 2.0**-24
 TANH_HALF_CONDITION = 0.4478
 #: Relative error of ``q(z)`` evaluated in float32, in units of U32.
 Q_ROUNDINGS = {BFT: 5.0, BFO: 2.0, LOGISTIC: 2.0}
+#: ``2/sqrt(pi) max_x x exp(-x^2) * 2``: erf's change for the rounding of ``|z| sqrt(1/2)``, in U32.
+ERF_ARGUMENT_ROUNDING = 0.968
+
+
+@njit(cache=True)
+def _map_erf_float32(x):
+    out = np.empty_like(x)
+    for i in range(x.size):
+        out[i] = erf_float32(x[i])
+    return out
 
 
 @njit(cache=True)
@@ -111,8 +130,30 @@ def test_tanh_half_float32_within_its_bound():
     assert inf_nan[0] == 1.0 and inf_nan[1] == 1.0 and np.isnan(inf_nan[2])
 
 
+def test_erf_float32_within_its_bound():
+    """Dense across the branch switch at 1, near 0, and out to where erf is 1 in float32."""
+    x = np.concatenate(
+        [np.linspace(0.0, 12.0, 120_001), np.linspace(0.999, 1.001, 2001), np.geomspace(1e-40, 1.0, 2000)]
+    )
+    x = x.astype(np.float32)
+    values = _map_erf_float32(x)
+    assert values.dtype == np.float32
+    assert np.max(np.abs(values - erf(x.astype(np.float64)))) <= ERF_FLOAT32_BOUND_U * U32
+    special = _map_erf_float32(np.array([np.inf, 3e38, np.nan], dtype=np.float32))
+    assert special[0] == 1.0 and special[1] == 1.0 and np.isnan(special[2])
+
+
+@settings(max_examples=200)
+@given(st.floats(0.0, 12.0, width=32))
+def test_erf_float32_bound_at_drawn_points(x):
+    (value,) = _map_erf_float32(np.array([x], dtype=np.float32))
+    assert abs(float(value) - float(erf(np.float64(x)))) <= ERF_FLOAT32_BOUND_U * U32
+
+
 def _conformity_exact(z: np.ndarray, cdf: int) -> np.ndarray:
     z = np.abs(z.astype(np.float64))
+    if cdf == NORMAL:
+        return erf(z / math.sqrt(2.0))
     if cdf == BFT:
         q = BFT_CUBIC * z**3 + BFT_LINEAR * z
     else:
@@ -135,3 +176,17 @@ def test_float32_conformity_of_the_logistic_cdfs_within_the_derived_bound():
         special = np.array([np.inf, -np.inf, np.nan], dtype=np.float32)
         scale_in_place(special, 3, cdf, True, np.float32(2.0), np.float32(1.0))
         assert special[0] == 1.0 and special[1] == 1.0 and np.isnan(special[2])
+
+
+def test_float32_conformity_of_the_normal_within_the_derived_bound():
+    """As above for ``erf(|z| / sqrt 2)``: ``erf_float32``'s bound plus the rounding of its argument."""
+    rng = np.random.default_rng(2)
+    z = np.concatenate([rng.uniform(-8.0, 8.0, 50_000), np.linspace(1.40, 1.43, 3001), np.geomspace(1e-40, 3e38, 2000)])
+    z = np.concatenate([z, -z, [0.0, -0.0]]).astype(np.float32)
+    values = z.copy()
+    scale_in_place(values, values.size, NORMAL, True, np.float32(2.0), np.float32(1.0))
+    bound = (ERF_FLOAT32_BOUND_U + ERF_ARGUMENT_ROUNDING) * U32
+    assert np.max(np.abs(values - _conformity_exact(z, NORMAL))) <= bound
+    special = np.array([np.inf, -np.inf, np.nan], dtype=np.float32)
+    scale_in_place(special, 3, NORMAL, True, np.float32(2.0), np.float32(1.0))
+    assert special[0] == 1.0 and special[1] == 1.0 and np.isnan(special[2])

@@ -4,7 +4,7 @@ Each function follows one function of :mod:`cprop_ref.scale`, in the array's dty
 with the scalars already rounded to ``T`` (as NumPy rounds a Python float): the moments
 are the reference's to the bit; ``z`` divides by multiplying with reciprocals; the CDF
 enters as ``|F(z) - 1/2|``, evaluated by :mod:`.vector_math` in double precision and
-rounded once to ``T``, or for the logistic CDFs of float32 tensors in float32 throughout. Every difference is within the tolerance policy. The scalar table of a tensor holds, at the column offsets below,
+rounded once to ``T``, or for float32 tensors in float32 throughout. Every difference is within the tolerance policy. The scalar table of a tensor holds, at the column offsets below,
 the values :func:`cprop_scalars` computes.
 """
 
@@ -17,7 +17,7 @@ from numba import njit
 
 from ..cdf import BFO_LINEAR, BFT_CUBIC, BFT_LINEAR, CDF_NAMES, LOGISTIC_SLOPE
 from ..scale import bias_correction, degrees_of_freedom
-from .vector_math import SQRT_HALF, erf_double, erf_single, tanh_half_double, tanh_half_float32
+from .vector_math import SQRT_HALF, erf_double, erf_float32, tanh_half_double, tanh_half_float32
 
 #: The CDFs' constants and 1/2 in float32, for the float32 lanes of ``_conformity_loop_single``
 #: (a Python float would promote every lane to float64).
@@ -26,6 +26,7 @@ BFT_LINEAR_F32 = np.float32(BFT_LINEAR)
 BFO_LINEAR_F32 = np.float32(BFO_LINEAR)
 LOGISTIC_SLOPE_F32 = np.float32(LOGISTIC_SLOPE)
 HALF_F32 = np.float32(0.5)
+SQRT_HALF_F32 = np.float32(SQRT_HALF)
 
 #: Integer codes of the CDFs, in ``CDF_NAMES`` order.
 CDF_CODES: dict[str, int] = {name: code for code, name in enumerate(CDF_NAMES)}
@@ -146,8 +147,8 @@ def standardized(m, v, inv_bias, inv_denominator, one_sample, eps, zero, infinit
 def _conformity_loop_single(buffer, count, cdf):
     # One loop per CDF so that each is a straight SIMD loop over the cache-resident chunk;
     # |q| is odd in z, so the conformity needs |z| only. The logistic CDFs run entirely in
-    # float32 lanes (q rounded in float32: relative error <= 5u for bft's cubic, 3u for a
-    # slope; the bound in h is derived in docs/performance.md); the normal's erf in double.
+    # float32 lanes (q rounded in float32: relative error <= 5u for bft's cubic, 2u for a
+    # slope; the bound in h is derived in docs/performance.md), and so does the normal's erf.
     if cdf == BFT:
         for j in range(count):
             z = abs(np.float32(buffer[j]))
@@ -160,7 +161,7 @@ def _conformity_loop_single(buffer, count, cdf):
             buffer[j] = HALF_F32 * tanh_half_float32(LOGISTIC_SLOPE_F32 * np.float32(buffer[j]))
     else:
         for j in range(count):
-            buffer[j] = 0.5 * erf_single(abs(np.float64(buffer[j])) * SQRT_HALF)
+            buffer[j] = HALF_F32 * erf_float32(abs(np.float32(buffer[j])) * SQRT_HALF_F32)
 
 
 @njit(error_model="numpy", cache=True)

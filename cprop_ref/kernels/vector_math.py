@@ -7,7 +7,7 @@ form, an exponent built from bits, selects instead of branches), so a loop over 
 cache-resident chunk compiles to SIMD instructions. Most work in double precision and
 the kernels round the result once to the array dtype; :func:`exp_float32` and
 :func:`tanh_half_float32` work in float32 throughout, twice the lanes per vector, for the
-logistic CDFs of float32 tensors.
+CDFs of float32 tensors (:func:`erf_float32` for the normal).
 
 Error bounds (derived in ``docs/performance.md``, "Exponentials at vector speed", and
 checked against mpmath in ``tests/test_kernels_vector_math.py``), for ``x <= 0``:
@@ -20,6 +20,8 @@ checked against mpmath in ``tests/test_kernels_vector_math.py``), for ``x <= 0``
 - :func:`exp_float32` (degree 7, float32 arithmetic): relative error below
   ``EXP_FLOAT32_BOUND_U`` units of ``2**-24`` for ``x >= -87``; below, ``exp(-87)``.
 - :func:`tanh_half_float32`: absolute error below ``TANH_HALF_FLOAT32_BOUND_U`` units of ``2**-24``.
+- :func:`erf_float32` (float32 arithmetic): absolute error below ``ERF_FLOAT32_BOUND_U`` units
+  of ``2**-24``.
 - :func:`erf_single`: absolute error below ``ERF_SINGLE_BOUND`` (Press et al.'s
   Chebyshev ``erfc``, fractional error < 1.2e-7).
 
@@ -61,6 +63,30 @@ EXP_FLOAT32_BOUND_U = 2.6
 #: Proven absolute error bound of :func:`tanh_half_float32` in units of ``2**-24``:
 #: ``EXP_FLOAT32_BOUND_U / 2`` (the error of ``e``) plus 3 roundings (``1 - e``, ``1 + e``, division).
 TANH_HALF_FLOAT32_BOUND_U = EXP_FLOAT32_BOUND_U / 2.0 + 3.0
+#: Proven absolute error bound of :func:`erf_float32` in units of ``2**-24`` (the larger of
+#: its two branches, 4.15 and 3.41, derived in ``docs/performance.md``).
+ERF_FLOAT32_BOUND_U = 4.2
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+#: Taylor coefficients of ``erf(x) / x`` in ``x**2``, ``2/sqrt(pi) (-1)^n / (n! (2n + 1))``, float32.
+_ERF_F32_TAYLOR = tuple(
+    np.float32(_TWO_OVER_SQRT_PI * (-1) ** n / (math.factorial(n) * (2 * n + 1))) for n in range(10)
+)
+#: Press et al.'s Chebyshev coefficients of ``erfc`` (as in :func:`erf_single`), float32, highest first.
+_ERFC_F32_PRESS = tuple(
+    np.float32(a)
+    for a in (
+        0.17087277,
+        -0.82215223,
+        1.48851587,
+        -1.13520398,
+        0.27886807,
+        -0.18628806,
+        0.09678418,
+        0.37409196,
+        1.00002368,
+        -1.26551223,
+    )
+)
 _ZERO_F32 = np.float32(0.0)
 _HALF_F32 = np.float32(0.5)
 _ONE_F32 = np.float32(1.0)
@@ -189,6 +215,50 @@ def tanh_half_float32(q):
     ``|q| = inf`` gives 1."""
     e = exp_float32(-abs(q))
     return (_ONE_F32 - e) / (_ONE_F32 + e)
+
+
+_T0, _T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9 = _ERF_F32_TAYLOR
+_P0, _P1, _P2, _P3, _P4, _P5, _P6, _P7, _P8, _P9 = _ERFC_F32_PRESS
+
+
+@njit(error_model="numpy", cache=True, fastmath={"contract"})
+def erf_float32(x):
+    """``erf(x)`` for a float32 ``x >= 0`` in float32 lanes: absolute error below
+    ``ERF_FLOAT32_BOUND_U`` units of ``2**-24``. NaN propagates, ``x = inf`` gives 1.
+
+    Both branches are evaluated and one selected (so that the loop vectorises): below 1 the
+    Taylor series ``x P(x^2)`` of degree 19 (remainder below 1.5e-8); from 1 on Press et al.'s
+    ``1 - t exp(-x^2 + P(t))``, ``t = 1 / (1 + x / 2)`` as in :func:`erf_single`, whose float32
+    rounding errors are multiplied by ``erfc(x) <= 0.16`` there. (Press's form alone loses
+    14 ulp near ``x = 0`` in float32: its partial sums reach 1.5 where the result is near 0.)
+    """
+    s = x * x
+    p = _T9
+    p = p * s + _T8
+    p = p * s + _T7
+    p = p * s + _T6
+    p = p * s + _T5
+    p = p * s + _T4
+    p = p * s + _T3
+    p = p * s + _T2
+    p = p * s + _T1
+    p = p * s + _T0
+    small = x * p
+    t = _ONE_F32 / (_ONE_F32 + _HALF_F32 * x)
+    q = _P0
+    q = q * t + _P1
+    q = q * t + _P2
+    q = q * t + _P3
+    q = q * t + _P4
+    q = q * t + _P5
+    q = q * t + _P6
+    q = q * t + _P7
+    q = q * t + _P8
+    q = q * t + _P9
+    # exp_float32 clamps below -87; erfc there is far below 2**-24.
+    large = _ONE_F32 - t * exp_float32(q - s)
+    result = small if x < _ONE_F32 else large
+    return x if x != x else result
 
 
 @njit(error_model="numpy", cache=True, fastmath={"contract"})
