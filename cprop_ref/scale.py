@@ -29,19 +29,29 @@ def init_stats(shape: tuple[int, ...], dtype: np.dtype) -> CPropStats:
     return CPropStats(np.zeros(shape, dtype), np.zeros(shape, dtype), 0)
 
 
-def update_moments(m: np.ndarray, v: np.ndarray, g: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
-    """``m <- beta m + (1 - beta) g`` and ``v <- beta v + (1 - beta) g^2``.
+def ema(previous: np.ndarray, value: np.ndarray, beta: float) -> np.ndarray:
+    """One exponential-moving-average update, ``beta * previous + (1 - beta) * value``.
 
-    Units: ``m`` has the units of the gradient, ``v`` its square. A square beyond the
-    dtype's range overflows to ``inf`` silently, as in torch; see :func:`standard_error`.
+    A value beyond the dtype's range overflows to ``inf`` silently, as in torch; see
+    :func:`standard_error`.
     """
     with np.errstate(over="ignore", under="ignore"):  # gradual underflow is the IEEE result too
-        if beta == 0.0 or np.result_type(m).type(beta) == 0.0:
-            # No memory: the old moments do not enter at all. Written as 0 * v they would
-            # make 0 * inf = NaN after a square overflowed, from finite gradients. A beta that
-            # rounds to 0 in the dtype (below ~1e-45 in float32) is 0 there too.
-            return (1.0 - beta) * g, (1.0 - beta) * (g * g)
-        return beta * m + (1.0 - beta) * g, beta * v + (1.0 - beta) * (g * g)
+        if beta == 0.0 or np.result_type(previous).type(beta) == 0.0:
+            # No memory: the old value does not enter at all. Written as 0 * v it would make
+            # 0 * inf = NaN after a square overflowed, from finite gradients. A beta that rounds
+            # to 0 in the dtype (below ~1e-45 in float32) is 0 there too.
+            return (1.0 - beta) * value
+        return beta * previous + (1.0 - beta) * value
+
+
+def update_moments(m: np.ndarray, v: np.ndarray, g: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """``m <- beta m + (1 - beta) g`` and ``v <- beta v + (1 - beta) g^2`` (:func:`ema` of each).
+
+    Units: ``m`` has the units of the gradient, ``v`` its square.
+    """
+    with np.errstate(over="ignore", under="ignore"):
+        square = g * g
+    return ema(m, g, beta), ema(v, square, beta)
 
 
 def update_stats(stats: CPropStats, g: np.ndarray, beta: float) -> CPropStats:

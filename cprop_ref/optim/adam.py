@@ -10,7 +10,7 @@ import numpy as np
 from ..functional import AdamMoments, adam_delta, adam_moments
 from ..hyperparams import ADAM_HYPERPARAMS, CPROP_HYPERPARAMS, Validator
 from ..kernels import DEFAULT_BACKEND
-from ..scale import CPropStats, cprop_scale, scale_update, update_moments
+from ..scale import CPropStats, cprop_scale, ema, scale_update
 from .base import Optimizer, ParamState, Update
 from .cprop_mixin import CPropStatsMixin
 
@@ -186,13 +186,16 @@ class CPropAdam(CPropStatsMixin, Adam):
         # Shared moments come out of Adam's update; the others get their own EMA of the raw
         # gradient. A shared moment whose equality no longer holds continues, unshared, from
         # its current value, which is exactly CProp's.
-        m_private, v_private = update_moments(old.m, old.v, g, beta)
-        m = moments.exp_avg if shares_m and allowed_m else m_private
-        v = moments.exp_avg_sq if shares_v and allowed_v else v_private
-        if not (shares_m and allowed_m):
-            new_state["cprop_m"] = m
-        if not (shares_v and allowed_v):
-            new_state["cprop_v"] = v
+        if shares_m and allowed_m:
+            m = moments.exp_avg
+        else:
+            m = new_state["cprop_m"] = ema(old.m, g, beta)
+        if shares_v and allowed_v:
+            v = moments.exp_avg_sq
+        else:
+            with np.errstate(over="ignore", under="ignore"):
+                square = g * g
+            v = new_state["cprop_v"] = ema(old.v, square, beta)
         stats = CPropStats(m, v, moments.step)
         s = cprop_scale(stats, beta, group["cprop_c"], group["cprop_eps"], group["cprop_cdf"])
         return p_decayed + scale_update(delta, s), new_state
