@@ -5,10 +5,6 @@ to the bound that its docstring states and ``docs/performance.md`` derives:
 
 - ``exp_double``: relative error <= ``EXP_DOUBLE_BOUND_U`` units of 2**-53 on [-708, 0]
   (Cody-Waite reduction 0.35u + Horner 4.0u + Taylor remainder 0.08u, first order);
-- ``exp_single``: relative error <= ``EXP_SINGLE_BOUND`` (Taylor remainder of degree 7,
-  0.17 float32 ulp, plus double roundings);
-- ``erf_single``: absolute error <= ``ERF_SINGLE_BOUND`` (Press et al.'s erfc fit, fractional
-  error < 1.2e-7, and erfc <= 1 for x >= 0);
 - the conformity ``tanh(|q|/2)``: absolute error <= ``EXP_DOUBLE_BOUND_U / 2 + 2`` units of
   2**-53 (see the test's docstring).
 """
@@ -24,15 +20,10 @@ from hypothesis import strategies as st
 from numba import njit
 
 from cprop_ref.kernels.vector_math import (
-    ERF_SINGLE_BOUND,
     EXP_CLAMP,
     EXP_DOUBLE_BOUND_U,
-    EXP_SINGLE_BOUND,
-    erf_single,
     exp_double,
-    exp_single,
     tanh_half_double,
-    tanh_half_single,
 )
 
 U = 2.0**-53
@@ -48,26 +39,10 @@ def _map_exp_double(x):
 
 
 @njit(cache=True)
-def _map_exp_single(x):
+def _map_tanh_half(x):
     out = np.empty_like(x)
     for i in range(x.size):
-        out[i] = exp_single(x[i])
-    return out
-
-
-@njit(cache=True)
-def _map_erf_single(x):
-    out = np.empty_like(x)
-    for i in range(x.size):
-        out[i] = erf_single(x[i])
-    return out
-
-
-@njit(cache=True)
-def _map_tanh_half(x, single):
-    out = np.empty_like(x)
-    for i in range(x.size):
-        out[i] = tanh_half_single(x[i]) if single else tanh_half_double(x[i])
+        out[i] = tanh_half_double(x[i])
     return out
 
 
@@ -92,11 +67,6 @@ def test_exp_double_relative_error_within_its_bound():
     assert np.max(_relative_errors(_map_exp_double(x), x)) <= EXP_DOUBLE_BOUND_U * U
 
 
-def test_exp_single_relative_error_within_its_bound():
-    x = _grid()
-    assert np.max(_relative_errors(_map_exp_single(x), x)) <= EXP_SINGLE_BOUND
-
-
 @settings(max_examples=200)
 @given(st.floats(EXP_CLAMP, 0.0))
 def test_exp_double_bound_at_drawn_points(x):
@@ -107,20 +77,12 @@ def test_exp_double_bound_at_drawn_points(x):
 
 def test_exp_limits_saturate_without_nan():
     x = np.array([-np.inf, -1e308, -800.0, EXP_CLAMP - 1.0, np.nan, -0.0])
-    for values in (_map_exp_double(x), _map_exp_single(x)):
-        # Clamped to exp(-708), itself within the single-precision bound (the looser one).
-        assert np.all((values[:4] >= 0.0) & (values[:4] <= math.exp(EXP_CLAMP) * (1.0 + EXP_SINGLE_BOUND)))
-        assert np.isnan(values[4])
-        assert values[5] == 1.0
-
-
-def test_erf_single_absolute_error_within_its_bound():
-    x = np.concatenate([np.linspace(0.0, 12.0, 20001), np.geomspace(1e-30, 1.0, 300), [30.0, 1e10]])
-    values = _map_erf_single(x)
-    exact = np.array([float(mpmath.erf(mpmath.mpf(float(xi)))) for xi in x])
-    assert np.max(np.abs(values - exact)) <= ERF_SINGLE_BOUND
-    assert _map_erf_single(np.array([np.inf]))[0] == 1.0
-    assert np.isnan(_map_erf_single(np.array([np.nan]))[0])
+    values = _map_exp_double(x)
+    # Clamped to exp(-708): within the relative bound of the true value, which math.exp gives
+    # to half an ulp.
+    assert np.all((values[:4] >= 0.0) & (values[:4] <= math.exp(EXP_CLAMP) * (1.0 + (EXP_DOUBLE_BOUND_U + 1.0) * U)))
+    assert np.isnan(values[4])
+    assert values[5] == 1.0
 
 
 def test_conformity_tanh_half_within_its_bound():
@@ -130,9 +92,6 @@ def test_conformity_tanh_half_within_its_bound():
     q = np.concatenate([np.linspace(-40.0, 40.0, 8001), np.geomspace(1e-20, 800.0, 400), [1e300, -1e300]])
     exact = np.array([float(mpmath.tanh(abs(mpmath.mpf(float(qi))) / 2)) for qi in q])
     bound_double = (EXP_DOUBLE_BOUND_U / 2.0 + 2.0) * U
-    assert np.max(np.abs(_map_tanh_half(q, False) - exact)) <= bound_double
-    # float32: 1 - e and 1 + e rounded to float32 (u32 each, relative) and a float32 division.
-    bound_single = EXP_SINGLE_BOUND / 2.0 + 3.0 * 2.0**-24
-    assert np.max(np.abs(_map_tanh_half(q, True) - exact)) <= bound_single
-    inf_nan = _map_tanh_half(np.array([np.inf, -np.inf, np.nan]), False)
+    assert np.max(np.abs(_map_tanh_half(q) - exact)) <= bound_double
+    inf_nan = _map_tanh_half(np.array([np.inf, -np.inf, np.nan]))
     assert inf_nan[0] == 1.0 and inf_nan[1] == 1.0 and np.isnan(inf_nan[2])

@@ -15,15 +15,11 @@ checked against mpmath in ``tests/test_kernels_vector_math.py``), for ``x <= 0``
 - :func:`exp_double` (degree 13): relative error below ``EXP_DOUBLE_BOUND_U`` units of
   ``2**-53`` for ``x >= -708``; below ``-708`` it returns ``exp(-708)`` (< 3.1e-308), an
   absolute error below 3.1e-308.
-- :func:`exp_single` (degree 7, for float32 results): relative error below
-  ``EXP_SINGLE_BOUND`` (about 0.2 units of float32's ``2**-24``).
 - :func:`exp_float32` (degree 7, float32 arithmetic): relative error below
   ``EXP_FLOAT32_BOUND_U`` units of ``2**-24`` for ``x >= -87``; below, ``exp(-87)``.
 - :func:`tanh_half_float32`: absolute error below ``TANH_HALF_FLOAT32_BOUND_U`` units of ``2**-24``.
 - :func:`erf_float32` (float32 arithmetic): absolute error below ``ERF_FLOAT32_BOUND_U`` units
   of ``2**-24``.
-- :func:`erf_single`: absolute error below ``ERF_SINGLE_BOUND`` (Press et al.'s
-  Chebyshev ``erfc``, fractional error < 1.2e-7).
 
 The CDFs enter the scale only through the *conformity* ``|2 F(z) - 1|`` (``s = min(c |2F - 1|, 1)``),
 which for the logistic CDFs is ``tanh(|q| / 2)`` (:func:`tanh_half_double`) and for the normal
@@ -46,8 +42,6 @@ LOG2_E = 1.4426950408889634
 EXP_CLAMP = -708.0
 #: Proven relative error bounds (see the module docstring).
 EXP_DOUBLE_BOUND_U = 4.5
-EXP_SINGLE_BOUND = 1.2e-8
-ERF_SINGLE_BOUND = 1.2e-7
 SQRT_HALF = 0.7071067811865476
 
 #: float32 constants of :func:`exp_float32` (a Python float would promote the lanes to float64).
@@ -71,7 +65,7 @@ _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 _ERF_F32_TAYLOR = tuple(
     np.float32(_TWO_OVER_SQRT_PI * (-1) ** n / (math.factorial(n) * (2 * n + 1))) for n in range(10)
 )
-#: Press et al.'s Chebyshev coefficients of ``erfc`` (as in :func:`erf_single`), float32, highest first.
+#: Press et al.'s Chebyshev coefficients of ``erfc`` (fractional error < 1.2e-7), float32, highest first.
 _ERFC_F32_PRESS = tuple(
     np.float32(a)
     for a in (
@@ -161,24 +155,6 @@ def exp_double(x):
 
 
 @njit(error_model="numpy", cache=True, fastmath={"contract"})
-def exp_single(x):
-    """``exp(x)`` for ``x <= 0`` to float32 accuracy (relative error below ``EXP_SINGLE_BOUND``)."""
-    nan = x != x
-    y = EXP_CLAMP if (x < EXP_CLAMP or nan) else x
-    k, r = _reduce(y)
-    q = 1.0 / 5040.0
-    q = q * r + 1.0 / 720.0
-    q = q * r + 1.0 / 120.0
-    q = q * r + 1.0 / 24.0
-    q = q * r + 1.0 / 6.0
-    q = q * r + 0.5
-    q = q * r + 1.0
-    q = q * r + 1.0
-    result = q * _power_of_two(k)
-    return x if nan else result
-
-
-@njit(error_model="numpy", cache=True, fastmath={"contract"})
 def exp_float32(x):
     """``exp(x)`` for a float32 ``x <= 0``, computed in float32 lanes (16 per AVX-512 vector):
     relative error below ``EXP_FLOAT32_BOUND_U`` units of ``2**-24`` for ``x >= -87``; below
@@ -228,7 +204,7 @@ def erf_float32(x):
 
     Both branches are evaluated and one selected (so that the loop vectorises): below 1 the
     Taylor series ``x P(x^2)`` of degree 19 (remainder below 1.5e-8); from 1 on Press et al.'s
-    ``1 - t exp(-x^2 + P(t))``, ``t = 1 / (1 + x / 2)`` as in :func:`erf_single`, whose float32
+    ``1 - t exp(-x^2 + P(t))``, ``t = 1 / (1 + x / 2)`` (fractional error of ``erfc`` < 1.2e-7), whose float32
     rounding errors are multiplied by ``erfc(x) <= 0.16`` there. (Press's form alone loses
     14 ulp near ``x = 0`` in float32: its partial sums reach 1.5 where the result is near 0.)
     """
@@ -270,39 +246,6 @@ def tanh_half_double(q):
     """
     e = exp_double(-abs(q))
     return (1.0 - e) / (1.0 + e)
-
-
-@njit(error_model="numpy", cache=True, fastmath={"contract"})
-def tanh_half_single(q):
-    """As :func:`tanh_half_double`, for a float32 result: ``e`` in double precision, then
-    ``1 - e`` and ``1 + e`` rounded to float32 and divided there (a float32 division runs on
-    twice the lanes of a double one): absolute error below ``EXP_SINGLE_BOUND / 2 + 3 * 2**-24``."""
-    e = exp_single(-abs(q))
-    return np.float32(1.0 - e) / np.float32(1.0 + e)
-
-
-@njit(error_model="numpy", cache=True, fastmath={"contract"})
-def erf_single(x):
-    """``erf(x)`` for ``x >= 0`` to float32 accuracy (absolute error below ``ERF_SINGLE_BOUND``).
-
-    ``erf(x) = 1 - erfc(x)`` with Press et al.'s Chebyshev fit
-    ``erfc(x) = t exp(-x^2 + P(t))``, ``t = 1 / (1 + x / 2)``, whose fractional error is
-    below 1.2e-7 for every ``x >= 0``. NaN propagates, ``x = inf`` gives 1.
-    """
-    t = 1.0 / (1.0 + 0.5 * x)
-    poly = 0.17087277
-    poly = poly * t - 0.82215223
-    poly = poly * t + 1.48851587
-    poly = poly * t - 1.13520398
-    poly = poly * t + 0.27886807
-    poly = poly * t - 0.18628806
-    poly = poly * t + 0.09678418
-    poly = poly * t + 0.37409196
-    poly = poly * t + 1.00002368
-    poly = poly * t - 1.26551223
-    # exp_single clamps below -708; erfc there is far below float32's smallest subnormal.
-    result = 1.0 - t * exp_single(poly - x * x)
-    return x if x != x else result
 
 
 @njit(error_model="numpy", cache=True)
