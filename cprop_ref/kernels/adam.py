@@ -18,6 +18,8 @@ from numba import njit, prange
 
 from .pointers import array_at, chunks_finite, finite
 from .scale import (
+    BFO,
+    BFT,
     C_BETA,
     C_EPS,
     C_INFINITY,
@@ -29,14 +31,19 @@ from .scale import (
     C_ONE_SAMPLE,
     C_TWO_C,
     C_ZERO,
+    CDF_MARKERS,
     CPROP_SCALAR_COUNT,
+    LOGISTIC,
+    NORMAL,
     cprop_ema,
     ema,
     fill_cprop_scalars,
+    half_conformity,
     nan_maximum,
     scale_in_place,
     standardized,
 )
+from .wide import prefer_wide_vectors
 
 CHUNK = 2048
 
@@ -45,8 +52,10 @@ LR, BETA1, ONE_MINUS_BETA1, BETA2, ONE_MINUS_BETA2, EPS, WEIGHT_DECAY, DECAY_FAC
 CPROP_BASE = 10
 SCALAR_COUNT = CPROP_BASE + CPROP_SCALAR_COUNT
 #: Columns of the flag table.
-DECOUPLED, HAS_WEIGHT_DECAY, AMSGRAD, CPROP, PRIVATE_M, PRIVATE_V, CDF = range(7)
-FLAG_COUNT = 7
+#: ``ONE_LOOP``: 1 to let CProp-Adam run in one loop per element (:func:`_cprop_adam_loop`), 0
+#: to force the chunked stages (the tests compare the two).
+DECOUPLED, HAS_WEIGHT_DECAY, AMSGRAD, CPROP, PRIVATE_M, PRIVATE_V, CDF, ONE_LOOP = range(8)
+FLAG_COUNT = 8
 #: Rows of the state arena.
 EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ, CPROP_M, CPROP_V = range(5)
 FIELDS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "cprop_m", "cprop_v")
@@ -153,6 +162,83 @@ def scale_loop(buf, count, sc, base, cdf, single):
 
 
 @njit(error_model="numpy", cache=True)
+def _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
+    """CProp-Adam without AMSGrad in one loop per element, moments to parameter.
+
+    ``cm`` / ``cv`` are CProp's private moments, or ``None`` where Adam's moment is shared
+    (Numba compiles one loop per combination, so neither case reads an array it does not
+    need); ``cdf_marker`` names the CDF (:data:`.scale.CDF_MARKERS`), one compiled loop per
+    CDF. The operations and their order are those of the chunked
+    stages (:func:`_moments_loop`, :func:`cprop_z_loop`, :func:`scale_loop` and the update
+    in :func:`_chunk`), so the results are the same to the bit; one loop lets the processor
+    overlap the memory traffic with the arithmetic, which the stages over a cache-resident
+    chunk cannot (measured in ``docs/performance.md``).
+    """
+    prefer_wide_vectors()
+    beta1, one_minus_beta1 = sc[BETA1], sc[ONE_MINUS_BETA1]
+    beta2, one_minus_beta2 = sc[BETA2], sc[ONE_MINUS_BETA2]
+    wd, neg_step_size, bc2_sqrt, eps = sc[WEIGHT_DECAY], sc[NEG_STEP_SIZE], sc[BC2_SQRT], sc[EPS]
+    beta, one_minus_beta = sc[CPROP_BASE + C_BETA], sc[CPROP_BASE + C_ONE_MINUS_BETA]
+    inv_bias, inv_denominator = sc[CPROP_BASE + C_INV_BIAS], sc[CPROP_BASE + C_INV_DENOMINATOR]
+    one_sample, cprop_eps, zero, infinity, largest = (
+        sc[CPROP_BASE + C_ONE_SAMPLE],
+        sc[CPROP_BASE + C_EPS],
+        sc[CPROP_BASE + C_ZERO],
+        sc[CPROP_BASE + C_INFINITY],
+        sc[CPROP_BASE + C_LARGEST],
+    )
+    two_c, one = sc[CPROP_BASE + C_TWO_C], sc[CPROP_BASE + C_ONE]
+    for j in range(p.size):
+        param = p[j]
+        grad = g[j]
+        d = grad + wd * param if coupled_wd else grad
+        first = ema(m1[j], d, beta1, one_minus_beta1)
+        second = ema(m2[j], d * d, beta2, one_minus_beta2)
+        m1[j] = first
+        m2[j] = second
+        delta = neg_step_size * (first / (np.sqrt(second) / bc2_sqrt + eps))
+        m = first
+        v = second
+        if cm is not None:
+            m = cprop_ema(cm[j], grad, beta, one_minus_beta)
+            cm[j] = m
+        if cv is not None:
+            v = cprop_ema(cv[j], grad * grad, beta, one_minus_beta)
+            cv[j] = v
+        z = standardized(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero, infinity, largest)
+        x = two_c * half_conformity(cdf_marker, z)
+        s = one if x > one else x
+        # scale.scale_update: a scale of 0 is no update, also where delta overflowed to inf.
+        p[j] = param + (zero if s == zero else delta * s)
+
+
+@njit(error_model="numpy", cache=True)
+def _cprop_adam_shares(cdf_marker, p, g, m1, m2, cm, cv, sc, private_m, private_v, coupled_wd):
+    """:func:`_cprop_adam_loop` for the sharing of the moments given by the flags."""
+    if private_m and private_v:
+        _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd)
+    elif private_m:
+        _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, None, sc, coupled_wd)
+    elif private_v:
+        _cprop_adam_loop(cdf_marker, p, g, m1, m2, None, cv, sc, coupled_wd)
+    else:
+        _cprop_adam_loop(cdf_marker, p, g, m1, m2, None, None, sc, coupled_wd)
+
+
+@njit(error_model="numpy", cache=True)
+def _one_loop_chunk(p, g, m1, m2, cm, cv, sc, cdf, private_m, private_v, coupled_wd):
+    """:func:`_cprop_adam_shares` with the CDF's marker chosen by its code."""
+    if cdf == BFT:
+        _cprop_adam_shares(CDF_MARKERS[BFT], p, g, m1, m2, cm, cv, sc, private_m, private_v, coupled_wd)
+    elif cdf == BFO:
+        _cprop_adam_shares(CDF_MARKERS[BFO], p, g, m1, m2, cm, cv, sc, private_m, private_v, coupled_wd)
+    elif cdf == LOGISTIC:
+        _cprop_adam_shares(CDF_MARKERS[LOGISTIC], p, g, m1, m2, cm, cv, sc, private_m, private_v, coupled_wd)
+    else:
+        _cprop_adam_shares(CDF_MARKERS[NORMAL], p, g, m1, m2, cm, cv, sc, private_m, private_v, coupled_wd)
+
+
+@njit(error_model="numpy", cache=True)
 def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, single):
     count = hi - lo
     p = p[lo:hi]
@@ -164,6 +250,15 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, single):
     decoupled = fl[DECOUPLED] != 0
     has_wd = fl[HAS_WEIGHT_DECAY] != 0
     decoupled_wd, coupled_wd = has_wd and decoupled, has_wd and not decoupled
+    cdf = fl[CDF]
+    # CProp-Adam in one loop, except with AMSGrad (its maximum needs another array in the
+    # loop: rare, so it keeps the stages) and the float64 normal (the C library's erf is a
+    # scalar call, which would keep the whole loop from vectorising).
+    if _one_loop(fl, single):
+        cm = arena[CPROP_M, off + lo : off + hi]
+        cv = arena[CPROP_V, off + lo : off + hi]
+        _one_loop_chunk(p, g, m1, m2, cm, cv, sc, cdf, fl[PRIVATE_M] != 0, fl[PRIVATE_V] != 0, coupled_wd)
+        return
     if fl[AMSGRAD] != 0:
         mx = arena[MAX_EXP_AVG_SQ, off + lo : off + hi]
         _amsgrad_moments_loop(p, g, m1, m2, mx, delta, sc, decoupled_wd, coupled_wd)
@@ -176,7 +271,7 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, single):
         m_source = cm if private_m else m1
         v_source = cv if private_v else m2
         cprop_z_loop(g, m_source, v_source, cm, cv, buf, sc, CPROP_BASE, private_m, private_v)
-        scale_loop(buf, count, sc, CPROP_BASE, fl[CDF], single)
+        scale_loop(buf, count, sc, CPROP_BASE, cdf, single)
         zero = sc[CPROP_BASE + C_ZERO]
         for j in range(count):
             # scale.scale_update: a scale of 0 is no update, also where delta overflowed to inf.
@@ -192,14 +287,27 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, single):
 
 
 @njit(error_model="numpy", cache=True)
+def _one_loop(fl, single):
+    """Whether a tensor with the flags ``fl`` runs in one loop (see :func:`_chunk`)."""
+    return fl[CPROP] != 0 and fl[AMSGRAD] == 0 and (single or fl[CDF] != NORMAL) and fl[ONE_LOOP] != 0
+
+
+@njit(error_model="numpy", cache=True)
 def _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single):
     delta = np.empty(CHUNK, arena.dtype)
     buf = np.empty(CHUNK, arena.dtype)
-    for c in range(first, last):
+    c = first
+    while c < last:
         k = chunk_tensor[c]
         p = array_at(p_addr[k], sizes[k], arena)
         g = array_at(g_addr[k], sizes[k], arena)
-        _chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[c], sc[k], fl[k], delta, buf, single)
+        end = c + 1
+        if _one_loop(fl[k], single):
+            # One loop needs no scratch: the tensor's consecutive chunks go in one call.
+            while end < last and chunk_tensor[end] == k:
+                end += 1
+        _chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[end - 1], sc[k], fl[k], delta, buf, single)
+        c = end
 
 
 @njit(error_model="numpy", cache=True)
@@ -210,8 +318,9 @@ def adam_one(p, g, arena, off, sc, fl, single, check_finite):
         return False
     delta = np.empty(CHUNK, arena.dtype)
     buf = np.empty(CHUNK, arena.dtype)
-    for lo in range(0, p.size, CHUNK):
-        _chunk(p, g, arena, off, lo, min(lo + CHUNK, p.size), sc, fl, delta, buf, single)
+    step = p.size if _one_loop(fl, single) else CHUNK
+    for lo in range(0, p.size, max(step, 1)):
+        _chunk(p, g, arena, off, lo, min(lo + step, p.size), sc, fl, delta, buf, single)
     return True
 
 

@@ -26,6 +26,9 @@ KERNEL_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float32), np.dtype(np.float64
 #: Below this many elements in a launch one thread does the work: waking the others costs more.
 PARALLEL_THRESHOLD = 1 << 15
 _NO_CPROP = [0.0] * CPROP_SCALAR_COUNT
+#: Whether CProp-Adam may run in one loop per element (``adam._cprop_adam_loop``); the tests
+#: set it to False to compare with the chunked stages, which must give the same bits.
+ONE_LOOP = True
 
 
 def kernel_eligible(param: np.ndarray) -> bool:
@@ -341,7 +344,9 @@ def _adam_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[i
         else:
             row = _NO_CPROP
         scalars.append(adam_kernels.adam_scalars(group, t, decoupled) + row)
-        flags.append((decoupled, group["weight_decay"] != 0.0, group["amsgrad"], cprop, private_m, private_v, cdf_code))
+        flags.append(
+            (decoupled, group["weight_decay"] != 0.0, group["amsgrad"], cprop, private_m, private_v, cdf_code, ONE_LOOP)
+        )
         new_states.append(new)
     launch = _Launch(flat, ks, adam_kernels.CHUNK)
     kernels = (adam_kernels.adam_one, adam_kernels.adam_serial, adam_kernels.adam_parallel)

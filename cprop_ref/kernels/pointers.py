@@ -47,9 +47,14 @@ def finite(g):
 @njit(error_model="numpy", cache=True)
 def chunks_finite(first, last, g_addr, sizes, like, chunk_tensor, chunk_lo, chunk_hi):
     """Whether the gradients of chunks ``first..last`` are all finite."""
-    for c in range(first, last):
+    c = first
+    while c < last:
         k = chunk_tensor[c]
+        end = c + 1
+        while end < last and chunk_tensor[end] == k:  # a tensor's consecutive chunks at once
+            end += 1
         g = array_at(g_addr[k], sizes[k], like)
-        if not finite(g[chunk_lo[c] : chunk_hi[c]]):
+        if not finite(g[chunk_lo[c] : chunk_hi[end - 1]]):
             return False
+        c = end
     return True

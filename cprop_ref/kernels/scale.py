@@ -13,11 +13,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from ..cdf import BFO_LINEAR, BFT_CUBIC, BFT_LINEAR, CDF_NAMES, LOGISTIC_SLOPE
 from ..scale import bias_correction, degrees_of_freedom
 from .vector_math import SQRT_HALF, erf_double, erf_float32, tanh_half_double, tanh_half_float32
+from .wide import prefer_wide_vectors
 
 #: The CDFs' constants and 1/2 in float32, for the float32 lanes of ``_conformity_loop_single``
 #: (a Python float would promote every lane to float64).
@@ -143,42 +145,148 @@ def standardized(m, v, inv_bias, inv_denominator, one_sample, eps, zero, infinit
     return degenerate if se == zero else -m_hat / se
 
 
+# |F(z) - 1/2| element by element, one function per CDF and precision. |q| is odd in z, so
+# the conformity needs |z| only. For float32 everything runs in float32 lanes (q rounded in
+# float32: relative error <= 5u for bft's cubic, 2u for a slope; the bound in h is derived in
+# docs/performance.md), and so does the normal's erf; for float64 in double precision.
+
+
+@njit(error_model="numpy", cache=True)
+def half_bft_float32(z):
+    """``|F(z) - 1/2|`` of ``bft`` for a float32 ``z``, in float32 lanes."""
+    z = abs(np.float32(z))
+    return HALF_F32 * tanh_half_float32(BFT_CUBIC_F32 * (z * z * z) + BFT_LINEAR_F32 * z)
+
+
+@njit(error_model="numpy", cache=True)
+def half_bfo_float32(z):
+    """``|F(z) - 1/2|`` of ``bfo`` for a float32 ``z``, in float32 lanes."""
+    return HALF_F32 * tanh_half_float32(BFO_LINEAR_F32 * np.float32(z))
+
+
+@njit(error_model="numpy", cache=True)
+def half_logistic_float32(z):
+    """``|F(z) - 1/2|`` of ``logistic`` for a float32 ``z``, in float32 lanes."""
+    return HALF_F32 * tanh_half_float32(LOGISTIC_SLOPE_F32 * np.float32(z))
+
+
+@njit(error_model="numpy", cache=True)
+def half_normal_float32(z):
+    """``|F(z) - 1/2|`` of ``normal`` for a float32 ``z``, in float32 lanes."""
+    return HALF_F32 * erf_float32(abs(np.float32(z)) * SQRT_HALF_F32)
+
+
+@njit(error_model="numpy", cache=True)
+def half_bft_double(z):
+    """``|F(z) - 1/2|`` of ``bft`` in double precision."""
+    z = abs(z)
+    return 0.5 * tanh_half_double(BFT_CUBIC * (z * z * z) + BFT_LINEAR * z)
+
+
+@njit(error_model="numpy", cache=True)
+def half_bfo_double(z):
+    """``|F(z) - 1/2|`` of ``bfo`` in double precision."""
+    return 0.5 * tanh_half_double(BFO_LINEAR * z)
+
+
+@njit(error_model="numpy", cache=True)
+def half_logistic_double(z):
+    """``|F(z) - 1/2|`` of ``logistic`` in double precision."""
+    return 0.5 * tanh_half_double(LOGISTIC_SLOPE * z)
+
+
+@njit(error_model="numpy", cache=True)
+def half_normal_double(z):
+    """``|F(z) - 1/2|`` of ``normal`` in double precision (a scalar call of the C library's erf)."""
+    return 0.5 * erf_double(abs(z) * SQRT_HALF)
+
+
+# The same functions chosen by the type of z (float32 or float64) and by a CDF *marker*, a tuple
+# whose length is the CDF's code: the length is a constant of the marker's type, so a kernel
+# given a marker is compiled once per CDF with the other CDFs' code folded away (a loop then
+# vectorises), and stays generic over both precisions. (A kernel that took the CDF as a
+# function argument could not be cached by Numba.)
+
+#: ``CDF_MARKERS[code]``: the marker of the CDF with that code in ``CDF_NAMES``.
+CDF_MARKERS = tuple((0,) * code for code in range(len(CDF_NAMES)))
+
+
+def _half_bft(z):  # pragma: no cover - a stub; Numba calls the overload below
+    raise NotImplementedError
+
+
+def _half_bfo(z):  # pragma: no cover
+    raise NotImplementedError
+
+
+def _half_logistic(z):  # pragma: no cover
+    raise NotImplementedError
+
+
+def _half_normal(z):  # pragma: no cover
+    raise NotImplementedError
+
+
+def _overload_by_precision(stub, single, double) -> None:
+    @overload(stub)
+    def implementation(z):  # pragma: no cover - runs at Numba's typing time
+        # The chosen function's Python source, compiled in place (a closure over a
+        # dispatcher would keep the kernels that use it out of Numba's cache).
+        return (single if z == types.float32 else double).py_func
+
+
+_overload_by_precision(_half_bft, half_bft_float32, half_bft_double)
+_overload_by_precision(_half_bfo, half_bfo_float32, half_bfo_double)
+_overload_by_precision(_half_logistic, half_logistic_float32, half_logistic_double)
+_overload_by_precision(_half_normal, half_normal_float32, half_normal_double)
+
+
+@njit(error_model="numpy", cache=True)
+def half_conformity(cdf_marker, z):
+    """``|F(z) - 1/2|`` of the CDF of ``cdf_marker`` (:data:`CDF_MARKERS`) in the precision of ``z``."""
+    code = len(cdf_marker)
+    if code == BFT:
+        return _half_bft(z)
+    if code == BFO:
+        return _half_bfo(z)
+    if code == LOGISTIC:
+        return _half_logistic(z)
+    return _half_normal(z)
+
+
 @njit(error_model="numpy", cache=True)
 def _conformity_loop_single(buffer, count, cdf):
-    # One loop per CDF so that each is a straight SIMD loop over the cache-resident chunk;
-    # |q| is odd in z, so the conformity needs |z| only. The logistic CDFs run entirely in
-    # float32 lanes (q rounded in float32: relative error <= 5u for bft's cubic, 2u for a
-    # slope; the bound in h is derived in docs/performance.md), and so does the normal's erf.
+    # One loop per CDF so that each is a straight SIMD loop over the cache-resident chunk.
+    prefer_wide_vectors()
     if cdf == BFT:
         for j in range(count):
-            z = abs(np.float32(buffer[j]))
-            buffer[j] = HALF_F32 * tanh_half_float32(BFT_CUBIC_F32 * (z * z * z) + BFT_LINEAR_F32 * z)
+            buffer[j] = half_bft_float32(buffer[j])
     elif cdf == BFO:
         for j in range(count):
-            buffer[j] = HALF_F32 * tanh_half_float32(BFO_LINEAR_F32 * np.float32(buffer[j]))
+            buffer[j] = half_bfo_float32(buffer[j])
     elif cdf == LOGISTIC:
         for j in range(count):
-            buffer[j] = HALF_F32 * tanh_half_float32(LOGISTIC_SLOPE_F32 * np.float32(buffer[j]))
+            buffer[j] = half_logistic_float32(buffer[j])
     else:
         for j in range(count):
-            buffer[j] = HALF_F32 * erf_float32(abs(np.float32(buffer[j])) * SQRT_HALF_F32)
+            buffer[j] = half_normal_float32(buffer[j])
 
 
 @njit(error_model="numpy", cache=True)
 def _conformity_loop_double(buffer, count, cdf):
+    prefer_wide_vectors()
     if cdf == BFT:
         for j in range(count):
-            z = abs(buffer[j])
-            buffer[j] = 0.5 * tanh_half_double(BFT_CUBIC * (z * z * z) + BFT_LINEAR * z)
+            buffer[j] = half_bft_double(buffer[j])
     elif cdf == BFO:
         for j in range(count):
-            buffer[j] = 0.5 * tanh_half_double(BFO_LINEAR * buffer[j])
+            buffer[j] = half_bfo_double(buffer[j])
     elif cdf == LOGISTIC:
         for j in range(count):
-            buffer[j] = 0.5 * tanh_half_double(LOGISTIC_SLOPE * buffer[j])
+            buffer[j] = half_logistic_double(buffer[j])
     else:
         for j in range(count):
-            buffer[j] = 0.5 * erf_double(abs(buffer[j]) * SQRT_HALF)
+            buffer[j] = half_normal_double(buffer[j])
 
 
 @njit(error_model="numpy", cache=True)
