@@ -5,8 +5,13 @@ Rows (every time is the median over repeated steps, after warm-up steps):
 - ``2^N elements``: one float32 tensor; CProp-Adam (``bft``, ``normal``) and CProp-SGD on
   both backends, ``torch.optim.Adam(fused=True)`` and ``torch.optim.SGD`` (when torch is
   installed), the project's PyTorch port (when ``cprop_ref.torch`` imports), and the
-  memory bound: a kernel that reads and writes exactly the bytes the step must touch
-  (parameter, gradient and two moments read; parameter and moments written).
+  memory bounds: kernels that read and write exactly the bytes a step must touch. CProp-Adam
+  with the default hyperparameters shares Adam's second moment but keeps its own first
+  moment (``beta1 = 0.9 != cprop_beta``): parameter, gradient and three moments read, the
+  parameter and the moments written (5 + 4 arrays); with both moments shared
+  (``betas = (cprop_beta, cprop_beta)``), and for Adam and CProp-SGD, 4 + 3 arrays. Each
+  CProp row is also shown against its own bound, and the default CProp-Adam ``bft`` without
+  the finiteness check (``nonfinite="propagate"``, what torch does) shows that check's cost.
 - ``many tensors``: the same total split into tensors of mixed sizes, against one tensor: as
   separate arrays, and as views of one buffer (:func:`cprop_ref.kernels.flat.flat_parameters`).
 - ``2 elements``: time per ``step()`` call (the Rosenbrock case), against ``torch.optim.Adam``.
@@ -31,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
-#: Bytes per element the memory-bound kernel moves: 4 arrays read, 3 written.
-BOUND_READS, BOUND_WRITES = 4, 3
+#: The memory bounds: rows named by the arrays read and written per element.
+BOUND = "memory bound (4 reads + 3 writes)"
+BOUND_PRIVATE_M = "memory bound (5 reads + 4 writes)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,18 +80,27 @@ def median_time_batched(step: Callable[[], Any], repeats: int, batch: int = 100)
     return statistics.median(times)
 
 
-def _memory_bound_kernel() -> Callable[..., None]:
+def _memory_bound_kernels() -> dict[str, Callable[..., None]]:
     from numba import njit, prange
 
     @njit(parallel=True, cache=True)
-    def touch(p, g, m, v):  # pragma: no cover - timed, not tested for its values
+    def touch3(p, g, m, v):  # pragma: no cover - timed, not tested for its values
         for i in prange(p.size):
             gi = g[i]
             p[i] += gi
             m[i] += gi
             v[i] += gi
 
-    return touch
+    @njit(parallel=True, cache=True)
+    def touch4(p, g, m, v, c):  # pragma: no cover - timed, not tested for its values
+        for i in prange(p.size):
+            gi = g[i]
+            p[i] += gi
+            m[i] += gi
+            v[i] += gi
+            c[i] += gi
+
+    return {BOUND: touch3, BOUND_PRIVATE_M: touch4}
 
 
 def _torch() -> Any:
@@ -198,9 +213,6 @@ def interleaved_medians_batched(
     return {name: t / batch for name, t in interleaved_medians(batched, max(1, repeats // batch), 1).items()}
 
 
-BOUND = "memory bound (4 reads + 3 writes)"
-
-
 def bench_single_tensor(table: Table, n: int, args: argparse.Namespace) -> None:
     from .optim import CPropAdam, CPropSGD
 
@@ -208,9 +220,12 @@ def bench_single_tensor(table: Table, n: int, args: argparse.Namespace) -> None:
     print(f"{group}:")
     rng = np.random.default_rng(0)
     grad = rng.standard_normal(n).astype(np.float32)
-    touch = _memory_bound_kernel()
-    arrays = [np.zeros(n, np.float32) for _ in range(3)]
-    steps: dict[str, Callable[[], Any]] = {BOUND: lambda a=arrays: touch(a[0], grad, a[1], a[2])}
+    touch = _memory_bound_kernels()
+    arrays = [np.zeros(n, np.float32) for _ in range(4)]
+    steps: dict[str, Callable[[], Any]] = {
+        BOUND: lambda a=arrays: touch[BOUND](a[0], grad, a[1], a[2]),
+        BOUND_PRIVATE_M: lambda a=arrays: touch[BOUND_PRIVATE_M](a[0], grad, a[1], a[2], a[3]),
+    }
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(_threads())
@@ -221,13 +236,31 @@ def bench_single_tensor(table: Table, n: int, args: argparse.Namespace) -> None:
         steps["torch.optim.SGD"] = torch.optim.SGD([weights[1]], lr=1e-3).step
         fused_adam, plain_sgd = "torch.optim.Adam(fused=True)", "torch.optim.SGD"
     else:
-        fused_adam = plain_sgd = BOUND
+        fused_adam, plain_sgd = BOUND_PRIVATE_M, BOUND
+    # name: (make(parameter, backend), compared with, own memory bound, NumPy row too)
     makers = {
-        "CProp-Adam bft": (lambda x, b: CPropAdam([x], cprop_cdf="bft", backend=b), fused_adam),
-        "CProp-Adam normal": (lambda x, b: CPropAdam([x], cprop_cdf="normal", backend=b), fused_adam),
-        "CProp-SGD bft": (lambda x, b: CPropSGD([x], lr=1e-3, backend=b), plain_sgd),
+        "CProp-Adam bft": (lambda x, b: CPropAdam([x], cprop_cdf="bft", backend=b), fused_adam, BOUND_PRIVATE_M, True),
+        "CProp-Adam normal": (
+            lambda x, b: CPropAdam([x], cprop_cdf="normal", backend=b),
+            fused_adam,
+            BOUND_PRIVATE_M,
+            True,
+        ),
+        "CProp-Adam bft, no finiteness check": (
+            lambda x, b: CPropAdam([x], cprop_cdf="bft", nonfinite="propagate", backend=b),
+            fused_adam,
+            BOUND_PRIVATE_M,
+            False,
+        ),
+        "CProp-Adam bft, both moments shared": (
+            lambda x, b: CPropAdam([x], betas=(0.999, 0.999), cprop_cdf="bft", backend=b),
+            fused_adam if torch is not None else BOUND,
+            BOUND,
+            False,
+        ),
+        "CProp-SGD bft": (lambda x, b: CPropSGD([x], lr=1e-3, backend=b), plain_sgd, BOUND, True),
     }
-    for name, (make, _) in makers.items():
+    for name, (make, *_) in makers.items():
         opt = make(np.zeros(n, np.float32), "numba")
         steps[f"{name} [numba]"] = lambda opt=opt: opt.step([grad])
     port = _torch_port()
@@ -240,17 +273,18 @@ def bench_single_tensor(table: Table, n: int, args: argparse.Namespace) -> None:
         except Exception as err:  # noqa: BLE001 - the port is optional and may be incomplete
             port_note = f"failed: {type(err).__name__}: {err}"
     medians = interleaved_medians(steps, args.repeats)
-    gbytes = (BOUND_READS + BOUND_WRITES) * 4 * n / medians[BOUND] / 1e9
-    table.add(group, BOUND, medians[BOUND], note=f"{gbytes:.1f} GB/s")
+    for bound, arrays_moved in ((BOUND, 7), (BOUND_PRIVATE_M, 9)):
+        gbytes = arrays_moved * 4 * n / medians[bound] / 1e9
+        table.add(group, bound, medians[bound], note=f"{gbytes:.1f} GB/s")
     if torch is not None:
         table.add(group, fused_adam, medians[fused_adam], BOUND)
         table.add(group, plain_sgd, medians[plain_sgd], BOUND)
     else:
         table.add(group, "torch.optim.Adam(fused=True)", None, note="torch not installed: skipped")
         table.add(group, "torch.optim.SGD", None, note="torch not installed: skipped")
-    for name, (_, against) in makers.items():
+    for name, (_, against, bound, _) in makers.items():
         table.add(group, f"{name} [numba]", medians[f"{name} [numba]"], against)
-        table.add(group, f"{name} [numba] vs bound", medians[f"{name} [numba]"], BOUND)
+        table.add(group, f"{name} [numba] vs bound", medians[f"{name} [numba]"], bound)
     if "cprop_ref.torch CPropAdam bft (port)" in medians:
         table.add(
             group, "cprop_ref.torch CPropAdam bft (port)", medians["cprop_ref.torch CPropAdam bft (port)"], fused_adam
@@ -259,7 +293,9 @@ def bench_single_tensor(table: Table, n: int, args: argparse.Namespace) -> None:
         table.add(group, "cprop_ref.torch CPropAdam bft (port)", None, note=port_note)
     steps.clear()
     # The NumPy backend takes seconds per step at this size: measured after, on its own.
-    for name, (make, _) in makers.items():
+    for name, (make, _, _, numpy_row) in makers.items():
+        if not numpy_row:
+            continue
         opt = make(np.zeros(n, np.float32), "numpy")
         seconds = median_time(lambda opt=opt: opt.step([grad]), args.numpy_repeats, 1)
         table.add(group, f"{name} [numpy]", seconds, f"{name} [numba]", note="measured after the interleaved rows")

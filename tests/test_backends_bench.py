@@ -44,6 +44,16 @@ def test_bench_writes_every_row_with_its_ratio(tmp_path):
         assert rows[name]["median_s"] > 0 and rows[name]["ratio"] > 0
         assert rows[name.replace("numba", "numpy")]["against"] == name
     assert rows["CProp-Adam bft [numba]"]["against"] == "torch.optim.Adam(fused=True)"
+    # Each CProp row against its own memory bound: the default CProp-Adam keeps its own first
+    # moment (5 arrays read, 4 written); with both moments shared, 4 and 3, as Adam and CProp-SGD.
+    assert rows["CProp-Adam bft [numba] vs bound"]["against"] == "memory bound (5 reads + 4 writes)"
+    assert (
+        rows["CProp-Adam bft, no finiteness check [numba] vs bound"]["against"] == "memory bound (5 reads + 4 writes)"
+    )
+    assert (
+        rows["CProp-Adam bft, both moments shared [numba] vs bound"]["against"] == "memory bound (4 reads + 3 writes)"
+    )
+    assert rows["CProp-SGD bft [numba] vs bound"]["against"] == "memory bound (4 reads + 3 writes)"
     assert rows["CProp-Adam bft, 3 tensors [numba]"]["against"] == "CProp-Adam bft, 1 tensor [numba]"
     assert rows["CProp-Adam bft, 3 views of one buffer [numba]"]["against"] == "CProp-Adam bft, 1 tensor [numba]"
     assert rows["CProp-Adam bft [numba]"]["ratio"] == pytest.approx(
@@ -60,5 +70,8 @@ def test_bench_runs_without_torch(tmp_path):
     assert table["machine"]["torch"] is None
     assert rows["torch.optim.Adam(fused=True)"]["median_s"] is None
     assert "torch not installed" in rows["torch.optim.Adam(fused=True)"]["note"]
-    assert rows["CProp-Adam bft [numba]"]["against"] == "memory bound (4 reads + 3 writes)"
+    # Without torch each row is compared with the memory bound of the arrays it moves.
+    assert rows["CProp-Adam bft [numba]"]["against"] == "memory bound (5 reads + 4 writes)"
+    assert rows["CProp-Adam bft, both moments shared [numba]"]["against"] == "memory bound (4 reads + 3 writes)"
+    assert rows["CProp-SGD bft [numba]"]["against"] == "memory bound (4 reads + 3 writes)"
     assert rows["CProp-Adam bft [numba]"]["ratio"] > 0

@@ -2,11 +2,14 @@
 
 Per element: weight decay, both moments (and AMSGrad's maximum), Adam's update, and for
 CProp-Adam its own moments (only where they are not shared with Adam's), ``z``, the CDF
-and the scale, then the parameter. The work is blocked in chunks of ``CHUNK`` elements:
-a first loop writes Adam's update and ``z`` into two chunk-sized scratch buffers (L1
-resident), a second turns ``z`` into the scale over the chunk (a SIMD loop, see
-:mod:`.vector_math`), a third applies it. Each operation mirrors
-:mod:`cprop_ref.functional` with the scalars rounded once to the dtype.
+and the scale, then the parameter. CProp-Adam without AMSGrad (and except the float64
+``normal``) runs in one loop per element over a tensor's whole share of a thread
+(:func:`_cprop_adam_loop`, compiled per CDF and per sharing of the moments, 512 bits wide).
+The rest is blocked in chunks of ``CHUNK`` elements: a first loop writes Adam's update and
+``z`` into two chunk-sized scratch buffers (L1 resident), a second turns ``z`` into the scale
+over the chunk (a SIMD loop, see :mod:`.vector_math`), a third applies it; the one loop gives
+the same bits. Each operation mirrors :mod:`cprop_ref.functional` with the scalars rounded
+once to the dtype.
 """
 
 from __future__ import annotations

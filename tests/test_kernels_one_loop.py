@@ -1,0 +1,160 @@
+"""CProp-Adam's one loop per element against the chunked stages, bit for bit.
+
+The Numba kernel of CProp-Adam (without AMSGrad, except the float64 ``normal``) runs in one
+loop per element (``adam._cprop_adam_loop``), compiled once per CDF marker and per sharing of
+the moments; the chunked stages (``_moments_loop``, ``cprop_z_loop``, ``scale_loop``, then the
+update) remain for AMSGrad, the float64 normal, and as the reference the loop is held to. Both
+perform the same IEEE-754 operations in the same order on the same scalars, so the bound is
+**0**: every parameter and state element is the same bits (NaN compared as NaN, whatever its
+payload). The tests draw configurations (every CDF, shared and private moments, weight decay,
+``beta = 0``, ``eps = 0``, ``c = 0``), sizes (empty, one element, odd, several chunks) and
+states with zeros, huge and tiny moments, and overflowed ones (``inf``), and check first that
+the flags do route the draw through the one loop, so that the comparison is never vacuous.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cprop_ref import CPropAdam
+from cprop_ref.cdf import CDF_NAMES
+from cprop_ref.kernels import adam as adam_kernels
+from cprop_ref.kernels import dispatch
+from cprop_ref.kernels.scale import CDF_CODES, cprop_scalars
+
+SIZES = [0, 1, 7, 33, 2047, 2048, 2049, 5000]
+
+
+def assert_same_bits(a: np.ndarray, b: np.ndarray, what: str) -> None:
+    """Equal bit patterns, except that any NaN equals any NaN (the payload of a NaN is not a
+    number the tolerance policy speaks of)."""
+    both_nan = np.isnan(a) & np.isnan(b)
+    view = np.uint32 if a.dtype == np.float32 else np.uint64
+    differ = (a.view(view) != b.view(view)) & ~both_nan
+    if differ.any():
+        k = int(np.flatnonzero(differ)[0])
+        raise AssertionError(f"{what}: element {k} differs: {a[k]!r} (one loop) vs {b[k]!r} (stages)")
+
+
+def initial_state(rng: np.random.Generator, n: int, dtype: Any, extreme: bool) -> np.ndarray:
+    """Five state rows (Adam's m, v, AMSGrad's maximum, CProp's m, v) with ``v >= m^2``, and,
+    when ``extreme``, zeros, overflowed, huge and tiny entries scattered in."""
+    m = rng.standard_normal((2, n)) * 10.0 ** rng.integers(-3, 3, (2, n))
+    v = m**2 * (1.0 + rng.random((2, n)))
+    arena = np.stack([m[0], v[0], v[0], m[1], v[1]]).astype(dtype)
+    if extreme and n:
+        big = np.finfo(dtype).max
+        for row in range(5):
+            picks = rng.integers(0, n, 4)
+            arena[row, picks[0]] = 0.0
+            arena[row, picks[1]] = np.inf if row in (1, 4) else big
+            arena[row, picks[2]] = big / 3 if row in (0, 3) else big
+            arena[row, picks[3]] = np.finfo(dtype).tiny
+    return arena
+
+
+@st.composite
+def configurations(draw: Any) -> dict[str, Any]:
+    cprop_beta = draw(st.sampled_from([0.0, 0.5, 0.9, 0.999]))
+    betas = draw(st.sampled_from([(0.9, 0.999), (cprop_beta, cprop_beta), (0.9, cprop_beta), (cprop_beta, 0.99)]))
+    return {
+        "lr": draw(st.sampled_from([1e-3, 0.1, 1.0])),
+        "betas": betas,
+        "eps": draw(st.sampled_from([1e-8, 0.0, 1e-3])),
+        "weight_decay": draw(st.sampled_from([0.0, 0.01])),
+        "amsgrad": False,
+        "cprop_beta": cprop_beta,
+        "cprop_c": draw(st.sampled_from([0.0, 0.5, 1.0, 3.0])),
+        "cprop_eps": draw(st.sampled_from([1e-8, 0.0, 1e-3])),
+        "cprop_cdf": draw(st.sampled_from(CDF_NAMES)),
+    }
+
+
+def flag_row(cfg: dict[str, Any], one_loop: bool) -> np.ndarray:
+    """The flags ``dispatch`` builds for CProp-Adam (never decoupled)."""
+    beta1, beta2 = cfg["betas"]
+    shares = cfg["weight_decay"] == 0.0
+    private_m = not (shares and beta1 == cfg["cprop_beta"])
+    private_v = not (shares and beta2 == cfg["cprop_beta"])
+    flags = np.zeros(adam_kernels.FLAG_COUNT, np.int64)
+    flags[adam_kernels.HAS_WEIGHT_DECAY] = cfg["weight_decay"] != 0.0
+    flags[adam_kernels.CPROP] = 1
+    flags[adam_kernels.PRIVATE_M] = private_m
+    flags[adam_kernels.PRIVATE_V] = private_v
+    flags[adam_kernels.CDF] = CDF_CODES[cfg["cprop_cdf"]]
+    flags[adam_kernels.ONE_LOOP] = one_loop
+    return flags
+
+
+def scalar_row(cfg: dict[str, Any], t: int, dtype: Any) -> np.ndarray:
+    row = adam_kernels.adam_scalars(cfg, t, False)
+    row += cprop_scalars(cfg["cprop_beta"], cfg["cprop_c"], cfg["cprop_eps"], t, float(np.finfo(dtype).max))
+    with np.errstate(over="ignore"):
+        return np.array(row, dtype=dtype)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    cfg=configurations(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    n=st.sampled_from(SIZES),
+    extreme=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_one_loop_is_the_stages_bit_for_bit(cfg, dtype, n, extreme, seed):
+    single = dtype == np.float32
+    one, stages = flag_row(cfg, True), flag_row(cfg, False)
+    routed = adam_kernels._one_loop(one, single)
+    assert routed == (single or cfg["cprop_cdf"] != "normal"), "the flags do not route this draw as documented"
+    assert not adam_kernels._one_loop(stages, single)
+    rng = np.random.default_rng(seed)
+    arena = initial_state(rng, n, dtype, extreme)
+    p = (rng.standard_normal(n) * 10.0 ** rng.integers(-2, 3)).astype(dtype)
+    runs = {"one loop": (p.copy(), arena.copy(), one), "stages": (p.copy(), arena.copy(), stages)}
+    for t in range(1, 5):
+        g = (rng.standard_normal(n) * 10.0 ** rng.integers(-4, 4, n)).astype(dtype)
+        g[rng.random(n) < 0.2] = 0.0
+        sc = scalar_row(cfg, t, dtype)
+        for params, state, flags in runs.values():
+            with np.errstate(all="ignore"):
+                assert adam_kernels.adam_one(params, g, state, 0, sc, flags, single, True)
+    (p_one, a_one, _), (p_stages, a_stages, _) = runs.values()
+    assert_same_bits(p_one, p_stages, "parameter")
+    for row, name in enumerate(adam_kernels.FIELDS):
+        assert_same_bits(a_one[row], a_stages[row], name)
+
+
+@pytest.mark.parametrize("cdf", CDF_NAMES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_many_tensors_through_the_parallel_launch_are_the_stages_bit_for_bit(monkeypatch, cdf, dtype):
+    """Three tensors over two threads' runs of chunks (a tensor's chunks merged into one call
+    in the one loop), one without a gradient on some steps; the whole state compared."""
+    sizes = [5, 70_000, 3_000]
+    results = []
+    for one_loop in (True, False):
+        monkeypatch.setattr(dispatch, "ONE_LOOP", one_loop)
+        rng = np.random.default_rng(7)
+        params = [rng.standard_normal(s).astype(dtype) for s in sizes]
+        opt = CPropAdam(params, lr=0.1, cprop_cdf=cdf, cprop_c=1.5)
+        for step in range(5):
+            grads = [(rng.standard_normal(s) * 10.0 ** rng.integers(-3, 3, s)).astype(dtype) for s in sizes]
+            if step % 2:
+                grads[2] = None
+            opt.step(grads)
+        results.append((params, opt.state_dict()))
+    (params_one, state_one), (params_stages, state_stages) = results
+    for k, (a, b) in enumerate(zip(params_one, params_stages)):
+        assert_same_bits(a, b, f"parameter {k}")
+    assert len(state_one["state"]) == len(state_stages["state"]) == len(sizes)
+    for k, (one, stages) in enumerate(zip(state_one["state"], state_stages["state"])):
+        assert sorted(one) == sorted(stages)
+        for name, value in one.items():
+            if isinstance(value, np.ndarray):
+                assert_same_bits(value, stages[name], f"state {k}.{name}")
+            else:
+                assert value == stages[name], f"state {k}.{name}"
