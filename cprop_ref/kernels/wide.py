@@ -29,8 +29,12 @@ def prefer_wide_vectors(typingctx):  # pragma: no cover - runs inside Numba
 
     def codegen(context, builder, sig, args):
         # llvmlite's FunctionAttributes accepts only the attributes it knows by name; a string
-        # attribute is written into the function's definition as it stands.
-        set.add(builder.function.attributes, WIDE_VECTOR_ATTRIBUTE)
+        # attribute is written into the function's definition as it stands. Should a future
+        # llvmlite store attributes otherwise, the loops merely stay 256 bits wide.
+        try:
+            set.add(builder.function.attributes, WIDE_VECTOR_ATTRIBUTE)
+        except TypeError:
+            pass
         return context.get_dummy_value()
 
     return signature, codegen
