@@ -75,12 +75,16 @@ def configurations(draw: Any) -> dict[str, Any]:
     }
 
 
-def flag_row(cfg: dict[str, Any], one_loop: bool) -> np.ndarray:
-    """The flags ``dispatch`` builds for CProp-Adam (never decoupled)."""
+def privacy(cfg: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether CProp keeps its own first and second moment (not Adam's)."""
     beta1, beta2 = cfg["betas"]
     shares = cfg["weight_decay"] == 0.0
-    private_m = not (shares and beta1 == cfg["cprop_beta"])
-    private_v = not (shares and beta2 == cfg["cprop_beta"])
+    return not (shares and beta1 == cfg["cprop_beta"]), not (shares and beta2 == cfg["cprop_beta"])
+
+
+def flag_row(cfg: dict[str, Any], one_loop: bool) -> np.ndarray:
+    """The flags ``dispatch`` builds for CProp-Adam (never decoupled)."""
+    private_m, private_v = privacy(cfg)
     flags = np.zeros(adam_kernels.FLAG_COUNT, np.int64)
     flags[adam_kernels.HAS_WEIGHT_DECAY] = cfg["weight_decay"] != 0.0
     flags[adam_kernels.CPROP] = 1
@@ -108,10 +112,11 @@ def scalar_row(cfg: dict[str, Any], t: int, dtype: Any) -> np.ndarray:
 )
 def test_one_loop_is_the_stages_bit_for_bit(cfg, dtype, n, extreme, seed):
     single = dtype == np.float32
-    one, stages = flag_row(cfg, True), flag_row(cfg, False)
-    routed = adam_kernels._one_loop(one, single)
-    assert routed == (single or cfg["cprop_cdf"] != "normal"), "the flags do not route this draw as documented"
-    assert not adam_kernels._one_loop(stages, single)
+    variant = adam_kernels.one_loop_variant(True, False, single, CDF_CODES[cfg["cprop_cdf"]], *privacy(cfg))
+    routed = variant is not None
+    assert routed == (single or cfg["cprop_cdf"] != "normal"), "this draw is not routed as documented"
+    one = (flag_row(cfg, routed), variant if routed else adam_kernels.NO_ONE_LOOP)
+    stages = (flag_row(cfg, False), adam_kernels.NO_ONE_LOOP)
     rng = np.random.default_rng(seed)
     arena = initial_state(rng, n, dtype, extreme)
     p = (rng.standard_normal(n) * 10.0 ** rng.integers(-2, 3)).astype(dtype)
@@ -120,9 +125,9 @@ def test_one_loop_is_the_stages_bit_for_bit(cfg, dtype, n, extreme, seed):
         g = (rng.standard_normal(n) * 10.0 ** rng.integers(-4, 4, n)).astype(dtype)
         g[rng.random(n) < 0.2] = 0.0
         sc = scalar_row(cfg, t, dtype)
-        for params, state, flags in runs.values():
+        for params, state, (flags, markers) in runs.values():
             with np.errstate(all="ignore"):
-                assert adam_kernels.adam_one(params, g, state, 0, sc, flags, single, True)
+                assert adam_kernels.adam_one(params, g, state, 0, sc, flags, single, True, *markers)
     (p_one, a_one, _), (p_stages, a_stages, _) = runs.values()
     assert_same_bits(p_one, p_stages, "parameter")
     for row, name in enumerate(adam_kernels.FIELDS):

@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from .pointers import array_at, chunks_finite, finite
 from .scale import (
-    BFO,
-    BFT,
     C_BETA,
     C_EPS,
     C_INFINITY,
@@ -36,7 +35,6 @@ from .scale import (
     C_ZERO,
     CDF_MARKERS,
     CPROP_SCALAR_COUNT,
-    LOGISTIC,
     NORMAL,
     cprop_ema,
     ema,
@@ -55,8 +53,8 @@ LR, BETA1, ONE_MINUS_BETA1, BETA2, ONE_MINUS_BETA2, EPS, WEIGHT_DECAY, DECAY_FAC
 CPROP_BASE = 10
 SCALAR_COUNT = CPROP_BASE + CPROP_SCALAR_COUNT
 #: Columns of the flag table.
-#: ``ONE_LOOP``: 1 to let CProp-Adam run in one loop per element (:func:`_cprop_adam_loop`), 0
-#: to force the chunked stages (the tests compare the two).
+#: ``ONE_LOOP``: 1 where the tensor runs the launch's one-loop variant (:func:`one_loop_variant`),
+#: 0 where it takes the chunked stages.
 DECOUPLED, HAS_WEIGHT_DECAY, AMSGRAD, CPROP, PRIVATE_M, PRIVATE_V, CDF, ONE_LOOP = range(8)
 FLAG_COUNT = 8
 #: Rows of the state arena.
@@ -215,34 +213,61 @@ def _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
         p[j] = param + (zero if s == zero else delta * s)
 
 
-@njit(error_model="numpy", cache=True)
-def _cprop_adam_shares(cdf_marker, p, g, m1, m2, cm, cv, sc, private_m, private_v, coupled_wd):
-    """:func:`_cprop_adam_loop` for the sharing of the moments given by the flags."""
-    if private_m and private_v:
-        _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd)
-    elif private_m:
-        _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, None, sc, coupled_wd)
-    elif private_v:
-        _cprop_adam_loop(cdf_marker, p, g, m1, m2, None, cv, sc, coupled_wd)
-    else:
-        _cprop_adam_loop(cdf_marker, p, g, m1, m2, None, None, sc, coupled_wd)
+# The one loop for one variant: ``m_marker`` (``v_marker``) is ``None`` where Adam's first
+# (second) moment serves as CProp's, ``()`` where CProp keeps its own. The implementation is
+# chosen from the markers' types when Numba compiles the caller, so that only the variant a
+# launch needs is ever compiled (:func:`one_loop_variant`).
+
+
+def _cprop_adam_variant(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):  # pragma: no cover
+    raise NotImplementedError("a stub: Numba compiles the overload below")
+
+
+def _both_shared(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):  # pragma: no cover
+    _cprop_adam_loop(cdf_marker, p, g, m1, m2, None, None, sc, coupled_wd)
+
+
+def _private_m(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):  # pragma: no cover
+    _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, None, sc, coupled_wd)
+
+
+def _private_v(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):  # pragma: no cover
+    _cprop_adam_loop(cdf_marker, p, g, m1, m2, None, cv, sc, coupled_wd)
+
+
+def _both_private(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):  # pragma: no cover
+    _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd)
+
+
+@overload(_cprop_adam_variant)
+def _cprop_adam_variant_by_markers(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
+    private_m = not isinstance(m_marker, types.NoneType)
+    private_v = not isinstance(v_marker, types.NoneType)
+    return {(False, False): _both_shared, (True, False): _private_m, (False, True): _private_v}.get(
+        (private_m, private_v), _both_private
+    )
+
+
+def one_loop_variant(
+    cprop: bool, amsgrad: bool, single: bool, cdf_code: int, private_m: bool, private_v: bool
+) -> tuple | None:
+    """The one-loop variant ``(cdf_marker, m_marker, v_marker)`` of a tensor, or ``None`` where
+    it takes the chunked stages: without CProp, with AMSGrad (its maximum needs another array
+    in the loop; rare), and for the float64 ``normal`` (the C library's ``erf`` is a scalar
+    call, which would keep the whole loop from vectorising). A launch passes one variant to
+    the kernels (as three arguments, each kernel compiled once per variant it is given) and
+    flags with ``ONE_LOOP`` the tensors of that variant."""
+    if not cprop or amsgrad or (not single and cdf_code == NORMAL):
+        return None
+    return (CDF_MARKERS[cdf_code], () if private_m else None, () if private_v else None)
+
+
+#: The variant arguments of a launch in which no tensor runs the one loop.
+NO_ONE_LOOP = (None, None, None)
 
 
 @njit(error_model="numpy", cache=True)
-def _one_loop_chunk(p, g, m1, m2, cm, cv, sc, cdf, private_m, private_v, coupled_wd):
-    """:func:`_cprop_adam_shares` with the CDF's marker chosen by its code."""
-    if cdf == BFT:
-        _cprop_adam_shares(CDF_MARKERS[BFT], p, g, m1, m2, cm, cv, sc, private_m, private_v, coupled_wd)
-    elif cdf == BFO:
-        _cprop_adam_shares(CDF_MARKERS[BFO], p, g, m1, m2, cm, cv, sc, private_m, private_v, coupled_wd)
-    elif cdf == LOGISTIC:
-        _cprop_adam_shares(CDF_MARKERS[LOGISTIC], p, g, m1, m2, cm, cv, sc, private_m, private_v, coupled_wd)
-    else:
-        _cprop_adam_shares(CDF_MARKERS[NORMAL], p, g, m1, m2, cm, cv, sc, private_m, private_v, coupled_wd)
-
-
-@njit(error_model="numpy", cache=True)
-def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, single):
+def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, single, cdf_marker, m_marker, v_marker):
     count = hi - lo
     p = p[lo:hi]
     g = g[lo:hi]
@@ -254,14 +279,12 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, single):
     has_wd = fl[HAS_WEIGHT_DECAY] != 0
     decoupled_wd, coupled_wd = has_wd and decoupled, has_wd and not decoupled
     cdf = fl[CDF]
-    # CProp-Adam in one loop, except with AMSGrad (its maximum needs another array in the
-    # loop: rare, so it keeps the stages) and the float64 normal (the C library's erf is a
-    # scalar call, which would keep the whole loop from vectorising).
-    if _one_loop(fl, single):
-        cm = arena[CPROP_M, off + lo : off + hi]
-        cv = arena[CPROP_V, off + lo : off + hi]
-        _one_loop_chunk(p, g, m1, m2, cm, cv, sc, cdf, fl[PRIVATE_M] != 0, fl[PRIVATE_V] != 0, coupled_wd)
-        return
+    if cdf_marker is not None:  # a launch with a one-loop variant (one_loop_variant)
+        if fl[ONE_LOOP] != 0:
+            cm = arena[CPROP_M, off + lo : off + hi]
+            cv = arena[CPROP_V, off + lo : off + hi]
+            _cprop_adam_variant(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, sc, coupled_wd)
+            return
     if fl[AMSGRAD] != 0:
         mx = arena[MAX_EXP_AVG_SQ, off + lo : off + hi]
         _amsgrad_moments_loop(p, g, m1, m2, mx, delta, sc, decoupled_wd, coupled_wd)
@@ -290,13 +313,9 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, single):
 
 
 @njit(error_model="numpy", cache=True)
-def _one_loop(fl, single):
-    """Whether a tensor with the flags ``fl`` runs in one loop (see :func:`_chunk`)."""
-    return fl[CPROP] != 0 and fl[AMSGRAD] == 0 and (single or fl[CDF] != NORMAL) and fl[ONE_LOOP] != 0
-
-
-@njit(error_model="numpy", cache=True)
-def _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single):
+def _chunks(
+    first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, *variant
+):
     delta = np.empty(CHUNK, arena.dtype)
     buf = np.empty(CHUNK, arena.dtype)
     c = first
@@ -305,25 +324,26 @@ def _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, ch
         p = array_at(p_addr[k], sizes[k], arena)
         g = array_at(g_addr[k], sizes[k], arena)
         end = c + 1
-        if _one_loop(fl[k], single):
+        if fl[k][ONE_LOOP] != 0:
             # One loop needs no scratch: the tensor's consecutive chunks go in one call.
             while end < last and chunk_tensor[end] == k:
                 end += 1
-        _chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[end - 1], sc[k], fl[k], delta, buf, single)
+        _chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[end - 1], sc[k], fl[k], delta, buf, single, *variant)
         c = end
 
 
 @njit(error_model="numpy", cache=True)
-def adam_one(p, g, arena, off, sc, fl, single, check_finite):
+def adam_one(p, g, arena, off, sc, fl, single, check_finite, cdf_marker, m_marker, v_marker):
     """One step of one small tensor (``p``, ``g`` 1-D) on the calling thread. With
-    ``check_finite``, a gradient with a NaN or inf changes nothing and returns False."""
+    ``check_finite``, a gradient with a NaN or inf changes nothing and returns False. The
+    markers are the launch's one-loop variant (:func:`one_loop_variant`, :data:`NO_ONE_LOOP`)."""
     if check_finite and not finite(g):
         return False
     delta = np.empty(CHUNK, arena.dtype)
     buf = np.empty(CHUNK, arena.dtype)
-    step = p.size if _one_loop(fl, single) else CHUNK
+    step = p.size if fl[ONE_LOOP] != 0 else CHUNK
     for lo in range(0, p.size, max(step, 1)):
-        _chunk(p, g, arena, off, lo, min(lo + step, p.size), sc, fl, delta, buf, single)
+        _chunk(p, g, arena, off, lo, min(lo + step, p.size), sc, fl, delta, buf, single, cdf_marker, m_marker, v_marker)
     return True
 
 
@@ -373,29 +393,48 @@ def fill_scalars(hp, pw, out, cprop):
 
 
 @njit(error_model="numpy", cache=True)
-def adam_one_from_hyperparameters(p, g, arena, off, hp, pw1, pw2, pw3, pw4, fl, single, check_finite):
+def adam_one_from_hyperparameters(
+    p, g, arena, off, hp, pw1, pw2, pw3, pw4, fl, single, check_finite, cdf_marker, m_marker, v_marker
+):
     """:func:`adam_one` with the scalars computed here from the hyperparameter row ``hp`` and
     the powers ``pw1..pw4`` (:func:`powers`; the steady-state path of a tiny step: no scalar
     table in Python)."""
     sc = np.empty(SCALAR_COUNT, arena.dtype)
     fill_scalars(hp, (pw1, pw2, pw3, pw4), sc, fl[CPROP] != 0)
-    return adam_one(p, g, arena, off, sc, fl, single, check_finite)
+    return adam_one(p, g, arena, off, sc, fl, single, check_finite, cdf_marker, m_marker, v_marker)
 
 
 @njit(error_model="numpy", cache=True)
-def adam_serial(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, check_finite):
+def adam_serial(
+    p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, check_finite, *variant
+):
     """One step of every listed tensor on the calling thread (small totals); with
     ``check_finite``, any NaN or inf gradient changes nothing and returns False."""
     n = chunk_tensor.size
     if check_finite and not chunks_finite(0, n, g_addr, sizes, arena, chunk_tensor, chunk_lo, chunk_hi):
         return False
-    _chunks(0, n, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single)
+    _chunks(0, n, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, *variant)
     return True
 
 
 @njit(error_model="numpy", cache=True, parallel=True)
 def adam_parallel(
-    p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, check_finite, workers
+    p_addr,
+    g_addr,
+    sizes,
+    offsets,
+    arena,
+    chunk_tensor,
+    chunk_lo,
+    chunk_hi,
+    sc,
+    fl,
+    single,
+    check_finite,
+    workers,
+    cdf_marker,
+    m_marker,
+    v_marker,
 ):
     """As :func:`adam_serial`, the chunks split into ``workers`` contiguous runs."""
     n = chunk_tensor.size
@@ -408,5 +447,22 @@ def adam_parallel(
             return False
     for w in prange(workers):
         first, last = w * n // workers, (w + 1) * n // workers
-        _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single)
+        _chunks(
+            first,
+            last,
+            p_addr,
+            g_addr,
+            sizes,
+            offsets,
+            arena,
+            chunk_tensor,
+            chunk_lo,
+            chunk_hi,
+            sc,
+            fl,
+            single,
+            cdf_marker,
+            m_marker,
+            v_marker,
+        )
     return True

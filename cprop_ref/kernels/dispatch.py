@@ -26,8 +26,9 @@ KERNEL_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float32), np.dtype(np.float64
 #: Below this many elements in a launch one thread does the work: waking the others costs more.
 PARALLEL_THRESHOLD = 1 << 15
 _NO_CPROP = [0.0] * CPROP_SCALAR_COUNT
-#: Whether CProp-Adam may run in one loop per element (``adam._cprop_adam_loop``); the tests
-#: set it to False to compare with the chunked stages, which must give the same bits.
+#: Whether CProp-Adam may run in one loop per element (``adam._cprop_adam_loop``, one variant
+#: per launch: ``adam.one_loop_variant``); the tests set it to False to compare with the
+#: chunked stages, which must give the same bits.
 ONE_LOOP = True
 
 
@@ -79,10 +80,12 @@ class _Launch:
         scalars: np.ndarray,
         flags: np.ndarray,
         check_finite: bool | None,
+        extra: tuple = (),
     ) -> bool:
         """Launch ``kernels`` = (one, serial, parallel); ``check_finite=None``: a kernel without
-        the check (the wrapper's). Returns False if the kernel found a non-finite gradient
-        (and then changed nothing)."""
+        the check (the wrapper's); ``extra``: arguments after the others (the Adam family's
+        one-loop variant). Returns False if the kernel found a non-finite gradient (and then
+        changed nothing)."""
         one, serial, parallel = kernels
         arena = self.flat.arena
         single = arena.dtype == np.float32
@@ -93,7 +96,9 @@ class _Launch:
             p, g = self.params[0], grads[k]
             if not g.flags.c_contiguous:
                 g = np.ascontiguousarray(g)
-            return one(p.reshape(-1), g.reshape(-1), arena, self.offsets[0], scalars[0], flags[0], single, check_finite)
+            return one(
+                p.reshape(-1), g.reshape(-1), arena, self.offsets[0], scalars[0], flags[0], single, check_finite, *extra
+            )
         keep: list[np.ndarray] = []
         g_addr = _grad_addresses(grads, ks, keep)
         args = (
@@ -113,9 +118,9 @@ class _Launch:
             args = (*args, check_finite)
         workers = min(numba.get_num_threads(), self.tensor.size)
         if small or workers < 2:
-            ok = serial(*args)
+            ok = serial(*args, *extra)
         else:
-            ok = parallel(*args, workers)
+            ok = parallel(*args, workers, *extra)
         return ok is not False
 
 
@@ -231,7 +236,7 @@ class TinyPlan:
     scalars computed inside it (:func:`.adam.adam_one_from_hyperparameters`) and the step
     count incremented in place. Anything else goes back to the general path."""
 
-    def __init__(self, opt: Any, groups: list, flat: FlatState, flags: np.ndarray) -> None:
+    def __init__(self, opt: Any, groups: list, flat: FlatState, flags: np.ndarray, variant: tuple) -> None:
         self.groups = groups
         self.param = opt.param_groups[0]["params"][0]
         self.flat_param = self.param.reshape(-1)
@@ -249,6 +254,7 @@ class TinyPlan:
             adam_kernels.hyperparameter_row(self.group, float(np.finfo(flat.arena.dtype).max)), dtype=np.float64
         )
         self.flags = flags
+        self.variant = variant
         self.arena = flat.arena
         self.offset = int(flat.offsets[0])
         self.single = flat.arena.dtype == np.float32
@@ -259,8 +265,8 @@ class TinyPlan:
         p = opt.param_groups[0]["params"][0]
         if last is None or p.size >= PARALLEL_THRESHOLD or len(opt.state) != 1:
             return None
-        flat, flags = last
-        return cls(opt, groups, flat, flags)
+        flat, flags, variant = last
+        return cls(opt, groups, flat, flags, variant)
 
     def step(self, opt: Any, grads: Any) -> bool | None:
         if len(opt.param_groups) != 1 or type(grads) not in (list, tuple) or len(grads) != 1:
@@ -292,6 +298,7 @@ class TinyPlan:
             self.flags,
             self.single,
             check_finite,
+            *self.variant,
         )
         if ok:
             state["step"] = t
@@ -315,7 +322,7 @@ def _adam_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[i
     decoupled = bool(opt.decoupled_weight_decay)
     flat = _arena(opt, adam_kernels.FIELDS, dtype, [p for p, _ in pairs])
     largest = float(np.finfo(dtype).max)
-    scalars, flags, new_states = [], [], []
+    scalars, flags, variants, new_states = [], [], [], []
     for k in ks:
         group = pairs[k][1]
         state = opt.state[k]
@@ -345,17 +352,26 @@ def _adam_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[i
             row = _NO_CPROP
         scalars.append(adam_kernels.adam_scalars(group, t, decoupled) + row)
         flags.append(
-            (decoupled, group["weight_decay"] != 0.0, group["amsgrad"], cprop, private_m, private_v, cdf_code, ONE_LOOP)
+            [decoupled, group["weight_decay"] != 0.0, group["amsgrad"], cprop, private_m, private_v, cdf_code, False]
+        )
+        variants.append(
+            adam_kernels.one_loop_variant(cprop, group["amsgrad"], dtype == np.float32, cdf_code, private_m, private_v)
         )
         new_states.append(new)
+    # One variant of the one loop per launch (the first tensor's that has one; usually all
+    # tensors share it): its tensors run the one loop, any other tensor the chunked stages.
+    variant = next((v for v in variants if v is not None), None) if ONE_LOOP else None
+    for row, own in zip(flags, variants):
+        row[adam_kernels.ONE_LOOP] = variant is not None and own == variant
     launch = _Launch(flat, ks, adam_kernels.CHUNK)
     kernels = (adam_kernels.adam_one, adam_kernels.adam_serial, adam_kernels.adam_parallel)
     flag_table = np.array(flags, dtype=np.int64)
-    if not launch.run(kernels, grads, ks, _table(scalars, dtype), flag_table, check_finite):
+    extra = adam_kernels.NO_ONE_LOOP if variant is None else variant
+    if not launch.run(kernels, grads, ks, _table(scalars, dtype), flag_table, check_finite, extra):
         return False
     for k, new in zip(ks, new_states):
         opt.state[k] = new
-    opt.__dict__["_kernel_last"] = (flat, flag_table[0])
+    opt.__dict__["_kernel_last"] = (flat, flag_table[0], extra)
     return True
 
 
