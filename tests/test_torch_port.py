@@ -1,7 +1,9 @@
 """The PyTorch port (issue 4, item 7): it passes the whole conformance harness in float32
 and float64, on the CPU and (when one is present) on CUDA; all four CDFs; 16-bit
 parameters keep float32 statistics and give no NaN on zero gradients; ``state_dict``
-round-trips; bad hyperparameters raise ``ValueError`` naming them."""
+round-trips; bad hyperparameters raise ``ValueError`` naming them; without a GPU, device
+placement is checked on the ``meta`` device (state on the parameter's device, no tensor on
+another device, no host sync)."""
 
 from __future__ import annotations
 
@@ -241,3 +243,67 @@ def test_an_overflowed_update_scaled_by_zero_is_no_update():
         ref.step([big])
     assert torch.isinf(opt.state[x]["momentum_buffer"]).all()
     assert torch.equal(x, torch.ones(2)) and np.array_equal(ref_x, np.ones(2, np.float32))
+
+
+# Device placement without a GPU: PyTorch's "meta" device has tensors with shapes, dtypes and a
+# device but no data. An op that mixes a meta tensor with a non-scalar tensor on another device
+# raises ("Tensor on device cpu is not on the expected device meta"), and so does a host sync
+# (``.item()``, ``float(t)``, ``bool(t)``), exactly the two mistakes that break a port on CUDA
+# while it passes on the CPU. (A 0-d CPU tensor is accepted, as CUDA accepts it.)
+_DEVICE_MAKERS = {
+    "CPropSGD nesterov wd": lambda ps, cdf: CPropSGD(
+        ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, cprop_cdf=cdf
+    ),
+    "CPropSGD plain": lambda ps, cdf: CPropSGD(ps, lr=0.1, cprop_cdf=cdf),
+    "CPropAdam amsgrad wd": lambda ps, cdf: CPropAdam(ps, lr=0.1, amsgrad=True, weight_decay=0.01, cprop_cdf=cdf),
+    "CPropAdam both moments shared": lambda ps, cdf: CPropAdam(ps, lr=0.1, betas=(0.999, 0.999), cprop_cdf=cdf),
+    "CProp(Adam)": lambda ps, cdf: CProp(torch.optim.Adam(ps, lr=0.1), cdf=cdf),
+    "CProp(SGD momentum)": lambda ps, cdf: CProp(torch.optim.SGD(ps, lr=0.1, momentum=0.9), cdf=cdf),
+}
+
+
+def _meta_parameters(dtype):
+    return [
+        torch.zeros(3, 4, device="meta", dtype=dtype, requires_grad=True),
+        torch.zeros((), device="meta", dtype=dtype, requires_grad=True),
+        torch.zeros(0, device="meta", dtype=dtype, requires_grad=True),
+    ]
+
+
+@pytest.mark.parametrize("name", list(_DEVICE_MAKERS))
+@pytest.mark.parametrize("cdf", ["normal", "bft", "bfo", "logistic"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_steps_create_state_only_on_the_parameters_device(name, cdf, dtype):
+    params = _meta_parameters(dtype)
+    opt = _DEVICE_MAKERS[name](params, cdf)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.empty_like(p)
+        opt.step()
+    for k, p in enumerate(params):
+        assert p.device.type == "meta"
+        tensors = {key: v for key, v in opt.state[p].items() if torch.is_tensor(v) and v.dim() > 0}
+        assert tensors or p.dim() == 0, sorted(opt.state[p])  # never vacuous
+        for key, value in tensors.items():
+            assert value.device == p.device, f"parameter {k}: state {key!r} is on {value.device}"
+            assert value.shape == p.shape, f"parameter {k}: state {key!r} has shape {tuple(value.shape)}"
+
+
+@pytest.mark.parametrize("name", list(_DEVICE_MAKERS))
+def test_a_state_dict_saved_on_the_cpu_loads_onto_the_parameters_device(name):
+    cpu_params = [torch.linspace(-1, 1, 12).reshape(3, 4), torch.tensor(0.5), torch.zeros(0)]
+    cpu_opt = _DEVICE_MAKERS[name](cpu_params, "bft")
+    for _ in range(2):
+        for p in cpu_params:
+            p.grad = torch.ones_like(p)
+        cpu_opt.step()
+    params = _meta_parameters(torch.float32)
+    opt = _DEVICE_MAKERS[name](params, "bft")
+    opt.load_state_dict(cpu_opt.state_dict())
+    for p in params:
+        for key, value in opt.state[p].items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                assert value.device == p.device, f"state {key!r} loaded onto {value.device}"
+    for p in params:
+        p.grad = torch.empty_like(p)
+    opt.step()
