@@ -1,4 +1,4 @@
-"""CProp-Adam's one loop per element against the chunked stages, bit for bit.
+"""CProp-Adam's and CProp-SGD's one loop per element against the chunked stages, bit for bit.
 
 The Numba kernel of CProp-Adam (without AMSGrad, except the float64 ``normal``) runs in one
 loop per element (``adam._cprop_adam_loop``), compiled once per CDF marker and per sharing of
@@ -21,10 +21,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cprop_ref import CPropAdam
+from cprop_ref import CPropAdam, CPropSGD
 from cprop_ref.cdf import CDF_NAMES
 from cprop_ref.kernels import adam as adam_kernels
 from cprop_ref.kernels import dispatch
+from cprop_ref.kernels import sgd as sgd_kernels
 from cprop_ref.kernels.scale import CDF_CODES, cprop_scalars
 
 SIZES = [0, 1, 7, 33, 2047, 2048, 2049, 5000]
@@ -157,6 +158,74 @@ def test_many_tensors_through_the_parallel_launch_are_the_stages_bit_for_bit(mon
         assert_same_bits(a, b, f"parameter {k}")
     assert len(state_one["state"]) == len(state_stages["state"]) == len(sizes)
     for k, (one, stages) in enumerate(zip(state_one["state"], state_stages["state"])):
+        assert sorted(one) == sorted(stages)
+        for name, value in one.items():
+            if isinstance(value, np.ndarray):
+                assert_same_bits(value, stages[name], f"state {k}.{name}")
+            else:
+                assert value == stages[name], f"state {k}.{name}"
+
+
+def _sgd_run(cfg: dict[str, Any], dtype: Any, sizes: list[int], extreme: bool, seed: int, one_loop: bool) -> tuple:
+    """Four CProp-SGD steps with or without the one loop; the parameters and the states."""
+    saved = dispatch.ONE_LOOP
+    dispatch.ONE_LOOP = one_loop
+    try:
+        rng = np.random.default_rng(seed)
+        params = [(rng.standard_normal(n) * 10.0 ** rng.integers(-2, 3)).astype(dtype) for n in sizes]
+        opt = CPropSGD(params, **cfg)
+        for step in range(4):
+            grads = [(rng.standard_normal(n) * 10.0 ** rng.integers(-4, 4, n)).astype(dtype) for n in sizes]
+            if step == 2:
+                grads[0] = None
+            with np.errstate(all="ignore"):
+                opt.step(grads)
+            if step == 0 and extreme:  # overflowed, huge, tiny and zero CProp moments from here on
+                for k, n in enumerate(sizes):
+                    rows = initial_state(rng, n, dtype, True)
+                    opt.state[k]["cprop_m"][...] = rows[3]
+                    opt.state[k]["cprop_v"][...] = rows[4]
+        return params, [dict(opt.state[k]) for k in range(len(sizes))]
+    finally:
+        dispatch.ONE_LOOP = saved
+
+
+@st.composite
+def sgd_configurations(draw: Any) -> dict[str, Any]:
+    momentum = draw(st.sampled_from([0.0, 0.5, 0.9]))
+    nesterov = momentum > 0.0 and draw(st.booleans())
+    return {
+        "lr": draw(st.sampled_from([1e-3, 0.1, 1.0])),
+        "momentum": momentum,
+        "dampening": 0.0 if nesterov else draw(st.sampled_from([0.0, 0.5])),
+        "nesterov": nesterov,
+        "weight_decay": draw(st.sampled_from([0.0, 0.01])),
+        "cprop_beta": draw(st.sampled_from([0.0, 0.5, 0.9, 0.999])),
+        "cprop_c": draw(st.sampled_from([0.0, 0.5, 1.0, 3.0])),
+        "cprop_eps": draw(st.sampled_from([1e-8, 0.0, 1e-3])),
+        "cprop_cdf": draw(st.sampled_from(CDF_NAMES)),
+    }
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    cfg=sgd_configurations(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    sizes=st.lists(st.sampled_from(SIZES), min_size=1, max_size=3),
+    extreme=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_cprop_sgd_one_loop_is_the_stages_bit_for_bit(cfg, dtype, sizes, extreme, seed):
+    """CProp-SGD through the optimizer (single-tensor and many-tensor launches), from states
+    with extreme CProp moments; momentum from its first step on, gradients missing on some steps."""
+    single = dtype == np.float32
+    variant = sgd_kernels.one_loop_variant(True, single, CDF_CODES[cfg["cprop_cdf"]], cfg["momentum"] != 0.0)
+    assert (variant is not None) == (single or cfg["cprop_cdf"] != "normal"), "not routed as documented"
+    results = [_sgd_run(cfg, dtype, sizes, extreme, seed, one_loop) for one_loop in (True, False)]
+    (params_one, states_one), (params_stages, states_stages) = results
+    for k, (a, b) in enumerate(zip(params_one, params_stages)):
+        assert_same_bits(a, b, f"parameter {k}")
+    for k, (one, stages) in enumerate(zip(states_one, states_stages)):
         assert sorted(one) == sorted(stages)
         for name, value in one.items():
             if isinstance(value, np.ndarray):

@@ -26,9 +26,9 @@ KERNEL_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float32), np.dtype(np.float64
 #: Below this many elements in a launch one thread does the work: waking the others costs more.
 PARALLEL_THRESHOLD = 1 << 15
 _NO_CPROP = [0.0] * CPROP_SCALAR_COUNT
-#: Whether CProp-Adam may run in one loop per element (``adam._cprop_adam_loop``, one variant
-#: per launch: ``adam.one_loop_variant``); the tests set it to False to compare with the
-#: chunked stages, which must give the same bits.
+#: Whether CProp-Adam and CProp-SGD may run in one loop per element (``adam._cprop_adam_loop``,
+#: ``sgd._cprop_sgd_loop``; one variant per launch: ``one_loop_variant``); the tests set it to
+#: False to compare with the chunked stages, which must give the same bits.
 ONE_LOOP = True
 
 
@@ -379,7 +379,7 @@ def _sgd_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[in
     cprop = "cprop_beta" in opt.hyperparams
     flat = _arena(opt, sgd_kernels.FIELDS, dtype, [p for p, _ in pairs])
     largest = float(np.finfo(dtype).max)
-    scalars, flags, new_states = [], [], []
+    scalars, flags, variants, new_states = [], [], [], []
     for k in ks:
         group = pairs[k][1]
         state = opt.state[k]
@@ -406,11 +406,16 @@ def _sgd_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[in
         else:
             new["momentum_buffer"] = None
         scalars.append(sgd_kernels.sgd_scalars(group) + row)
-        flags.append((group["weight_decay"] != 0.0, has_momentum, first, group["nesterov"], cprop, cdf_code))
+        flags.append([group["weight_decay"] != 0.0, has_momentum, first, group["nesterov"], cprop, cdf_code, False])
+        variants.append(sgd_kernels.one_loop_variant(cprop, dtype == np.float32, cdf_code, has_momentum))
         new_states.append(new)
+    variant = next((v for v in variants if v is not None), None) if ONE_LOOP else None
+    for row, own in zip(flags, variants):
+        row[sgd_kernels.ONE_LOOP] = variant is not None and own == variant
     launch = _Launch(flat, ks, sgd_kernels.CHUNK)
     kernels = (sgd_kernels.sgd_one, sgd_kernels.sgd_serial, sgd_kernels.sgd_parallel)
-    if not launch.run(kernels, grads, ks, _table(scalars, dtype), np.array(flags, dtype=np.int64), check_finite):
+    extra = sgd_kernels.NO_ONE_LOOP if variant is None else variant
+    if not launch.run(kernels, grads, ks, _table(scalars, dtype), np.array(flags, dtype=np.int64), check_finite, extra):
         return False
     for k, new in zip(ks, new_states):
         opt.state[k] = new

@@ -1,26 +1,50 @@
 """Fused kernel of the SGD family: SGD and CProp-SGD in one pass per element.
 
 Per element: weight decay, momentum (with dampening and Nesterov), CProp's moments,
-``z``, the CDF and the scale, then the parameter; blocked in chunks as in
-:mod:`.adam`. Each operation mirrors :func:`cprop_ref.functional.sgd_direction`.
+``z``, the CDF and the scale, then the parameter. CProp-SGD (except the float64 ``normal``)
+runs in one loop per element (:func:`_cprop_sgd_loop`, one compiled variant per CDF and
+with or without momentum, as in :mod:`.adam`); SGD and the rest are blocked in chunks as
+in :mod:`.adam`. Each operation mirrors :func:`cprop_ref.functional.sgd_direction`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from .adam import CHUNK, cprop_z_loop, scale_loop
 from .pointers import array_at, chunks_finite, finite
-from .scale import C_ZERO, CPROP_SCALAR_COUNT
+from .scale import (
+    C_BETA,
+    C_EPS,
+    C_INFINITY,
+    C_INV_BIAS,
+    C_INV_DENOMINATOR,
+    C_LARGEST,
+    C_ONE,
+    C_ONE_MINUS_BETA,
+    C_ONE_SAMPLE,
+    C_TWO_C,
+    C_ZERO,
+    CDF_MARKERS,
+    CPROP_SCALAR_COUNT,
+    NORMAL,
+    cprop_ema,
+    half_conformity,
+    standardized,
+)
+from .wide import prefer_wide_vectors
 
 #: Columns of the scalar table: SGD's, then CProp's from ``CPROP_BASE``.
 LR, MOMENTUM, ONE_MINUS_DAMPENING, WEIGHT_DECAY = range(4)
 CPROP_BASE = 4
 SCALAR_COUNT = CPROP_BASE + CPROP_SCALAR_COUNT
 #: Columns of the flag table.
-HAS_WEIGHT_DECAY, HAS_MOMENTUM, FIRST_BUFFER, NESTEROV, CPROP, CDF = range(6)
-FLAG_COUNT = 6
+#: ``ONE_LOOP``: 1 where the tensor runs the launch's one-loop variant (:func:`one_loop_variant`),
+#: 0 where it takes the chunked stages.
+HAS_WEIGHT_DECAY, HAS_MOMENTUM, FIRST_BUFFER, NESTEROV, CPROP, CDF, ONE_LOOP = range(7)
+FLAG_COUNT = 7
 #: Rows of the state arena.
 MOMENTUM_BUFFER, CPROP_M, CPROP_V = range(3)
 FIELDS = ("momentum_buffer", "cprop_m", "cprop_v")
@@ -49,13 +73,103 @@ def _momentum_direction_loop(p, g, buffer, direction, sc, has_wd, first, nestero
 
 
 @njit(error_model="numpy", cache=True)
-def _chunk(p, g, arena, off, lo, hi, sc, fl, direction, buf, single):
+def _cprop_sgd_loop(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nesterov):
+    """CProp-SGD in one loop per element, gradient to parameter (``buffer`` is ``None``
+    without momentum; ``cdf_marker`` names the CDF, :data:`.scale.CDF_MARKERS`). The
+    operations and their order are those of the chunked stages (:func:`_direction_loop` or
+    :func:`_momentum_direction_loop`, :func:`.adam.cprop_z_loop`, :func:`.adam.scale_loop`
+    and the update in :func:`_chunk`): the same bits, in one pass (see :mod:`.adam`)."""
+    prefer_wide_vectors()
+    lr, wd, momentum, one_minus_dampening = sc[LR], sc[WEIGHT_DECAY], sc[MOMENTUM], sc[ONE_MINUS_DAMPENING]
+    beta, one_minus_beta = sc[CPROP_BASE + C_BETA], sc[CPROP_BASE + C_ONE_MINUS_BETA]
+    inv_bias, inv_denominator = sc[CPROP_BASE + C_INV_BIAS], sc[CPROP_BASE + C_INV_DENOMINATOR]
+    one_sample, cprop_eps, zero, infinity, largest = (
+        sc[CPROP_BASE + C_ONE_SAMPLE],
+        sc[CPROP_BASE + C_EPS],
+        sc[CPROP_BASE + C_ZERO],
+        sc[CPROP_BASE + C_INFINITY],
+        sc[CPROP_BASE + C_LARGEST],
+    )
+    two_c, one = sc[CPROP_BASE + C_TWO_C], sc[CPROP_BASE + C_ONE]
+    for j in range(p.size):
+        param = p[j]
+        grad = g[j]
+        d = grad + wd * param if has_wd else grad
+        direction = d
+        if buffer is not None:
+            b = d if first else momentum * buffer[j] + one_minus_dampening * d
+            buffer[j] = b
+            direction = d + momentum * b if nesterov else b
+        m = cprop_ema(cm[j], grad, beta, one_minus_beta)
+        v = cprop_ema(cv[j], grad * grad, beta, one_minus_beta)
+        cm[j] = m
+        cv[j] = v
+        z = standardized(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero, infinity, largest)
+        x = two_c * half_conformity(cdf_marker, z)
+        s = one if x > one else x
+        # scale.scale_update: a scale of 0 is no update, also where the direction is inf.
+        p[j] = param - lr * (zero if s == zero else direction * s)
+
+
+def _cprop_sgd_variant(
+    cdf_marker, momentum_marker, p, g, buffer, cm, cv, sc, has_wd, first, nesterov
+):  # pragma: no cover
+    raise NotImplementedError("a stub: Numba compiles the overload below")
+
+
+def _without_momentum(
+    cdf_marker, momentum_marker, p, g, buffer, cm, cv, sc, has_wd, first, nesterov
+):  # pragma: no cover
+    _cprop_sgd_loop(cdf_marker, p, g, None, cm, cv, sc, has_wd, first, nesterov)
+
+
+def _with_momentum(cdf_marker, momentum_marker, p, g, buffer, cm, cv, sc, has_wd, first, nesterov):  # pragma: no cover
+    _cprop_sgd_loop(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nesterov)
+
+
+@overload(_cprop_sgd_variant)
+def _cprop_sgd_variant_by_markers(cdf_marker, momentum_marker, p, g, buffer, cm, cv, sc, has_wd, first, nesterov):
+    # ``momentum_marker``: None without momentum, () with a buffer; only the variant given compiles.
+    return _without_momentum if isinstance(momentum_marker, types.NoneType) else _with_momentum
+
+
+def one_loop_variant(cprop: bool, single: bool, cdf_code: int, has_momentum: bool) -> tuple | None:
+    """The one-loop variant ``(cdf_marker, momentum_marker)`` of a tensor, or ``None`` where
+    it takes the chunked stages (plain SGD; the float64 ``normal``, whose ``erf`` is a scalar
+    call). As :func:`.adam.one_loop_variant`."""
+    if not cprop or (not single and cdf_code == NORMAL):
+        return None
+    return (CDF_MARKERS[cdf_code], () if has_momentum else None)
+
+
+#: The variant arguments of a launch in which no tensor runs the one loop.
+NO_ONE_LOOP = (None, None)
+
+
+@njit(error_model="numpy", cache=True)
+def _chunk(p, g, arena, off, lo, hi, sc, fl, direction, buf, single, cdf_marker, momentum_marker):
     count = hi - lo
     p = p[lo:hi]
     g = g[lo:hi]
     direction = direction[:count]
     buf = buf[:count]
     has_wd = fl[HAS_WEIGHT_DECAY] != 0
+    if cdf_marker is not None:  # a launch with a one-loop variant (one_loop_variant)
+        if fl[ONE_LOOP] != 0:
+            _cprop_sgd_variant(
+                cdf_marker,
+                momentum_marker,
+                p,
+                g,
+                arena[MOMENTUM_BUFFER, off + lo : off + hi],
+                arena[CPROP_M, off + lo : off + hi],
+                arena[CPROP_V, off + lo : off + hi],
+                sc,
+                has_wd,
+                fl[FIRST_BUFFER] != 0,
+                fl[NESTEROV] != 0,
+            )
+            return
     if fl[HAS_MOMENTUM] != 0:
         momentum_buffer = arena[MOMENTUM_BUFFER, off + lo : off + hi]
         _momentum_direction_loop(p, g, momentum_buffer, direction, sc, has_wd, fl[FIRST_BUFFER] != 0, fl[NESTEROV] != 0)
@@ -78,43 +192,72 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, direction, buf, single):
 
 
 @njit(error_model="numpy", cache=True)
-def _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single):
+def _chunks(
+    first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, *variant
+):
     direction = np.empty(CHUNK, arena.dtype)
     buf = np.empty(CHUNK, arena.dtype)
-    for c in range(first, last):
+    c = first
+    while c < last:
         k = chunk_tensor[c]
         p = array_at(p_addr[k], sizes[k], arena)
         g = array_at(g_addr[k], sizes[k], arena)
-        _chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[c], sc[k], fl[k], direction, buf, single)
+        end = c + 1
+        if fl[k][ONE_LOOP] != 0:
+            # One loop needs no scratch: the tensor's consecutive chunks go in one call.
+            while end < last and chunk_tensor[end] == k:
+                end += 1
+        _chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[end - 1], sc[k], fl[k], direction, buf, single, *variant)
+        c = end
 
 
 @njit(error_model="numpy", cache=True)
-def sgd_one(p, g, arena, off, sc, fl, single, check_finite):
+def sgd_one(p, g, arena, off, sc, fl, single, check_finite, cdf_marker, momentum_marker):
     """One step of one small tensor (``p``, ``g`` 1-D) on the calling thread. With
-    ``check_finite``, a gradient with a NaN or inf changes nothing and returns False."""
+    ``check_finite``, a gradient with a NaN or inf changes nothing and returns False. The
+    markers are the launch's one-loop variant (:func:`one_loop_variant`, :data:`NO_ONE_LOOP`)."""
     if check_finite and not finite(g):
         return False
     direction = np.empty(CHUNK, arena.dtype)
     buf = np.empty(CHUNK, arena.dtype)
-    for lo in range(0, p.size, CHUNK):
-        _chunk(p, g, arena, off, lo, min(lo + CHUNK, p.size), sc, fl, direction, buf, single)
+    step = p.size if fl[ONE_LOOP] != 0 else CHUNK
+    for lo in range(0, p.size, max(step, 1)):
+        _chunk(
+            p, g, arena, off, lo, min(lo + step, p.size), sc, fl, direction, buf, single, cdf_marker, momentum_marker
+        )
     return True
 
 
 @njit(error_model="numpy", cache=True)
-def sgd_serial(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, check_finite):
+def sgd_serial(
+    p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, check_finite, *variant
+):
     """One step of every listed tensor on the calling thread (small totals); with
     ``check_finite``, any NaN or inf gradient changes nothing and returns False."""
     n = chunk_tensor.size
     if check_finite and not chunks_finite(0, n, g_addr, sizes, arena, chunk_tensor, chunk_lo, chunk_hi):
         return False
-    _chunks(0, n, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single)
+    _chunks(0, n, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, *variant)
     return True
 
 
 @njit(error_model="numpy", cache=True, parallel=True)
 def sgd_parallel(
-    p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, check_finite, workers
+    p_addr,
+    g_addr,
+    sizes,
+    offsets,
+    arena,
+    chunk_tensor,
+    chunk_lo,
+    chunk_hi,
+    sc,
+    fl,
+    single,
+    check_finite,
+    workers,
+    cdf_marker,
+    momentum_marker,
 ):
     """As :func:`sgd_serial`, the chunks split into ``workers`` contiguous runs."""
     n = chunk_tensor.size
@@ -127,5 +270,21 @@ def sgd_parallel(
             return False
     for w in prange(workers):
         first, last = w * n // workers, (w + 1) * n // workers
-        _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single)
+        _chunks(
+            first,
+            last,
+            p_addr,
+            g_addr,
+            sizes,
+            offsets,
+            arena,
+            chunk_tensor,
+            chunk_lo,
+            chunk_hi,
+            sc,
+            fl,
+            single,
+            cdf_marker,
+            momentum_marker,
+        )
     return True
