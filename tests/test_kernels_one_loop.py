@@ -14,6 +14,7 @@ the flags do route the draw through the one loop, so that the comparison is neve
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from cprop_ref.cdf import CDF_NAMES
 from cprop_ref.kernels import adam as adam_kernels
 from cprop_ref.kernels import dispatch
 from cprop_ref.kernels import sgd as sgd_kernels
-from cprop_ref.kernels.scale import CDF_CODES, cprop_scalars
+from cprop_ref.kernels.scale import CDF_CODES, CDF_MARKERS, cprop_scalars
 
 SIZES = [0, 1, 7, 33, 2047, 2048, 2049, 5000]
 
@@ -40,6 +41,20 @@ def assert_same_bits(a: np.ndarray, b: np.ndarray, what: str) -> None:
     if differ.any():
         k = int(np.flatnonzero(differ)[0])
         raise AssertionError(f"{what}: element {k} differs: {a[k]!r} (one loop) vs {b[k]!r} (stages)")
+
+
+def assert_runs_same_bits(params_one: list, states_one: list, params_stages: list, states_stages: list) -> None:
+    """Every parameter and every per-parameter state entry of two runs: the same bits."""
+    assert len(params_one) == len(params_stages) and len(states_one) == len(states_stages)
+    for k, (a, b) in enumerate(zip(params_one, params_stages)):
+        assert_same_bits(a, b, f"parameter {k}")
+    for k, (one, stages) in enumerate(zip(states_one, states_stages)):
+        assert sorted(one) == sorted(stages), f"state {k}: {sorted(one)} != {sorted(stages)}"
+        for name, value in one.items():
+            if isinstance(value, np.ndarray):
+                assert_same_bits(value, stages[name], f"state {k}.{name}")
+            else:
+                assert value == stages[name], f"state {k}.{name}"
 
 
 def initial_state(rng: np.random.Generator, n: int, dtype: Any, extreme: bool) -> np.ndarray:
@@ -154,16 +169,8 @@ def test_many_tensors_through_the_parallel_launch_are_the_stages_bit_for_bit(mon
             opt.step(grads)
         results.append((params, opt.state_dict()))
     (params_one, state_one), (params_stages, state_stages) = results
-    for k, (a, b) in enumerate(zip(params_one, params_stages)):
-        assert_same_bits(a, b, f"parameter {k}")
-    assert len(state_one["state"]) == len(state_stages["state"]) == len(sizes)
-    for k, (one, stages) in enumerate(zip(state_one["state"], state_stages["state"])):
-        assert sorted(one) == sorted(stages)
-        for name, value in one.items():
-            if isinstance(value, np.ndarray):
-                assert_same_bits(value, stages[name], f"state {k}.{name}")
-            else:
-                assert value == stages[name], f"state {k}.{name}"
+    assert len(state_one["state"]) == len(sizes)
+    assert_runs_same_bits(params_one, state_one["state"], params_stages, state_stages["state"])
 
 
 def _sgd_run(cfg: dict[str, Any], dtype: Any, sizes: list[int], extreme: bool, seed: int, one_loop: bool) -> tuple:
@@ -223,12 +230,41 @@ def test_cprop_sgd_one_loop_is_the_stages_bit_for_bit(cfg, dtype, sizes, extreme
     assert (variant is not None) == (single or cfg["cprop_cdf"] != "normal"), "not routed as documented"
     results = [_sgd_run(cfg, dtype, sizes, extreme, seed, one_loop) for one_loop in (True, False)]
     (params_one, states_one), (params_stages, states_stages) = results
-    for k, (a, b) in enumerate(zip(params_one, params_stages)):
-        assert_same_bits(a, b, f"parameter {k}")
-    for k, (one, stages) in enumerate(zip(states_one, states_stages)):
-        assert sorted(one) == sorted(stages)
-        for name, value in one.items():
-            if isinstance(value, np.ndarray):
-                assert_same_bits(value, stages[name], f"state {k}.{name}")
-            else:
-                assert value == stages[name], f"state {k}.{name}"
+    assert_runs_same_bits(params_one, states_one, params_stages, states_stages)
+
+
+def _x86_with_avx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return " avx2 " in handle.read().replace("\n", " ")
+    except OSError:
+        return False
+
+
+LOOPS = {
+    "adam": lambda loop, marker, a: loop(marker, a, a, a, a, a, None, np.zeros(40, a.dtype), False),
+    "sgd": lambda loop, marker, a: loop(marker, a, a, a, a, a, np.zeros(40, a.dtype), False, False, False),
+}
+
+
+@pytest.mark.skipif(not _x86_with_avx(), reason="checks x86 AVX assembly")
+@pytest.mark.parametrize("family", list(LOOPS))
+@pytest.mark.parametrize("cdf", CDF_NAMES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_one_loop_is_vectorised(family, cdf, dtype):
+    """The one loop is only fast while LLVM vectorises it, and that rests on LLVM inlining the
+    whole chain down to the exponential (one more level of helper calls once made it stop, and
+    the float32 normal ran ten times slower with every result still right). The compiled loop
+    must hold packed divisions (Adam's or SGD's update, z, the CDF) in 256- or 512-bit registers."""
+    if dtype == np.float64 and cdf == "normal":
+        pytest.skip("the float64 normal takes the chunked stages (the C library's erf is scalar)")
+    from numba import njit
+
+    module = adam_kernels if family == "adam" else sgd_kernels
+    source = module._cprop_adam_loop if family == "adam" else module._cprop_sgd_loop
+    loop = njit(error_model="numpy")(source.py_func)  # a fresh compilation: cached code has no assembly
+    LOOPS[family](loop, CDF_MARKERS[CDF_CODES[cdf]], np.zeros(64, dtype))
+    asm = next(iter(loop.inspect_asm().values()))
+    packed = "vdivps" if dtype == np.float32 else "vdivpd"
+    vector_divisions = re.findall(rf"{packed}\s+[^\n]*%[yz]mm", asm)
+    assert len(vector_divisions) >= 2, f"the {family} loop for {cdf} ({np.dtype(dtype).name}) is not vectorised"

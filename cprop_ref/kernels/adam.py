@@ -36,6 +36,7 @@ from .scale import (
     CDF_MARKERS,
     CPROP_SCALAR_COUNT,
     NORMAL,
+    cprop_constants,
     cprop_ema,
     ema,
     fill_cprop_scalars,
@@ -179,16 +180,10 @@ def _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
     beta1, one_minus_beta1 = sc[BETA1], sc[ONE_MINUS_BETA1]
     beta2, one_minus_beta2 = sc[BETA2], sc[ONE_MINUS_BETA2]
     wd, neg_step_size, bc2_sqrt, eps = sc[WEIGHT_DECAY], sc[NEG_STEP_SIZE], sc[BC2_SQRT], sc[EPS]
-    beta, one_minus_beta = sc[CPROP_BASE + C_BETA], sc[CPROP_BASE + C_ONE_MINUS_BETA]
-    inv_bias, inv_denominator = sc[CPROP_BASE + C_INV_BIAS], sc[CPROP_BASE + C_INV_DENOMINATOR]
-    one_sample, cprop_eps, zero, infinity, largest = (
-        sc[CPROP_BASE + C_ONE_SAMPLE],
-        sc[CPROP_BASE + C_EPS],
-        sc[CPROP_BASE + C_ZERO],
-        sc[CPROP_BASE + C_INFINITY],
-        sc[CPROP_BASE + C_LARGEST],
+    constants = cprop_constants(sc, CPROP_BASE)
+    beta, one_minus_beta, inv_bias, inv_denominator, one_sample, cprop_eps, two_c, one, zero, infinity, largest = (
+        constants
     )
-    two_c, one = sc[CPROP_BASE + C_TWO_C], sc[CPROP_BASE + C_ONE]
     for j in range(p.size):
         param = p[j]
         grad = g[j]
@@ -206,6 +201,9 @@ def _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
         if cv is not None:
             v = cprop_ema(cv[j], grad * grad, beta, one_minus_beta)
             cv[j] = v
+        # z, the CDF and the scale written out here, not through a helper: one more level of
+        # calls made LLVM stop inlining the normal's erf, and the loop stopped vectorising
+        # (ten times slower; tests/test_kernels_one_loop.py now checks the assembly).
         z = standardized(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero, infinity, largest)
         x = two_c * half_conformity(cdf_marker, z)
         s = one if x > one else x

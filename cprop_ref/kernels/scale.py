@@ -255,6 +255,26 @@ def half_conformity(cdf_marker, z):
 
 
 @njit(error_model="numpy", cache=True)
+def cprop_constants(sc, base):
+    """CProp's scalars of a kernel's scalar table from column ``base`` (:func:`cprop_scalars`),
+    as one tuple in column order: ``beta, 1 - beta, 1 / (1 - beta^t), 1 / (n - 1 + eps),
+    one_sample, eps, 2c, 1, 0, inf, largest``."""
+    return (
+        sc[base + C_BETA],
+        sc[base + C_ONE_MINUS_BETA],
+        sc[base + C_INV_BIAS],
+        sc[base + C_INV_DENOMINATOR],
+        sc[base + C_ONE_SAMPLE],
+        sc[base + C_EPS],
+        sc[base + C_TWO_C],
+        sc[base + C_ONE],
+        sc[base + C_ZERO],
+        sc[base + C_INFINITY],
+        sc[base + C_LARGEST],
+    )
+
+
+@njit(error_model="numpy", cache=True)
 def _conformity_loop_single(buffer, count, cdf):
     # One loop per CDF so that each is a straight SIMD loop over the cache-resident chunk.
     prefer_wide_vectors()

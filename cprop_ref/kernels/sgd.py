@@ -16,20 +16,11 @@ from numba.extending import overload
 from .adam import CHUNK, cprop_z_loop, scale_loop
 from .pointers import array_at, chunks_finite, finite
 from .scale import (
-    C_BETA,
-    C_EPS,
-    C_INFINITY,
-    C_INV_BIAS,
-    C_INV_DENOMINATOR,
-    C_LARGEST,
-    C_ONE,
-    C_ONE_MINUS_BETA,
-    C_ONE_SAMPLE,
-    C_TWO_C,
     C_ZERO,
     CDF_MARKERS,
     CPROP_SCALAR_COUNT,
     NORMAL,
+    cprop_constants,
     cprop_ema,
     half_conformity,
     standardized,
@@ -81,16 +72,10 @@ def _cprop_sgd_loop(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nestero
     and the update in :func:`_chunk`): the same bits, in one pass (see :mod:`.adam`)."""
     prefer_wide_vectors()
     lr, wd, momentum, one_minus_dampening = sc[LR], sc[WEIGHT_DECAY], sc[MOMENTUM], sc[ONE_MINUS_DAMPENING]
-    beta, one_minus_beta = sc[CPROP_BASE + C_BETA], sc[CPROP_BASE + C_ONE_MINUS_BETA]
-    inv_bias, inv_denominator = sc[CPROP_BASE + C_INV_BIAS], sc[CPROP_BASE + C_INV_DENOMINATOR]
-    one_sample, cprop_eps, zero, infinity, largest = (
-        sc[CPROP_BASE + C_ONE_SAMPLE],
-        sc[CPROP_BASE + C_EPS],
-        sc[CPROP_BASE + C_ZERO],
-        sc[CPROP_BASE + C_INFINITY],
-        sc[CPROP_BASE + C_LARGEST],
+    constants = cprop_constants(sc, CPROP_BASE)
+    beta, one_minus_beta, inv_bias, inv_denominator, one_sample, cprop_eps, two_c, one, zero, infinity, largest = (
+        constants
     )
-    two_c, one = sc[CPROP_BASE + C_TWO_C], sc[CPROP_BASE + C_ONE]
     for j in range(p.size):
         param = p[j]
         grad = g[j]
@@ -104,6 +89,9 @@ def _cprop_sgd_loop(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nestero
         v = cprop_ema(cv[j], grad * grad, beta, one_minus_beta)
         cm[j] = m
         cv[j] = v
+        # z, the CDF and the scale written out here, not through a helper: one more level of
+        # calls made LLVM stop inlining the normal's erf, and the loop stopped vectorising
+        # (ten times slower; tests/test_kernels_one_loop.py now checks the assembly).
         z = standardized(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero, infinity, largest)
         x = two_c * half_conformity(cdf_marker, z)
         s = one if x > one else x
