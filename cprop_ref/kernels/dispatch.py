@@ -83,8 +83,8 @@ class _Launch:
         extra: tuple = (),
     ) -> bool:
         """Launch ``kernels`` = (one, serial, parallel); ``check_finite=None``: a kernel without
-        the check (the wrapper's); ``extra``: arguments after the others (the Adam family's
-        one-loop variant). Returns False if the kernel found a non-finite gradient (and then
+        the check (the wrapper's); ``extra``: arguments after the others (the one-loop
+        variant of the Adam and SGD families, :func:`_launch_variant`). Returns False if the kernel found a non-finite gradient (and then
         changed nothing)."""
         one, serial, parallel = kernels
         arena = self.flat.arena
@@ -317,6 +317,17 @@ def fused_step_checked(opt: Any, groups: list, pairs: list, checked: list) -> li
     return remaining
 
 
+def _launch_variant(variants: list[tuple | None], flags: list[list], column: int, none: tuple) -> tuple:
+    """The one-loop variant of a launch, as the kernel's marker arguments (``none`` if no
+    tensor has one, or the one loop is switched off): the first tensor's that has one (usually
+    all tensors share it). Sets the flag ``column`` of the tensors of that variant, which run
+    the one loop; any other tensor takes the chunked stages."""
+    variant = next((v for v in variants if v is not None), None) if ONE_LOOP else None
+    for row, own in zip(flags, variants):
+        row[column] = variant is not None and own == variant
+    return none if variant is None else variant
+
+
 def _adam_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[int], check_finite: bool) -> bool:
     cprop = "cprop_beta" in opt.hyperparams
     decoupled = bool(opt.decoupled_weight_decay)
@@ -358,15 +369,10 @@ def _adam_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[i
             adam_kernels.one_loop_variant(cprop, group["amsgrad"], dtype == np.float32, cdf_code, private_m, private_v)
         )
         new_states.append(new)
-    # One variant of the one loop per launch (the first tensor's that has one; usually all
-    # tensors share it): its tensors run the one loop, any other tensor the chunked stages.
-    variant = next((v for v in variants if v is not None), None) if ONE_LOOP else None
-    for row, own in zip(flags, variants):
-        row[adam_kernels.ONE_LOOP] = variant is not None and own == variant
+    extra = _launch_variant(variants, flags, adam_kernels.ONE_LOOP, adam_kernels.NO_ONE_LOOP)
     launch = _Launch(flat, ks, adam_kernels.CHUNK)
     kernels = (adam_kernels.adam_one, adam_kernels.adam_serial, adam_kernels.adam_parallel)
     flag_table = np.array(flags, dtype=np.int64)
-    extra = adam_kernels.NO_ONE_LOOP if variant is None else variant
     if not launch.run(kernels, grads, ks, _table(scalars, dtype), flag_table, check_finite, extra):
         return False
     for k, new in zip(ks, new_states):
@@ -409,12 +415,9 @@ def _sgd_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[in
         flags.append([group["weight_decay"] != 0.0, has_momentum, first, group["nesterov"], cprop, cdf_code, False])
         variants.append(sgd_kernels.one_loop_variant(cprop, dtype == np.float32, cdf_code, has_momentum))
         new_states.append(new)
-    variant = next((v for v in variants if v is not None), None) if ONE_LOOP else None
-    for row, own in zip(flags, variants):
-        row[sgd_kernels.ONE_LOOP] = variant is not None and own == variant
+    extra = _launch_variant(variants, flags, sgd_kernels.ONE_LOOP, sgd_kernels.NO_ONE_LOOP)
     launch = _Launch(flat, ks, sgd_kernels.CHUNK)
     kernels = (sgd_kernels.sgd_one, sgd_kernels.sgd_serial, sgd_kernels.sgd_parallel)
-    extra = sgd_kernels.NO_ONE_LOOP if variant is None else variant
     if not launch.run(kernels, grads, ks, _table(scalars, dtype), np.array(flags, dtype=np.int64), check_finite, extra):
         return False
     for k, new in zip(ks, new_states):
