@@ -434,7 +434,9 @@ def adam_parallel(
     m_marker,
     v_marker,
 ):
-    """As :func:`adam_serial`, the chunks split into ``workers`` contiguous runs."""
+    """As :func:`adam_serial`, the chunks split into ``workers`` contiguous runs. (The variant's
+    markers are spelled out: Numba's parallel wrapper refuses a ``*variant`` tuple in a
+    ``prange`` body.)"""
     n = chunk_tensor.size
     if check_finite:
         bad = np.zeros(workers, np.bool_)

@@ -247,7 +247,9 @@ def sgd_parallel(
     cdf_marker,
     momentum_marker,
 ):
-    """As :func:`sgd_serial`, the chunks split into ``workers`` contiguous runs."""
+    """As :func:`sgd_serial`, the chunks split into ``workers`` contiguous runs. (The variant's
+    markers are spelled out: Numba's parallel wrapper refuses a ``*variant`` tuple in a
+    ``prange`` body.)"""
     n = chunk_tensor.size
     if check_finite:
         bad = np.zeros(workers, np.bool_)
