@@ -86,9 +86,11 @@ def adam_scalars(group: dict, t: int, decoupled: bool) -> list[float]:
 
 
 @njit(error_model="numpy", cache=True)
-def _moments_loop(p, g, m1, m2, delta, sc, decoupled_wd, coupled_wd):
-    """Weight decay, Adam's moments and update: ``delta[j]`` (the parameter's new value is
-    the decayed parameter plus ``delta``, scaled for CProp-Adam)."""
+def _moments_loop(p, g, m1, m2, mx, delta, sc, decoupled_wd, coupled_wd):
+    """Weight decay, Adam's moments (and with ``mx`` an array, AMSGrad's running maximum of the
+    second moment; ``None`` without AMSGrad, whose code Numba then drops) and the update:
+    ``delta[j]`` (the parameter's new value is the decayed parameter plus ``delta``, scaled
+    for CProp-Adam)."""
     beta1, one_minus_beta1 = sc[BETA1], sc[ONE_MINUS_BETA1]
     beta2, one_minus_beta2 = sc[BETA2], sc[ONE_MINUS_BETA2]
     wd, decay, neg_step_size, bc2_sqrt, eps = (
@@ -105,31 +107,10 @@ def _moments_loop(p, g, m1, m2, delta, sc, decoupled_wd, coupled_wd):
         second = ema(m2[j], d * d, beta2, one_minus_beta2)
         m1[j] = first
         m2[j] = second
+        if mx is not None:
+            second = nan_maximum(mx[j], second)
+            mx[j] = second
         delta[j] = neg_step_size * (first / (np.sqrt(second) / bc2_sqrt + eps))
-
-
-@njit(error_model="numpy", cache=True)
-def _amsgrad_moments_loop(p, g, m1, m2, mx, delta, sc, decoupled_wd, coupled_wd):
-    """:func:`_moments_loop` with AMSGrad's running maximum of the second moment."""
-    beta1, one_minus_beta1 = sc[BETA1], sc[ONE_MINUS_BETA1]
-    beta2, one_minus_beta2 = sc[BETA2], sc[ONE_MINUS_BETA2]
-    wd, decay, neg_step_size, bc2_sqrt, eps = (
-        sc[WEIGHT_DECAY],
-        sc[DECAY_FACTOR],
-        sc[NEG_STEP_SIZE],
-        sc[BC2_SQRT],
-        sc[EPS],
-    )
-    for j in range(p.size):
-        param = p[j] * decay if decoupled_wd else p[j]
-        d = g[j] + wd * param if coupled_wd else g[j]
-        first = ema(m1[j], d, beta1, one_minus_beta1)
-        second = ema(m2[j], d * d, beta2, one_minus_beta2)
-        m1[j] = first
-        m2[j] = second
-        maximum = nan_maximum(mx[j], second)
-        mx[j] = maximum
-        delta[j] = neg_step_size * (first / (np.sqrt(maximum) / bc2_sqrt + eps))
 
 
 @njit(error_model="numpy", cache=True)
@@ -285,9 +266,9 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, single, cdf_marker, m_m
             return
     if fl[AMSGRAD] != 0:
         mx = arena[MAX_EXP_AVG_SQ, off + lo : off + hi]
-        _amsgrad_moments_loop(p, g, m1, m2, mx, delta, sc, decoupled_wd, coupled_wd)
+        _moments_loop(p, g, m1, m2, mx, delta, sc, decoupled_wd, coupled_wd)
     else:
-        _moments_loop(p, g, m1, m2, delta, sc, decoupled_wd, coupled_wd)
+        _moments_loop(p, g, m1, m2, None, delta, sc, decoupled_wd, coupled_wd)
     if fl[CPROP] != 0:  # CProp-Adam: never decoupled, so the decayed parameter is p itself
         private_m, private_v = fl[PRIVATE_M] != 0, fl[PRIVATE_V] != 0
         cm = arena[CPROP_M, off + lo : off + hi]
