@@ -143,7 +143,7 @@ def test_one_loop_is_the_stages_bit_for_bit(cfg, dtype, n, extreme, seed):
         sc = scalar_row(cfg, t, dtype)
         for params, state, (flags, markers) in runs.values():
             with np.errstate(all="ignore"):
-                assert adam_kernels.adam_one(params, g, state, 0, sc, flags, single, True, *markers)
+                assert adam_kernels.adam_one(params, g, state, 0, sc, flags, True, *markers)
     (p_one, a_one, _), (p_stages, a_stages, _) = runs.values()
     assert_same_bits(p_one, p_stages, "parameter")
     for row, name in enumerate(adam_kernels.FIELDS):

@@ -22,15 +22,7 @@ from numba.extending import overload
 
 from .pointers import array_at, chunks_finite, finite
 from .scale import (
-    C_BETA,
-    C_EPS,
-    C_INFINITY,
-    C_INV_BIAS,
-    C_INV_DENOMINATOR,
-    C_LARGEST,
     C_ONE,
-    C_ONE_MINUS_BETA,
-    C_ONE_SAMPLE,
     C_TWO_C,
     C_ZERO,
     CDF_MARKERS,
@@ -117,21 +109,15 @@ def _moments_loop(p, g, m1, m2, mx, delta, sc, decoupled_wd, coupled_wd):
 def cprop_z_loop(g, m_source, v_source, cm, cv, buf, sc, base, private_m, private_v):
     """CProp's private moments (where not shared) and ``z`` into ``buf``; ``m_source`` and
     ``v_source`` are the arrays that hold ``m`` and ``v`` after the update."""
-    beta, one_minus_beta = sc[base + C_BETA], sc[base + C_ONE_MINUS_BETA]
+    beta, one_minus_beta, inv_bias, inv_denominator, one_sample, eps, _, _, zero, infinity, largest = cprop_constants(
+        sc, base
+    )
     if private_m:
         for j in range(g.size):
             cm[j] = cprop_ema(cm[j], g[j], beta, one_minus_beta)
     if private_v:
         for j in range(g.size):
             cv[j] = cprop_ema(cv[j], g[j] * g[j], beta, one_minus_beta)
-    inv_bias, inv_denominator = sc[base + C_INV_BIAS], sc[base + C_INV_DENOMINATOR]
-    one_sample, eps, zero, infinity, largest = (
-        sc[base + C_ONE_SAMPLE],
-        sc[base + C_EPS],
-        sc[base + C_ZERO],
-        sc[base + C_INFINITY],
-        sc[base + C_LARGEST],
-    )
     for j in range(g.size):
         buf[j] = standardized(
             m_source[j], v_source[j], inv_bias, inv_denominator, one_sample, eps, zero, infinity, largest
@@ -139,9 +125,9 @@ def cprop_z_loop(g, m_source, v_source, cm, cv, buf, sc, base, private_m, privat
 
 
 @njit(error_model="numpy", cache=True)
-def scale_loop(buf, count, sc, base, cdf, single):
+def scale_loop(buf, count, sc, base, cdf):
     """``z`` in ``buf`` becomes the scale ``s`` (:func:`.scale.scale_in_place`)."""
-    scale_in_place(buf, count, cdf, single, sc[base + C_TWO_C], sc[base + C_ONE])
+    scale_in_place(buf, count, cdf, sc[base + C_TWO_C], sc[base + C_ONE])
 
 
 @njit(error_model="numpy", cache=True)
@@ -246,7 +232,7 @@ NO_ONE_LOOP = (None, None, None)
 
 
 @njit(error_model="numpy", cache=True)
-def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, single, cdf_marker, m_marker, v_marker):
+def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, cdf_marker, m_marker, v_marker):
     count = hi - lo
     p = p[lo:hi]
     g = g[lo:hi]
@@ -276,7 +262,7 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, single, cdf_marker, m_m
         m_source = cm if private_m else m1
         v_source = cv if private_v else m2
         cprop_z_loop(g, m_source, v_source, cm, cv, buf, sc, CPROP_BASE, private_m, private_v)
-        scale_loop(buf, count, sc, CPROP_BASE, cdf, single)
+        scale_loop(buf, count, sc, CPROP_BASE, cdf)
         zero = sc[CPROP_BASE + C_ZERO]
         for j in range(count):
             # scale.scale_update: a scale of 0 is no update, also where delta overflowed to inf.
@@ -292,9 +278,7 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, single, cdf_marker, m_m
 
 
 @njit(error_model="numpy", cache=True)
-def _chunks(
-    first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, *variant
-):
+def _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, *variant):
     delta = np.empty(CHUNK, arena.dtype)
     buf = np.empty(CHUNK, arena.dtype)
     c = first
@@ -307,12 +291,12 @@ def _chunks(
             # One loop needs no scratch: the tensor's consecutive chunks go in one call.
             while end < last and chunk_tensor[end] == k:
                 end += 1
-        _chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[end - 1], sc[k], fl[k], delta, buf, single, *variant)
+        _chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[end - 1], sc[k], fl[k], delta, buf, *variant)
         c = end
 
 
 @njit(error_model="numpy", cache=True)
-def adam_one(p, g, arena, off, sc, fl, single, check_finite, cdf_marker, m_marker, v_marker):
+def adam_one(p, g, arena, off, sc, fl, check_finite, cdf_marker, m_marker, v_marker):
     """One step of one small tensor (``p``, ``g`` 1-D) on the calling thread. With
     ``check_finite``, a gradient with a NaN or inf changes nothing and returns False. The
     markers are the launch's one-loop variant (:func:`one_loop_variant`, :data:`NO_ONE_LOOP`)."""
@@ -322,7 +306,7 @@ def adam_one(p, g, arena, off, sc, fl, single, check_finite, cdf_marker, m_marke
     buf = np.empty(CHUNK, arena.dtype)
     step = p.size if fl[ONE_LOOP] != 0 else CHUNK
     for lo in range(0, p.size, max(step, 1)):
-        _chunk(p, g, arena, off, lo, min(lo + step, p.size), sc, fl, delta, buf, single, cdf_marker, m_marker, v_marker)
+        _chunk(p, g, arena, off, lo, min(lo + step, p.size), sc, fl, delta, buf, cdf_marker, m_marker, v_marker)
     return True
 
 
@@ -373,26 +357,26 @@ def fill_scalars(hp, pw, out, cprop):
 
 @njit(error_model="numpy", cache=True)
 def adam_one_from_hyperparameters(
-    p, g, arena, off, hp, pw1, pw2, pw3, pw4, fl, single, check_finite, cdf_marker, m_marker, v_marker
+    p, g, arena, off, hp, pw1, pw2, pw3, pw4, fl, check_finite, cdf_marker, m_marker, v_marker
 ):
     """:func:`adam_one` with the scalars computed here from the hyperparameter row ``hp`` and
     the powers ``pw1..pw4`` (:func:`powers`; the steady-state path of a tiny step: no scalar
     table in Python)."""
     sc = np.empty(SCALAR_COUNT, arena.dtype)
     fill_scalars(hp, (pw1, pw2, pw3, pw4), sc, fl[CPROP] != 0)
-    return adam_one(p, g, arena, off, sc, fl, single, check_finite, cdf_marker, m_marker, v_marker)
+    return adam_one(p, g, arena, off, sc, fl, check_finite, cdf_marker, m_marker, v_marker)
 
 
 @njit(error_model="numpy", cache=True)
 def adam_serial(
-    p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, check_finite, *variant
+    p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, check_finite, *variant
 ):
     """One step of every listed tensor on the calling thread (small totals); with
     ``check_finite``, any NaN or inf gradient changes nothing and returns False."""
     n = chunk_tensor.size
     if check_finite and not chunks_finite(0, n, g_addr, sizes, arena, chunk_tensor, chunk_lo, chunk_hi):
         return False
-    _chunks(0, n, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, *variant)
+    _chunks(0, n, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, *variant)
     return True
 
 
@@ -408,7 +392,6 @@ def adam_parallel(
     chunk_hi,
     sc,
     fl,
-    single,
     check_finite,
     workers,
     cdf_marker,
@@ -441,7 +424,6 @@ def adam_parallel(
             chunk_hi,
             sc,
             fl,
-            single,
             cdf_marker,
             m_marker,
             v_marker,

@@ -88,7 +88,6 @@ class _Launch:
         changed nothing)."""
         one, serial, parallel = kernels
         arena = self.flat.arena
-        single = arena.dtype == np.float32
         small = self.total < PARALLEL_THRESHOLD
         if one is not None and small and len(ks) == 1:
             # One small tensor: pass the arrays themselves, no address table (the tiny-step path).
@@ -96,9 +95,7 @@ class _Launch:
             p, g = self.params[0], grads[k]
             if not g.flags.c_contiguous:
                 g = np.ascontiguousarray(g)
-            return one(
-                p.reshape(-1), g.reshape(-1), arena, self.offsets[0], scalars[0], flags[0], single, check_finite, *extra
-            )
+            return one(p.reshape(-1), g.reshape(-1), arena, self.offsets[0], scalars[0], flags[0], check_finite, *extra)
         keep: list[np.ndarray] = []
         g_addr = _grad_addresses(grads, ks, keep)
         args = (
@@ -112,7 +109,6 @@ class _Launch:
             self.hi,
             scalars,
             flags,
-            single,
         )
         if check_finite is not None:
             args = (*args, check_finite)
@@ -257,7 +253,6 @@ class TinyPlan:
         self.variant = variant
         self.arena = flat.arena
         self.offset = int(flat.offsets[0])
-        self.single = flat.arena.dtype == np.float32
 
     @classmethod
     def for_optimizer(cls, opt: Any, groups: list) -> TinyPlan | None:
@@ -296,7 +291,6 @@ class TinyPlan:
             self.hyperparameters,
             *adam_kernels.powers(self.group, t),
             self.flags,
-            self.single,
             check_finite,
             *self.variant,
         )

@@ -21,7 +21,7 @@ from ..scale import bias_correction, degrees_of_freedom
 from .vector_math import SQRT_HALF, erf_double, erf_float32, tanh_half_double, tanh_half_float32
 from .wide import prefer_wide_vectors
 
-#: The CDFs' constants and 1/2 in float32, for the float32 lanes of ``_conformity_loop_single``
+#: The CDFs' constants and 1/2 in float32, for the float32 lanes of ``_conformity_loop``
 #: (a Python float would promote every lane to float64).
 BFT_CUBIC_F32 = np.float32(BFT_CUBIC)
 BFT_LINEAR_F32 = np.float32(BFT_LINEAR)
@@ -275,52 +275,34 @@ def cprop_constants(sc, base):
 
 
 @njit(error_model="numpy", cache=True)
-def _conformity_loop_single(buffer, count, cdf):
-    # One loop per CDF so that each is a straight SIMD loop over the cache-resident chunk.
+def _conformity_loop(buffer, count, cdf):
+    # One loop per CDF so that each is a straight SIMD loop over the cache-resident chunk; the
+    # element functions are chosen by the buffer's dtype (float32 lanes for float32).
     prefer_wide_vectors()
     if cdf == BFT:
         for j in range(count):
-            buffer[j] = half_bft_float32(buffer[j])
+            buffer[j] = _half_bft(buffer[j])
     elif cdf == BFO:
         for j in range(count):
-            buffer[j] = half_bfo_float32(buffer[j])
+            buffer[j] = _half_bfo(buffer[j])
     elif cdf == LOGISTIC:
         for j in range(count):
-            buffer[j] = half_logistic_float32(buffer[j])
+            buffer[j] = _half_logistic(buffer[j])
     else:
         for j in range(count):
-            buffer[j] = half_normal_float32(buffer[j])
+            buffer[j] = _half_normal(buffer[j])
 
 
 @njit(error_model="numpy", cache=True)
-def _conformity_loop_double(buffer, count, cdf):
-    prefer_wide_vectors()
-    if cdf == BFT:
-        for j in range(count):
-            buffer[j] = half_bft_double(buffer[j])
-    elif cdf == BFO:
-        for j in range(count):
-            buffer[j] = half_bfo_double(buffer[j])
-    elif cdf == LOGISTIC:
-        for j in range(count):
-            buffer[j] = half_logistic_double(buffer[j])
-    else:
-        for j in range(count):
-            buffer[j] = half_normal_double(buffer[j])
-
-
-@njit(error_model="numpy", cache=True)
-def scale_in_place(buffer, count, cdf, single, two_c, one):
+def scale_in_place(buffer, count, cdf, two_c, one):
     """Replace ``z`` by the scale ``s = min(2 c |F(z) - 1/2|, 1)`` in ``buffer[:count]``.
 
     ``|F - 1/2|`` is computed directly (half the conformity of :mod:`.vector_math`) in double
     precision and rounded once to the dtype; then ``2c`` times it, capped at 1, in the dtype
-    as the reference does (NaN propagates as ``np.minimum`` does). ``single``: float32.
+    as the reference does (NaN propagates as ``np.minimum`` does); for float32 buffers in
+    float32 lanes throughout.
     """
-    if single:
-        _conformity_loop_single(buffer, count, cdf)
-    else:
-        _conformity_loop_double(buffer, count, cdf)
+    _conformity_loop(buffer, count, cdf)
     for j in range(count):
         x = two_c * buffer[j]
         buffer[j] = one if x > one else x

@@ -135,7 +135,7 @@ NO_ONE_LOOP = (None, None)
 
 
 @njit(error_model="numpy", cache=True)
-def _chunk(p, g, arena, off, lo, hi, sc, fl, direction, buf, single, cdf_marker, momentum_marker):
+def _chunk(p, g, arena, off, lo, hi, sc, fl, direction, buf, cdf_marker, momentum_marker):
     count = hi - lo
     p = p[lo:hi]
     g = g[lo:hi]
@@ -168,7 +168,7 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, direction, buf, single, cdf_marker,
         cm = arena[CPROP_M, off + lo : off + hi]
         cv = arena[CPROP_V, off + lo : off + hi]
         cprop_z_loop(g, cm, cv, cm, cv, buf, sc, CPROP_BASE, True, True)
-        scale_loop(buf, count, sc, CPROP_BASE, fl[CDF], single)
+        scale_loop(buf, count, sc, CPROP_BASE, fl[CDF])
         zero = sc[CPROP_BASE + C_ZERO]
         for j in range(count):
             # scale.scale_update: a scale of 0 is no update, also where the direction is inf.
@@ -180,9 +180,7 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, direction, buf, single, cdf_marker,
 
 
 @njit(error_model="numpy", cache=True)
-def _chunks(
-    first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, *variant
-):
+def _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, *variant):
     direction = np.empty(CHUNK, arena.dtype)
     buf = np.empty(CHUNK, arena.dtype)
     c = first
@@ -195,12 +193,12 @@ def _chunks(
             # One loop needs no scratch: the tensor's consecutive chunks go in one call.
             while end < last and chunk_tensor[end] == k:
                 end += 1
-        _chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[end - 1], sc[k], fl[k], direction, buf, single, *variant)
+        _chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[end - 1], sc[k], fl[k], direction, buf, *variant)
         c = end
 
 
 @njit(error_model="numpy", cache=True)
-def sgd_one(p, g, arena, off, sc, fl, single, check_finite, cdf_marker, momentum_marker):
+def sgd_one(p, g, arena, off, sc, fl, check_finite, cdf_marker, momentum_marker):
     """One step of one small tensor (``p``, ``g`` 1-D) on the calling thread. With
     ``check_finite``, a gradient with a NaN or inf changes nothing and returns False. The
     markers are the launch's one-loop variant (:func:`one_loop_variant`, :data:`NO_ONE_LOOP`)."""
@@ -210,22 +208,18 @@ def sgd_one(p, g, arena, off, sc, fl, single, check_finite, cdf_marker, momentum
     buf = np.empty(CHUNK, arena.dtype)
     step = p.size if fl[ONE_LOOP] != 0 else CHUNK
     for lo in range(0, p.size, max(step, 1)):
-        _chunk(
-            p, g, arena, off, lo, min(lo + step, p.size), sc, fl, direction, buf, single, cdf_marker, momentum_marker
-        )
+        _chunk(p, g, arena, off, lo, min(lo + step, p.size), sc, fl, direction, buf, cdf_marker, momentum_marker)
     return True
 
 
 @njit(error_model="numpy", cache=True)
-def sgd_serial(
-    p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, check_finite, *variant
-):
+def sgd_serial(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, check_finite, *variant):
     """One step of every listed tensor on the calling thread (small totals); with
     ``check_finite``, any NaN or inf gradient changes nothing and returns False."""
     n = chunk_tensor.size
     if check_finite and not chunks_finite(0, n, g_addr, sizes, arena, chunk_tensor, chunk_lo, chunk_hi):
         return False
-    _chunks(0, n, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, *variant)
+    _chunks(0, n, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, *variant)
     return True
 
 
@@ -241,7 +235,6 @@ def sgd_parallel(
     chunk_hi,
     sc,
     fl,
-    single,
     check_finite,
     workers,
     cdf_marker,
@@ -273,7 +266,6 @@ def sgd_parallel(
             chunk_hi,
             sc,
             fl,
-            single,
             cdf_marker,
             momentum_marker,
         )

@@ -25,7 +25,7 @@ FIELDS = ("cprop_m", "cprop_v")
 
 
 @njit(error_model="numpy", cache=True)
-def _apply_chunk(p, g, arena, off, lo, hi, sc, fl, buf, single):
+def _apply_chunk(p, g, arena, off, lo, hi, sc, fl, buf):
     count = hi - lo
     p = p[lo:hi]
     g = g[lo:hi]
@@ -34,7 +34,7 @@ def _apply_chunk(p, g, arena, off, lo, hi, sc, fl, buf, single):
     cv = arena[CPROP_V, off + lo : off + hi]
     before = arena[BEFORE, off + lo : off + hi]
     cprop_z_loop(g, cm, cv, cm, cv, buf, sc, CPROP_BASE, True, True)
-    scale_loop(buf, count, sc, CPROP_BASE, fl[CDF], single)
+    scale_loop(buf, count, sc, CPROP_BASE, fl[CDF])
     for j in range(count):
         b, after, s = before[j], p[j], buf[j]
         # No update, or one scaled by s = 0, leaves the parameter as it was (as the
@@ -43,33 +43,29 @@ def _apply_chunk(p, g, arena, off, lo, hi, sc, fl, buf, single):
 
 
 @njit(error_model="numpy", cache=True)
-def _apply_chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single):
+def _apply_chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl):
     buf = np.empty(CHUNK, arena.dtype)
     for c in range(first, last):
         k = chunk_tensor[c]
         p = array_at(p_addr[k], sizes[k], arena)
         g = array_at(g_addr[k], sizes[k], arena)
-        _apply_chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[c], sc[k], fl[k], buf, single)
+        _apply_chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[c], sc[k], fl[k], buf)
 
 
 @njit(error_model="numpy", cache=True)
-def apply_serial(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single):
+def apply_serial(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl):
     """CProp's step of every listed tensor after the base optimizer's, on the calling thread."""
-    _apply_chunks(
-        0, chunk_tensor.size, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single
-    )
+    _apply_chunks(0, chunk_tensor.size, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl)
 
 
 @njit(error_model="numpy", cache=True, parallel=True)
-def apply_parallel(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single, workers):
+def apply_parallel(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, workers):
     """As :func:`apply_serial`, the chunks split into ``workers`` contiguous runs."""
     n = chunk_tensor.size
     for w in prange(workers):
         first = w * n // workers
         last = (w + 1) * n // workers
-        _apply_chunks(
-            first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, single
-        )
+        _apply_chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl)
 
 
 @njit(error_model="numpy", cache=True)
