@@ -10,7 +10,8 @@ derived in ``docs/performance.md`` ("Exponentials at vector speed"), in units of
   ``e``, plus ``1 - e``, ``1 + e`` and the division);
 - the conformity ``tanh(|q(z)| / 2)`` from a float32 ``z`` (what ``scale_in_place`` computes
   with ``2c = 2``): that bound plus the rounding of ``q`` in float32, relative ``5 U32`` for
-  bft's cubic (four roundings in ``C3 z z z``, one in the sum) and ``2 U32`` for a slope
+  bft's cubic ``|z| (C3 z^2 + C1)`` (the two constants, ``z^2``, ``C3 z^2``, the sum of two
+  positive terms, the product) and ``2 U32`` for a slope
   (the constant and the product), which moves ``tanh(q / 2)`` by at most
   ``max_y y sech(y)^2 = 0.4478`` times that relative error;
 - ``erf_float32``: absolute error <= ``ERF_FLOAT32_BOUND_U`` (Taylor branch below 1: Horner

@@ -36,6 +36,7 @@ from .scale import (
     nan_maximum,
     scale_in_place,
     standardized,
+    standardized_unguarded,
 )
 from .wide import prefer_wide_vectors
 
@@ -130,6 +131,26 @@ def scale_loop(buf, count, sc, base, cdf):
     scale_in_place(buf, count, cdf, sc[base + C_TWO_C], sc[base + C_ONE])
 
 
+#: Elements per block of the one loops. The fast path computes ``z`` without the guards for
+#: the edges of the range (:func:`.scale.standardized_unguarded`); a block in which some element
+#: met an edge has those elements redone with the guards, while the block is in cache.
+EDGE_BLOCK = 2048
+_NO_EDGE = np.int32(0)
+_EDGE = np.int32(1)
+
+
+def part(array, lo, hi):  # pragma: no cover - a stub; Numba calls the overload below
+    raise NotImplementedError
+
+
+@overload(part)
+def _part(array, lo, hi):
+    """``array[lo:hi]``, and ``None`` for ``None`` (a moment shared with Adam's)."""
+    if isinstance(array, types.NoneType):
+        return lambda array, lo, hi: None
+    return lambda array, lo, hi: array[lo:hi]
+
+
 @njit(error_model="numpy", cache=True)
 def _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
     """CProp-Adam without AMSGrad in one loop per element, moments to parameter.
@@ -137,20 +158,34 @@ def _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
     ``cm`` / ``cv`` are CProp's private moments, or ``None`` where Adam's moment is shared
     (Numba compiles one loop per combination, so neither case reads an array it does not
     need); ``cdf_marker`` names the CDF (:data:`.scale.CDF_MARKERS`), one compiled loop per
-    CDF. The operations and their order are those of the chunked
-    stages (:func:`_moments_loop`, :func:`cprop_z_loop`, :func:`scale_loop` and the update
-    in :func:`_chunk`), so the results are the same to the bit; one loop lets the processor
+    CDF. The operations and their order are those of the chunked stages
+    (:func:`_moments_loop`, :func:`cprop_z_loop`, :func:`scale_loop` and the update in
+    :func:`_chunk`), so the results are the same to the bit; one loop lets the processor
     overlap the memory traffic with the arithmetic, which the stages over a cache-resident
-    chunk cannot (measured in ``docs/performance.md``).
+    chunk cannot (measured in ``docs/performance.md``). Block by block (``EDGE_BLOCK``): the
+    fast path, then the elements at the edges of the range, if the block has any.
     """
+    for lo in range(0, p.size, EDGE_BLOCK):
+        hi = min(lo + EDGE_BLOCK, p.size)
+        if _cprop_adam_block(
+            cdf_marker, p[lo:hi], g[lo:hi], m1[lo:hi], m2[lo:hi], part(cm, lo, hi), part(cv, lo, hi), sc, coupled_wd
+        ):
+            _cprop_adam_edges(cdf_marker, p[lo:hi], m1[lo:hi], m2[lo:hi], part(cm, lo, hi), part(cv, lo, hi), sc)
+
+
+@njit(error_model="numpy", cache=True)
+def _cprop_adam_block(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
+    """The fast path of :func:`_cprop_adam_loop` over one block: every moment, and the
+    parameter of every element whose unguarded ``z`` is finite (there it is the guarded one,
+    :func:`.scale.standardized_unguarded`). Returns whether some element's was not: those keep
+    their parameter for :func:`_cprop_adam_edges`."""
     prefer_wide_vectors()
     beta1, one_minus_beta1 = sc[BETA1], sc[ONE_MINUS_BETA1]
     beta2, one_minus_beta2 = sc[BETA2], sc[ONE_MINUS_BETA2]
     wd, neg_step_size, bc2_sqrt, eps = sc[WEIGHT_DECAY], sc[NEG_STEP_SIZE], sc[BC2_SQRT], sc[EPS]
     constants = cprop_constants(sc, CPROP_BASE)
-    beta, one_minus_beta, inv_bias, inv_denominator, one_sample, cprop_eps, two_c, one, zero, infinity, largest = (
-        constants
-    )
+    beta, one_minus_beta, inv_bias, inv_denominator, one_sample, cprop_eps, two_c, one, zero, infinity, _ = constants
+    edges = _NO_EDGE
     for j in range(p.size):
         param = p[j]
         grad = g[j]
@@ -171,11 +206,39 @@ def _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
         # z, the CDF and the scale written out here, not through a helper: one more level of
         # calls made LLVM stop inlining the normal's erf, and the loop stopped vectorising
         # (ten times slower; tests/test_kernels_one_loop.py now checks the assembly).
-        z = standardized(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero, infinity, largest)
+        z = standardized_unguarded(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero)
+        fast = abs(z) < infinity
+        # A max, not an or: with an int32 or-reduction LLVM chose 256-bit vectors (measured).
+        edges = max(edges, _NO_EDGE if fast else _EDGE)
         x = two_c * half_conformity(cdf_marker, z)
         s = one if x > one else x
         # scale.scale_update: a scale of 0 is no update, also where delta overflowed to inf.
-        p[j] = param + (zero if s == zero else delta * s)
+        stepped = param + (zero if s == zero else delta * s)
+        p[j] = stepped if fast else param
+    return edges != _NO_EDGE
+
+
+@njit(error_model="numpy", cache=True)
+def _cprop_adam_edges(cdf_marker, p, m1, m2, cm, cv, sc):
+    """The parameter's step for the elements of a block that :func:`_cprop_adam_block` left
+    (their moments are updated, their parameter is not): Adam's update from the updated
+    moments, ``z`` with the guards (:func:`.scale.standardized`), the CDF and the scale, the
+    same operations as the fast path and the stages."""
+    neg_step_size, bc2_sqrt, eps = sc[NEG_STEP_SIZE], sc[BC2_SQRT], sc[EPS]
+    constants = cprop_constants(sc, CPROP_BASE)
+    _, _, inv_bias, inv_denominator, one_sample, cprop_eps, two_c, one, zero, infinity, largest = constants
+    for j in range(p.size):
+        first = m1[j]
+        second = m2[j]
+        m = first if cm is None else cm[j]
+        v = second if cv is None else cv[j]
+        if abs(standardized_unguarded(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero)) < infinity:
+            continue  # stepped by the fast path
+        delta = neg_step_size * (first / (np.sqrt(second) / bc2_sqrt + eps))
+        z = standardized(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero, infinity, largest)
+        x = two_c * half_conformity(cdf_marker, z)
+        s = one if x > one else x
+        p[j] = p[j] + (zero if s == zero else delta * s)
 
 
 # The one loop for one variant: ``m_marker`` (``v_marker``) is ``None`` where Adam's first

@@ -145,6 +145,27 @@ def standardized(m, v, inv_bias, inv_denominator, one_sample, eps, zero, infinit
     return degenerate if se == zero else -m_hat / se
 
 
+@njit(error_model="numpy", cache=True)
+def standardized_unguarded(m, v, inv_bias, inv_denominator, one_sample, eps, zero):
+    """:func:`standardized` without its guards for the edges of the range: the same operations
+    in the same order, so **the same value wherever this one is finite**; inf or NaN wherever
+    the two may differ (``m_hat`` or ``m_hat^2`` overflowed, ``se = 0``, a non-finite moment).
+
+    Proof by cases, with ``z`` the guarded value: an overflowed ``m_hat`` makes the variance 0
+    or NaN, hence ``-m_hat / se`` infinite or NaN; ``v_hat = inf`` with a finite ``m_hat^2``
+    gives ``se = inf`` on both sides (the same ``-m_hat / inf``), and with ``m_hat^2 = inf``
+    a NaN variance here; ``se = 0`` gives ``+-inf`` or ``0 / 0`` here. Otherwise every
+    operation is the guarded one. The one loops use it in the fast path and redo the rare
+    elements where it is not finite with :func:`standardized` (``adam._edges_of_block``).
+    """
+    m_hat = m * inv_bias
+    difference = v * inv_bias - m_hat * m_hat
+    variance = zero if difference < zero else difference
+    root = np.sqrt(variance * inv_denominator)
+    se = (zero if one_sample != zero else root) + eps
+    return -m_hat / se
+
+
 # |F(z) - 1/2| element by element, one function per CDF and precision. |q| is odd in z, so
 # the conformity needs |z| only. For float32 everything runs in float32 lanes (q rounded in
 # float32: relative error <= 5u for bft's cubic, 2u for a slope; the bound in h is derived in
@@ -153,9 +174,13 @@ def standardized(m, v, inv_bias, inv_denominator, one_sample, eps, zero, infinit
 
 @njit(error_model="numpy", cache=True)
 def half_bft_float32(z):
-    """``|F(z) - 1/2|`` of ``bft`` for a float32 ``z``, in float32 lanes."""
+    """``|F(z) - 1/2|`` of ``bft`` for a float32 ``z``, in float32 lanes.
+
+    ``q = |z| (C3 z^2 + C1)``: two products fewer than ``C3 |z|^3 + C1 |z|``, the same bound
+    on its rounding (relative ``5u``: the constants, ``z^2``, ``C3 z^2``, the sum of two
+    positive terms and the last product; ``docs/performance.md``)."""
     z = abs(np.float32(z))
-    return HALF_F32 * tanh_half_float32(BFT_CUBIC_F32 * (z * z * z) + BFT_LINEAR_F32 * z)
+    return HALF_F32 * tanh_half_float32(z * (BFT_CUBIC_F32 * (z * z) + BFT_LINEAR_F32))
 
 
 @njit(error_model="numpy", cache=True)

@@ -52,6 +52,9 @@ LN2_LO_F32 = np.float32(-2.12194440e-4)
 LOG2_E_F32 = np.float32(1.4426950408889634)
 #: Arguments below are clamped here: ``exp(-87) = 1.6e-38`` is still a normal float32.
 EXP_CLAMP_F32 = np.float32(-87.0)
+#: ``1.5 * 2**23 + 127``: added to ``x log2(e)`` it rounds to the nearest integer ``k`` and leaves
+#: ``k + 127`` in the low mantissa bits (:func:`exp_float32`).
+EXP_ROUNDER_F32 = np.float32(1.5 * 2**23 + 127)
 #: Proven relative error bound of :func:`exp_float32` in units of float32's ``2**-24``.
 EXP_FLOAT32_BOUND_U = 2.6
 #: Proven absolute error bound of :func:`tanh_half_float32` in units of ``2**-24``:
@@ -115,6 +118,17 @@ def _bits_as_float32(typingctx, bits):  # pragma: no cover - runs inside Numba
     return signature, codegen
 
 
+@intrinsic
+def _float32_bits(typingctx, x):  # pragma: no cover - runs inside Numba
+    """The bits of a float32 as an int32."""
+    signature = types.int32(types.float32)
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int32))
+
+    return signature, codegen
+
+
 @njit(error_model="numpy", cache=True)
 def _power_of_two(k):
     """``2**k`` for an integer-valued float ``k`` in [-1022, 1023], built from its bits."""
@@ -163,10 +177,17 @@ def exp_float32(x):
     Cody-Waite reduction ``x = k ln2 + r`` in float32 with Cephes' split of ln 2, the Taylor
     polynomial of degree 7 in Horner form, ``2**k`` built from its bits (``k >= -126``: a
     normal float32). The bound is derived in ``docs/performance.md``.
+
+    ``k`` is rounded to an integer by adding ``EXP_ROUNDER_F32`` (1.5 * 2**23 + 127): the sum
+    lies in [2**23, 2**24), where float32 holds integers only, so it is ``k + 127 + 2**22 + 2**23``
+    exactly, and its low mantissa bits are already ``k + 127``, the biased exponent of ``2**k``:
+    shifted left by 23 they are the bits of ``2**k``. No float-to-integer conversion (which is
+    undefined for NaN in LLVM, so NaN needed two selects around it) and no ``floor``: a NaN
+    ``x`` makes ``r``, the polynomial and the result NaN by itself.
     """
-    nan = x != x
-    y = EXP_CLAMP_F32 if (x < EXP_CLAMP_F32 or nan) else x
-    k = np.floor(y * LOG2_E_F32 + _HALF_F32)
+    y = EXP_CLAMP_F32 if x < EXP_CLAMP_F32 else x  # NaN < c is false: NaN passes through
+    shifted = y * LOG2_E_F32 + EXP_ROUNDER_F32
+    k = shifted - EXP_ROUNDER_F32
     # y - k ln2_hi is exact (k ln2_hi is a multiple of 2**-9, of no more bits than y, and
     # |y - k ln2_hi| <= |y|); the one rounding is that of r itself.
     r = (y - k * LN2_HI_F32) - k * LN2_LO_F32
@@ -178,8 +199,7 @@ def exp_float32(x):
     q = q * r + _EXP_F32_C2
     q = q * r + _ONE_F32
     q = q * r + _ONE_F32
-    result = q * _bits_as_float32(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
-    return x if nan else result
+    return q * _bits_as_float32(_float32_bits(shifted) << np.int32(23))
 
 
 @njit(error_model="numpy", cache=True, fastmath={"contract"})
