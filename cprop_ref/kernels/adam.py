@@ -135,8 +135,8 @@ def scale_loop(buf, count, sc, base, cdf):
 #: the edges of the range (:func:`.scale.standardized_unguarded`); a block in which some element
 #: met an edge has those elements redone with the guards, while the block is in cache.
 EDGE_BLOCK = 2048
-_NO_EDGE = np.int32(0)
-_EDGE = np.int32(1)
+NO_EDGE = np.int32(0)
+EDGE = np.int32(1)
 
 
 def part(array, lo, hi):  # pragma: no cover - a stub; Numba calls the overload below
@@ -185,7 +185,7 @@ def _cprop_adam_block(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
     wd, neg_step_size, bc2_sqrt, eps = sc[WEIGHT_DECAY], sc[NEG_STEP_SIZE], sc[BC2_SQRT], sc[EPS]
     constants = cprop_constants(sc, CPROP_BASE)
     beta, one_minus_beta, inv_bias, inv_denominator, one_sample, cprop_eps, two_c, one, zero, infinity, _ = constants
-    edges = _NO_EDGE
+    edges = NO_EDGE
     for j in range(p.size):
         param = p[j]
         grad = g[j]
@@ -209,13 +209,13 @@ def _cprop_adam_block(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
         z = standardized_unguarded(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero)
         fast = abs(z) < infinity
         # A max, not an or: with an int32 or-reduction LLVM chose 256-bit vectors (measured).
-        edges = max(edges, _NO_EDGE if fast else _EDGE)
+        edges = max(edges, NO_EDGE if fast else EDGE)
         x = two_c * half_conformity(cdf_marker, z)
         s = one if x > one else x
         # scale.scale_update: a scale of 0 is no update, also where delta overflowed to inf.
         stepped = param + (zero if s == zero else delta * s)
         p[j] = stepped if fast else param
-    return edges != _NO_EDGE
+    return edges != NO_EDGE
 
 
 @njit(error_model="numpy", cache=True)

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .adam import CHUNK, cprop_z_loop, scale_loop
+from .adam import CHUNK, EDGE, EDGE_BLOCK, NO_EDGE, cprop_z_loop, part, scale_loop
 from .pointers import array_at, chunks_finite, finite
 from .scale import (
     C_ZERO,
@@ -24,6 +24,7 @@ from .scale import (
     cprop_ema,
     half_conformity,
     standardized,
+    standardized_unguarded,
 )
 from .wide import prefer_wide_vectors
 
@@ -69,13 +70,24 @@ def _cprop_sgd_loop(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nestero
     without momentum; ``cdf_marker`` names the CDF, :data:`.scale.CDF_MARKERS`). The
     operations and their order are those of the chunked stages (:func:`_direction_loop` or
     :func:`_momentum_direction_loop`, :func:`.adam.cprop_z_loop`, :func:`.adam.scale_loop`
-    and the update in :func:`_chunk`): the same bits, in one pass (see :mod:`.adam`)."""
+    and the update in :func:`_chunk`): the same bits, in one pass, block by block with the
+    edges of the range redone as in :func:`.adam._cprop_adam_loop`."""
+    for lo in range(0, p.size, EDGE_BLOCK):
+        hi = min(lo + EDGE_BLOCK, p.size)
+        block = (p[lo:hi], g[lo:hi], part(buffer, lo, hi), cm[lo:hi], cv[lo:hi])
+        if _cprop_sgd_block(cdf_marker, *block, sc, has_wd, first, nesterov):
+            _cprop_sgd_edges(cdf_marker, *block, sc, has_wd, first, nesterov)
+
+
+@njit(error_model="numpy", cache=True)
+def _cprop_sgd_block(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nesterov):
+    """The fast path of :func:`_cprop_sgd_loop` over one block (as :func:`.adam._cprop_adam_block`):
+    returns whether some element's unguarded ``z`` was not finite; those keep their parameter."""
     prefer_wide_vectors()
     lr, wd, momentum, one_minus_dampening = sc[LR], sc[WEIGHT_DECAY], sc[MOMENTUM], sc[ONE_MINUS_DAMPENING]
     constants = cprop_constants(sc, CPROP_BASE)
-    beta, one_minus_beta, inv_bias, inv_denominator, one_sample, cprop_eps, two_c, one, zero, infinity, largest = (
-        constants
-    )
+    beta, one_minus_beta, inv_bias, inv_denominator, one_sample, cprop_eps, two_c, one, zero, infinity, _ = constants
+    edges = NO_EDGE
     for j in range(p.size):
         param = p[j]
         grad = g[j]
@@ -92,10 +104,39 @@ def _cprop_sgd_loop(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nestero
         # z, the CDF and the scale written out here, not through a helper: one more level of
         # calls made LLVM stop inlining the normal's erf, and the loop stopped vectorising
         # (ten times slower; tests/test_kernels_one_loop.py now checks the assembly).
-        z = standardized(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero, infinity, largest)
+        z = standardized_unguarded(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero)
+        fast = abs(z) < infinity
+        edges = max(edges, NO_EDGE if fast else EDGE)  # a max: see adam._cprop_adam_block
         x = two_c * half_conformity(cdf_marker, z)
         s = one if x > one else x
         # scale.scale_update: a scale of 0 is no update, also where the direction is inf.
+        stepped = param - lr * (zero if s == zero else direction * s)
+        p[j] = stepped if fast else param
+    return edges != NO_EDGE
+
+
+@njit(error_model="numpy", cache=True)
+def _cprop_sgd_edges(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nesterov):
+    """The parameter's step for the elements of a block that :func:`_cprop_sgd_block` left:
+    the direction again from the gradient, the parameter (not yet stepped) and the updated
+    momentum buffer, ``z`` with the guards, the same operations as the fast path."""
+    lr, wd, momentum = sc[LR], sc[WEIGHT_DECAY], sc[MOMENTUM]
+    constants = cprop_constants(sc, CPROP_BASE)
+    _, _, inv_bias, inv_denominator, one_sample, cprop_eps, two_c, one, zero, infinity, largest = constants
+    for j in range(p.size):
+        m = cm[j]
+        v = cv[j]
+        if abs(standardized_unguarded(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero)) < infinity:
+            continue  # stepped by the fast path
+        param = p[j]
+        d = g[j] + wd * param if has_wd else g[j]
+        direction = d
+        if buffer is not None:
+            b = buffer[j]  # d itself on the first step
+            direction = d + momentum * b if nesterov else b
+        z = standardized(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero, infinity, largest)
+        x = two_c * half_conformity(cdf_marker, z)
+        s = one if x > one else x
         p[j] = param - lr * (zero if s == zero else direction * s)
 
 
