@@ -261,7 +261,8 @@ def test_the_one_loop_is_vectorised(family, cdf, dtype):
     from numba import njit
 
     module = adam_kernels if family == "adam" else sgd_kernels
-    source = module._cprop_adam_loop if family == "adam" else module._cprop_sgd_loop
+    # The fast path of a block holds the loop (the one loop's function calls it block by block).
+    source = module._cprop_adam_block if family == "adam" else module._cprop_sgd_block
     loop = njit(error_model="numpy")(source.py_func)  # a fresh compilation: cached code has no assembly
     LOOPS[family](loop, CDF_MARKERS[CDF_CODES[cdf]], np.zeros(64, dtype))
     asm = next(iter(loop.inspect_asm().values()))
