@@ -30,6 +30,7 @@ from .scale import (
     NORMAL,
     cprop_constants,
     cprop_ema,
+    edge_scale,
     ema,
     fill_cprop_scalars,
     half_conformity,
@@ -226,18 +227,14 @@ def _cprop_adam_edges(cdf_marker, p, m1, m2, cm, cv, sc):
     same operations as the fast path and the stages."""
     neg_step_size, bc2_sqrt, eps = sc[NEG_STEP_SIZE], sc[BC2_SQRT], sc[EPS]
     constants = cprop_constants(sc, CPROP_BASE)
-    _, _, inv_bias, inv_denominator, one_sample, cprop_eps, two_c, one, zero, infinity, largest = constants
+    zero = sc[CPROP_BASE + C_ZERO]
     for j in range(p.size):
         first = m1[j]
         second = m2[j]
-        m = first if cm is None else cm[j]
-        v = second if cv is None else cv[j]
-        if abs(standardized_unguarded(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero)) < infinity:
+        edge, s = edge_scale(cdf_marker, first if cm is None else cm[j], second if cv is None else cv[j], constants)
+        if not edge:
             continue  # stepped by the fast path
         delta = neg_step_size * (first / (np.sqrt(second) / bc2_sqrt + eps))
-        z = standardized(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero, infinity, largest)
-        x = two_c * half_conformity(cdf_marker, z)
-        s = one if x > one else x
         p[j] = p[j] + (zero if s == zero else delta * s)
 
 

@@ -300,6 +300,19 @@ def cprop_constants(sc, base):
 
 
 @njit(error_model="numpy", cache=True)
+def edge_scale(cdf_marker, m, v, constants):
+    """For the edge pass of the one loops, one element: whether its unguarded ``z``
+    (:func:`standardized_unguarded`) is not finite, so that the fast path left its parameter,
+    and its scale ``min(2c |F(z) - 1/2|, 1)`` with the guarded ``z`` (:func:`standardized`).
+    ``constants`` is :func:`cprop_constants`'s tuple."""
+    _, _, inv_bias, inv_denominator, one_sample, eps, two_c, one, zero, infinity, largest = constants
+    unguarded = standardized_unguarded(m, v, inv_bias, inv_denominator, one_sample, eps, zero)
+    z = standardized(m, v, inv_bias, inv_denominator, one_sample, eps, zero, infinity, largest)
+    x = two_c * half_conformity(cdf_marker, z)
+    return not (abs(unguarded) < infinity), (one if x > one else x)
+
+
+@njit(error_model="numpy", cache=True)
 def _conformity_loop(buffer, count, cdf):
     # One loop per CDF so that each is a straight SIMD loop over the cache-resident chunk; the
     # element functions are chosen by the buffer's dtype (float32 lanes for float32).

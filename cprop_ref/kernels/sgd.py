@@ -22,8 +22,8 @@ from .scale import (
     NORMAL,
     cprop_constants,
     cprop_ema,
+    edge_scale,
     half_conformity,
-    standardized,
     standardized_unguarded,
 )
 from .wide import prefer_wide_vectors
@@ -122,11 +122,10 @@ def _cprop_sgd_edges(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nester
     momentum buffer, ``z`` with the guards, the same operations as the fast path."""
     lr, wd, momentum = sc[LR], sc[WEIGHT_DECAY], sc[MOMENTUM]
     constants = cprop_constants(sc, CPROP_BASE)
-    _, _, inv_bias, inv_denominator, one_sample, cprop_eps, two_c, one, zero, infinity, largest = constants
+    zero = sc[CPROP_BASE + C_ZERO]
     for j in range(p.size):
-        m = cm[j]
-        v = cv[j]
-        if abs(standardized_unguarded(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero)) < infinity:
+        edge, s = edge_scale(cdf_marker, cm[j], cv[j], constants)
+        if not edge:
             continue  # stepped by the fast path
         param = p[j]
         d = g[j] + wd * param if has_wd else g[j]
@@ -134,9 +133,6 @@ def _cprop_sgd_edges(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nester
         if buffer is not None:
             b = buffer[j]  # d itself on the first step
             direction = d + momentum * b if nesterov else b
-        z = standardized(m, v, inv_bias, inv_denominator, one_sample, cprop_eps, zero, infinity, largest)
-        x = two_c * half_conformity(cdf_marker, z)
-        s = one if x > one else x
         p[j] = param - lr * (zero if s == zero else direction * s)
 
 

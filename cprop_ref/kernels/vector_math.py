@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, types
+from numba import njit
 from numba.extending import intrinsic
 
 #: ln 2 split so that ``k * LN2_HI`` is exact for ``|k| < 2**11`` (fdlibm's constants).
@@ -97,34 +97,14 @@ _EXP_F32_C7 = np.float32(1.0 / 5040.0)
 
 
 @intrinsic
-def _bits_as_double(typingctx, bits):  # pragma: no cover - runs inside Numba
-    """Reinterpret an int64 as the float64 with the same bits."""
-    signature = types.float64(types.int64)
+def _reinterpret(typingctx, value, target):  # pragma: no cover - runs inside Numba
+    """The bits of ``value`` read as a ``target`` (``np.float64``, ``np.int32``, ...) of the
+    same width, as C's ``memcpy`` would: no conversion."""
+    result_type = target.instance_type
+    signature = result_type(value, target)
 
     def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
-
-    return signature, codegen
-
-
-@intrinsic
-def _bits_as_float32(typingctx, bits):  # pragma: no cover - runs inside Numba
-    """Reinterpret an int32 as the float32 with the same bits."""
-    signature = types.float32(types.int32)
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
-
-    return signature, codegen
-
-
-@intrinsic
-def _float32_bits(typingctx, x):  # pragma: no cover - runs inside Numba
-    """The bits of a float32 as an int32."""
-    signature = types.int32(types.float32)
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int32))
+        return builder.bitcast(args[0], context.get_value_type(result_type))
 
     return signature, codegen
 
@@ -132,7 +112,7 @@ def _float32_bits(typingctx, x):  # pragma: no cover - runs inside Numba
 @njit(error_model="numpy", cache=True)
 def _power_of_two(k):
     """``2**k`` for an integer-valued float ``k`` in [-1022, 1023], built from its bits."""
-    return _bits_as_double((int(k) + 1023) << 52)
+    return _reinterpret((int(k) + 1023) << 52, np.float64)
 
 
 @njit(error_model="numpy", cache=True)
@@ -199,7 +179,8 @@ def exp_float32(x):
     q = q * r + _EXP_F32_C2
     q = q * r + _ONE_F32
     q = q * r + _ONE_F32
-    return q * _bits_as_float32(_float32_bits(shifted) << np.int32(23))
+    # (an int32 shifted is typed int64 by Numba: truncated back, its low 32 bits)
+    return q * _reinterpret(np.int32(_reinterpret(shifted, np.int32) << np.int32(23)), np.float32)
 
 
 @njit(error_model="numpy", cache=True, fastmath={"contract"})
