@@ -8,7 +8,7 @@ kernel turns each address back into an array with :func:`numba.carray`.
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, njit, types
+from numba import carray, njit, prange, types
 from numba.extending import intrinsic, overload
 
 from .wide import prefer_wide_vectors
@@ -75,3 +75,15 @@ def chunks_finite(first, last, g_addr, sizes, like, chunk_tensor, chunk_lo, chun
             return False
         c = end
     return True
+
+
+@njit(error_model="numpy", cache=True, parallel=True)
+def chunks_finite_parallel(workers, g_addr, sizes, like, chunk_tensor, chunk_lo, chunk_hi):
+    """:func:`chunks_finite` over every chunk, split into ``workers`` contiguous runs checked
+    in parallel (the runs of the kernels' parallel drivers)."""
+    n = chunk_tensor.size
+    bad = np.zeros(workers, np.bool_)
+    for w in prange(workers):
+        first, last = w * n // workers, (w + 1) * n // workers
+        bad[w] = not chunks_finite(first, last, g_addr, sizes, like, chunk_tensor, chunk_lo, chunk_hi)
+    return not bad.any()

@@ -14,7 +14,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .adam import CHUNK, EDGE, EDGE_BLOCK, NO_EDGE, cprop_z_loop, part, scale_loop
-from .pointers import array_at, chunks_finite, finite
+from .pointers import array_at, chunks_finite, chunks_finite_parallel, finite
 from .scale import (
     C_ZERO,
     CDF_MARKERS,
@@ -281,13 +281,8 @@ def sgd_parallel(
     markers are spelled out: Numba's parallel wrapper refuses a ``*variant`` tuple in a
     ``prange`` body.)"""
     n = chunk_tensor.size
-    if check_finite:
-        bad = np.zeros(workers, np.bool_)
-        for w in prange(workers):
-            first, last = w * n // workers, (w + 1) * n // workers
-            bad[w] = not chunks_finite(first, last, g_addr, sizes, arena, chunk_tensor, chunk_lo, chunk_hi)
-        if bad.any():
-            return False
+    if check_finite and not chunks_finite_parallel(workers, g_addr, sizes, arena, chunk_tensor, chunk_lo, chunk_hi):
+        return False
     for w in prange(workers):
         first, last = w * n // workers, (w + 1) * n // workers
         _chunks(
