@@ -15,9 +15,9 @@ derived in ``docs/performance.md`` ("Exponentials at vector speed"), in units of
   (the constant and the product), which moves ``tanh(q / 2)`` by at most
   ``max_y y sech(y)^2 = 0.4478`` times that relative error;
 - ``erf_float32``: absolute error <= ``ERF_FLOAT32_BOUND_U`` (Taylor branch below 1: Horner
-  with two roundings per step, ``x^2``, the product and the remainder, 4.15; Press's branch from
-  1 on: the fit's 1.2e-7, ``t``, Horner, ``q - x^2``, ``exp_float32`` and the product, all times
-  ``erfc(x) <= 0.16``, plus ``1 - .``, 3.41);
+  with two roundings per step, ``x^2``, the product and the remainder, 4.15; from 1 on,
+  ``1 - E(min(x, 4) - 2.5)`` with ``E`` the degree-14 polynomial of ``erfc``: the fit 0.17,
+  Horner 1.57, ``1 - E`` 0.5, ``erfc(4)`` beyond 4 0.26, together 2.5);
 - the normal's conformity ``erf(|z| / sqrt 2)`` from a float32 ``z``: that bound plus the
   rounding of ``|z| sqrt(1/2)`` (constant and product, relative ``2 U32``), which moves ``erf``
   by at most ``2/sqrt(pi) max_x x exp(-x^2) * 2 U32 = 0.968 U32``.

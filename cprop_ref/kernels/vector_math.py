@@ -68,22 +68,35 @@ _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 _ERF_F32_TAYLOR = tuple(
     np.float32(_TWO_OVER_SQRT_PI * (-1) ** n / (math.factorial(n) * (2 * n + 1))) for n in range(10)
 )
-#: Press et al.'s Chebyshev coefficients of ``erfc`` (fractional error < 1.2e-7), float32, highest first.
-_ERFC_F32_PRESS = tuple(
+#: ``erfc(x)`` on [1, 4] as a polynomial of degree 14 in ``t = x - 2.5``, float32, highest power
+#: first: a Chebyshev least-squares fit (6001 Chebyshev points of [1, 4], SciPy's ``erfc``) turned
+#: into powers of ``t`` and rounded to float32. With the rounded coefficients evaluated exactly it
+#: is within 0.17 u32 of ``erfc`` on [1, 4] (``docs/performance.md``).
+_ERFC_F32_POLYNOMIAL = tuple(
     np.float32(a)
-    for a in (
-        0.17087277,
-        -0.82215223,
-        1.48851587,
-        -1.13520398,
-        0.27886807,
-        -0.18628806,
-        0.09678418,
-        0.37409196,
-        1.00002368,
-        -1.26551223,
+    for a in reversed(
+        (
+            0.0004069523711223155,
+            -0.002178184688091278,
+            0.005445688497275114,
+            -0.008351770229637623,
+            0.008622604422271252,
+            -0.006109108682721853,
+            0.002797554712742567,
+            -0.0005603614845313132,
+            -0.00025873008416965604,
+            0.0002706192899495363,
+            -8.110049384413287e-05,
+            -1.776065801095683e-05,
+            1.571927896293346e-05,
+            -4.985049599781632e-07,
+            -8.901382102521893e-07,
+        )
     )
 )
+#: Where the polynomial's interval ends: ``erfc(4) = 1.5e-8 < 2**-25``, so ``erf`` rounds to 1 in float32 beyond.
+_ERF_F32_LARGEST = np.float32(4.0)
+_ERF_F32_CENTRE = np.float32(2.5)
 _ZERO_F32 = np.float32(0.0)
 _HALF_F32 = np.float32(0.5)
 _ONE_F32 = np.float32(1.0)
@@ -195,7 +208,7 @@ def tanh_half_float32(q):
 
 
 _T0, _T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9 = _ERF_F32_TAYLOR
-_P0, _P1, _P2, _P3, _P4, _P5, _P6, _P7, _P8, _P9 = _ERFC_F32_PRESS
+_E0, _E1, _E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9, _E10, _E11, _E12, _E13, _E14 = _ERFC_F32_POLYNOMIAL
 
 
 @njit(error_model="numpy", cache=True, fastmath={"contract"})
@@ -204,10 +217,11 @@ def erf_float32(x):
     ``ERF_FLOAT32_BOUND_U`` units of ``2**-24``. NaN propagates, ``x = inf`` gives 1.
 
     Both branches are evaluated and one selected (so that the loop vectorises): below 1 the
-    Taylor series ``x P(x^2)`` of degree 19 (remainder below 1.5e-8); from 1 on Press et al.'s
-    ``1 - t exp(-x^2 + P(t))``, ``t = 1 / (1 + x / 2)`` (fractional error of ``erfc`` < 1.2e-7), whose float32
-    rounding errors are multiplied by ``erfc(x) <= 0.16`` there. (Press's form alone loses
-    14 ulp near ``x = 0`` in float32: its partial sums reach 1.5 where the result is near 0.)
+    Taylor series ``x P(x^2)`` of degree 19 (remainder below 1.5e-8); from 1 on ``1 - E(t)``, ``E``
+    the degree-14 polynomial of ``erfc`` in ``t = min(x, 4) - 2.5`` (exact in float32), whose
+    rounding errors are those of values below 0.16. Neither branch divides nor calls ``exp``.
+    (Before: Press et al.'s ``1 - t exp(-x^2 + P(t))``, ``t = 1 / (1 + x / 2)``, a division and an
+    exponential per element.)
     """
     s = x * x
     p = _T9
@@ -221,21 +235,24 @@ def erf_float32(x):
     p = p * s + _T1
     p = p * s + _T0
     small = x * p
-    t = _ONE_F32 / (_ONE_F32 + _HALF_F32 * x)
-    q = _P0
-    q = q * t + _P1
-    q = q * t + _P2
-    q = q * t + _P3
-    q = q * t + _P4
-    q = q * t + _P5
-    q = q * t + _P6
-    q = q * t + _P7
-    q = q * t + _P8
-    q = q * t + _P9
-    # exp_float32 clamps below -87; erfc there is far below 2**-24.
-    large = _ONE_F32 - t * exp_float32(q - s)
-    result = small if x < _ONE_F32 else large
-    return x if x != x else result
+    # NaN < 4 is false, so a NaN x stays NaN here and in every step below.
+    t = (_ERF_F32_LARGEST if x > _ERF_F32_LARGEST else x) - _ERF_F32_CENTRE
+    q = _E0
+    q = q * t + _E1
+    q = q * t + _E2
+    q = q * t + _E3
+    q = q * t + _E4
+    q = q * t + _E5
+    q = q * t + _E6
+    q = q * t + _E7
+    q = q * t + _E8
+    q = q * t + _E9
+    q = q * t + _E10
+    q = q * t + _E11
+    q = q * t + _E12
+    q = q * t + _E13
+    q = q * t + _E14
+    return small if x < _ONE_F32 else _ONE_F32 - q
 
 
 @njit(error_model="numpy", cache=True, fastmath={"contract"})
