@@ -140,9 +140,32 @@ def _fsync_directory(folder: Path) -> None:
 _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
 
 
-def load(path: str | os.PathLike[str]) -> Any:
+def physical_memory() -> int | None:
+    """The machine's physical memory in bytes, where the platform tells (``None`` otherwise)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _size_limit(max_bytes: int | None) -> tuple[int | None, str]:
+    if max_bytes is None:
+        memory = physical_memory()
+        return memory, "the machine's physical memory"
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        raise ValueError(f"max_bytes must be a non-negative int or None, got {max_bytes!r}")
+    return max_bytes, "max_bytes"
+
+
+def load(path: str | os.PathLike[str], max_bytes: int | None = None) -> Any:
     """Read a checkpoint written by :func:`save`; every failure is a :class:`CheckpointError`
-    (or ``FileNotFoundError``) that names the file. Nothing in the file is unpickled."""
+    (or ``FileNotFoundError``) that names the file. Nothing in the file is unpickled.
+
+    Before anything is decompressed, the sizes its entries declare must add up to at most
+    ``max_bytes`` (by default the machine's physical memory): a hostile archive whose entries
+    would decompress to more (a "zip bomb") is refused instead of filling the memory.
+    """
+    limit, limit_name = _size_limit(max_bytes)
     source = os.fspath(path)
     if not os.path.exists(source):
         raise FileNotFoundError(f"checkpoint file not found: {source}")
@@ -160,6 +183,12 @@ def load(path: str | os.PathLike[str]) -> Any:
         # NumPy reads only as many bytes as a member's header announces, so a damaged
         # header could go unnoticed; testzip checks every member's CRC-32 first.
         with zipfile.ZipFile(source) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+            if limit is not None and declared > limit:
+                raise CheckpointError(
+                    f"{source}: its entries declare {declared} bytes once decompressed, more than "
+                    f"{limit_name} ({limit} bytes); nothing was read (pass max_bytes= to allow a larger checkpoint)"
+                )
             damaged = archive.testzip()
         if damaged is not None:
             raise CheckpointError(f"{source}: damaged checkpoint (CRC-32 mismatch in entry {damaged!r})")

@@ -288,9 +288,10 @@ class Optimizer:
         """Write :meth:`state_dict` to an ``.npz`` checkpoint (atomically; no pickle)."""
         checkpoint.save(path, self.state_dict())
 
-    def load(self, path: str | os.PathLike[str]) -> None:
-        """Load a checkpoint written by :meth:`save`; on any error the optimizer is unchanged."""
-        self.load_state_dict(checkpoint.load(path))
+    def load(self, path: str | os.PathLike[str], max_bytes: int | None = None) -> None:
+        """Load a checkpoint written by :meth:`save`; on any error the optimizer is unchanged. A file whose entries
+        declare more than ``max_bytes`` (default: the physical memory) is refused unread."""
+        self.load_state_dict(checkpoint.load(path, max_bytes=max_bytes))
 
 
 def _fused_step() -> Any:
