@@ -100,13 +100,6 @@ _ERF_F32_CENTRE = np.float32(2.5)
 _ZERO_F32 = np.float32(0.0)
 _HALF_F32 = np.float32(0.5)
 _ONE_F32 = np.float32(1.0)
-#: Taylor coefficients ``1 / i!`` of :func:`exp_float32`, rounded to float32.
-_EXP_F32_C2 = np.float32(1.0 / 2.0)
-_EXP_F32_C3 = np.float32(1.0 / 6.0)
-_EXP_F32_C4 = np.float32(1.0 / 24.0)
-_EXP_F32_C5 = np.float32(1.0 / 120.0)
-_EXP_F32_C6 = np.float32(1.0 / 720.0)
-_EXP_F32_C7 = np.float32(1.0 / 5040.0)
 
 
 @intrinsic
@@ -120,6 +113,25 @@ def _reinterpret(typingctx, value, target):  # pragma: no cover - runs inside Nu
         return builder.bitcast(args[0], context.get_value_type(result_type))
 
     return signature, codegen
+
+
+@njit(error_model="numpy", cache=True, fastmath={"contract"})
+def horner(coefficients, x):
+    """The polynomial with ``coefficients`` (a tuple of one type, the highest power first) at
+    ``x``, in Horner's form ``q = q x + c``; with FMA contraction allowed, each step may be one
+    fused multiply-add (the error bounds of ``docs/performance.md`` count two roundings per step,
+    which covers both). Numba unrolls the loop over the tuple, so the caller's loop vectorises as
+    if the steps were written out."""
+    q = coefficients[0]
+    for c in coefficients[1:]:
+        q = q * x + c
+    return q
+
+
+#: Taylor coefficients ``1 / i!`` of :func:`exp_double`, ``i = 13`` down to 0.
+_EXP_DOUBLE_TAYLOR = tuple(1.0 / math.factorial(i) for i in range(13, -1, -1))
+#: Taylor coefficients ``1 / i!`` of :func:`exp_float32`, ``i = 7`` down to 0, rounded to float32.
+_EXP_F32_TAYLOR = tuple(np.float32(1.0 / math.factorial(i)) for i in range(7, -1, -1))
 
 
 @njit(error_model="numpy", cache=True)
@@ -143,20 +155,7 @@ def exp_double(x):
     y = EXP_CLAMP if (x < EXP_CLAMP or nan) else x
     k, r = _reduce(y)
     # Taylor polynomial of degree 13: the remainder is below 0.08 ulp on |r| <= ln2 / 2.
-    q = 1.0 / 6227020800.0
-    q = q * r + 1.0 / 479001600.0
-    q = q * r + 1.0 / 39916800.0
-    q = q * r + 1.0 / 3628800.0
-    q = q * r + 1.0 / 362880.0
-    q = q * r + 1.0 / 40320.0
-    q = q * r + 1.0 / 5040.0
-    q = q * r + 1.0 / 720.0
-    q = q * r + 1.0 / 120.0
-    q = q * r + 1.0 / 24.0
-    q = q * r + 1.0 / 6.0
-    q = q * r + 0.5
-    q = q * r + 1.0
-    q = q * r + 1.0
+    q = horner(_EXP_DOUBLE_TAYLOR, r)
     result = q * _power_of_two(k)
     return x if nan else result
 
@@ -184,14 +183,7 @@ def exp_float32(x):
     # y - k ln2_hi is exact (k ln2_hi is a multiple of 2**-9, of no more bits than y, and
     # |y - k ln2_hi| <= |y|); the one rounding is that of r itself.
     r = (y - k * LN2_HI_F32) - k * LN2_LO_F32
-    q = _EXP_F32_C7
-    q = q * r + _EXP_F32_C6
-    q = q * r + _EXP_F32_C5
-    q = q * r + _EXP_F32_C4
-    q = q * r + _EXP_F32_C3
-    q = q * r + _EXP_F32_C2
-    q = q * r + _ONE_F32
-    q = q * r + _ONE_F32
+    q = horner(_EXP_F32_TAYLOR, r)
     # (an int32 shifted is typed int64 by Numba: truncated back, its low 32 bits)
     return q * _reinterpret(np.int32(_reinterpret(shifted, np.int32) << np.int32(23)), np.float32)
 
@@ -207,8 +199,7 @@ def tanh_half_float32(q):
     return (_ONE_F32 - e) / (_ONE_F32 + e)
 
 
-_T0, _T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9 = _ERF_F32_TAYLOR
-_E0, _E1, _E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9, _E10, _E11, _E12, _E13, _E14 = _ERFC_F32_POLYNOMIAL
+_ERF_F32_TAYLOR_HIGHEST_FIRST = tuple(reversed(_ERF_F32_TAYLOR))
 
 
 @njit(error_model="numpy", cache=True, fastmath={"contract"})
@@ -224,34 +215,10 @@ def erf_float32(x):
     exponential per element.)
     """
     s = x * x
-    p = _T9
-    p = p * s + _T8
-    p = p * s + _T7
-    p = p * s + _T6
-    p = p * s + _T5
-    p = p * s + _T4
-    p = p * s + _T3
-    p = p * s + _T2
-    p = p * s + _T1
-    p = p * s + _T0
-    small = x * p
+    small = x * horner(_ERF_F32_TAYLOR_HIGHEST_FIRST, s)
     # NaN < 4 is false, so a NaN x stays NaN here and in every step below.
     t = (_ERF_F32_LARGEST if x > _ERF_F32_LARGEST else x) - _ERF_F32_CENTRE
-    q = _E0
-    q = q * t + _E1
-    q = q * t + _E2
-    q = q * t + _E3
-    q = q * t + _E4
-    q = q * t + _E5
-    q = q * t + _E6
-    q = q * t + _E7
-    q = q * t + _E8
-    q = q * t + _E9
-    q = q * t + _E10
-    q = q * t + _E11
-    q = q * t + _E12
-    q = q * t + _E13
-    q = q * t + _E14
+    q = horner(_ERFC_F32_POLYNOMIAL, t)
     return small if x < _ONE_F32 else _ONE_F32 - q
 
 
