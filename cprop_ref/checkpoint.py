@@ -91,8 +91,12 @@ def decode(entries: dict[str, np.ndarray], source: str = "checkpoint") -> Any:
 def save(path: str | os.PathLike[str], tree: Any) -> None:
     """Write ``tree`` to ``path`` atomically: a temporary file in the same folder is
     written, flushed to disk, then renamed over ``path``; a crash leaves the old file
-    or the new one, never a truncated one."""
+    or the new one, never a truncated one. Where ``path`` is a symbolic link, the file it
+    points to is replaced and the link stays (renaming over the link would replace the link
+    itself by a regular file)."""
     target = Path(path)
+    if target.is_symlink():
+        target = target.resolve()
     buffer = io.BytesIO()
     np.savez(buffer, **encode(tree))
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
