@@ -156,7 +156,7 @@ def standardized_unguarded(m, v, inv_bias, inv_denominator, one_sample, eps, zer
     gives ``se = inf`` on both sides (the same ``-m_hat / inf``), and with ``m_hat^2 = inf``
     a NaN variance here; ``se = 0`` gives ``+-inf`` or ``0 / 0`` here. Otherwise every
     operation is the guarded one. The one loops use it in the fast path and redo the rare
-    elements where it is not finite with :func:`standardized` (``adam._edges_of_block``).
+    elements where it is not finite with :func:`standardized` (``adam._cprop_adam_edges``, ``sgd._cprop_sgd_edges``).
     """
     m_hat = m * inv_bias
     difference = v * inv_bias - m_hat * m_hat
