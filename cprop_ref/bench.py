@@ -12,6 +12,10 @@ Rows (every time is the median over repeated steps, after warm-up steps):
   (``betas = (cprop_beta, cprop_beta)``), and for Adam and CProp-SGD, 4 + 3 arrays. Each
   CProp row is also shown against its own bound, and the default CProp-Adam ``bft`` without
   the finiteness check (``nonfinite="propagate"``, what torch does) shows that check's cost.
+  Fused Adam is timed twice: as torch allocates (4 KiB pages: its CPU allocator asks for huge
+  pages only under ``THP_MEM_ALLOC_ENABLE=1``) and on arrays allocated by NumPy, as the
+  CProp rows and the bounds are (NumPy asks the kernel for transparent huge pages for arrays
+  of 4 MiB and more, ``madvise``): the same bytes, the same pages, the fair comparison.
 - ``many tensors``: the same total split into tensors of mixed sizes, against one tensor: as
   separate arrays, and as views of one buffer (:func:`cprop_ref.kernels.flat.flat_parameters`).
 - ``2 elements``: time per ``step()`` call (the Rosenbrock case), against ``torch.optim.Adam``.
@@ -39,6 +43,8 @@ import numpy as np
 #: The memory bounds: rows named by the arrays read and written per element.
 BOUND = "memory bound (4 reads + 3 writes)"
 BOUND_PRIVATE_M = "memory bound (5 reads + 4 writes)"
+FUSED_ADAM = "torch.optim.Adam(fused=True)"
+FUSED_ADAM_NUMPY_MEMORY = "torch.optim.Adam(fused=True), NumPy's memory"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -120,6 +126,42 @@ def _torch_port() -> Any:
         return None
 
 
+def transparent_huge_pages() -> str | None:
+    """The kernel's transparent-huge-page mode (``always``, ``madvise``, ``never``), or None
+    where the system does not say (not Linux)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    chosen = [word[1:-1] for word in text.split() if word.startswith("[")]
+    return chosen[0] if chosen else None
+
+
+def torch_pages(mode: str | None) -> str:
+    """The pages torch's CPU allocator gets for a large tensor under the huge-page ``mode``."""
+    if mode == "always" or (mode == "madvise" and os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"):
+        return "huge pages"
+    return "4 KiB pages" if mode is not None else "pages unknown"
+
+
+def fused_adam_on_numpy_memory(torch: Any, grad: np.ndarray) -> Callable[[], Any]:
+    """``torch.optim.Adam(fused=True)`` whose weight and moments are NumPy arrays (shared with
+    torch by ``torch.from_numpy``), so that it runs on the memory pages the CProp rows run on.
+    Its state is filled in before the first step as Adam's own first step would create it
+    (``step`` a float32 scalar tensor, both moments zero): the same numbers as the default row."""
+    n = grad.size
+    weight = torch.from_numpy(np.zeros(n, np.float32)).requires_grad_()
+    weight.grad = torch.from_numpy(grad)
+    optimizer = torch.optim.Adam([weight], lr=1e-3, fused=True)
+    optimizer.state[weight] = {
+        "step": torch.tensor(0.0, dtype=torch.float32),
+        "exp_avg": torch.from_numpy(np.zeros(n, np.float32)),
+        "exp_avg_sq": torch.from_numpy(np.zeros(n, np.float32)),
+    }
+    return optimizer.step
+
+
 def mixed_sizes(total: int, count: int, seed: int = 0) -> list[int]:
     """``count`` sizes spread log-uniformly over three orders of magnitude, summing to ``total``."""
     rng = np.random.default_rng(seed)
@@ -171,6 +213,7 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "processor": _cpu_model(),
+        "transparent_huge_pages": transparent_huge_pages(),
     }
     torch = _torch()
     info["torch"] = None if torch is None else torch.__version__
@@ -232,9 +275,10 @@ def bench_single_tensor(table: Table, n: int, args: argparse.Namespace) -> None:
         weights = [torch.zeros(n, requires_grad=True) for _ in range(2)]
         for weight in weights:
             weight.grad = torch.from_numpy(grad)
-        steps["torch.optim.Adam(fused=True)"] = torch.optim.Adam([weights[0]], lr=1e-3, fused=True).step
+        steps[FUSED_ADAM] = torch.optim.Adam([weights[0]], lr=1e-3, fused=True).step
+        steps[FUSED_ADAM_NUMPY_MEMORY] = fused_adam_on_numpy_memory(torch, grad)
         steps["torch.optim.SGD"] = torch.optim.SGD([weights[1]], lr=1e-3).step
-        fused_adam, plain_sgd = "torch.optim.Adam(fused=True)", "torch.optim.SGD"
+        fused_adam, plain_sgd = FUSED_ADAM, "torch.optim.SGD"
     else:
         fused_adam, plain_sgd = BOUND_PRIVATE_M, BOUND
     # name: (make(parameter, backend), compared with, own memory bound, NumPy row too)
@@ -268,14 +312,25 @@ def bench_single_tensor(table: Table, n: int, args: argparse.Namespace) -> None:
         gbytes = arrays_moved * 4 * n / medians[bound] / 1e9
         table.add(group, bound, medians[bound], note=f"{gbytes:.1f} GB/s")
     if torch is not None:
-        table.add(group, fused_adam, medians[fused_adam], BOUND)
+        mode = transparent_huge_pages()
+        table.add(group, fused_adam, medians[fused_adam], BOUND, note=f"torch's allocator: {torch_pages(mode)}")
+        table.add(
+            group,
+            FUSED_ADAM_NUMPY_MEMORY,
+            medians[FUSED_ADAM_NUMPY_MEMORY],
+            BOUND,
+            note=f"NumPy's arrays, as the CProp rows (transparent huge pages: {mode or 'unknown'})",
+        )
         table.add(group, plain_sgd, medians[plain_sgd], BOUND)
     else:
-        table.add(group, "torch.optim.Adam(fused=True)", None, note="torch not installed: skipped")
+        table.add(group, FUSED_ADAM, None, note="torch not installed: skipped")
+        table.add(group, FUSED_ADAM_NUMPY_MEMORY, None, note="torch not installed: skipped")
         table.add(group, "torch.optim.SGD", None, note="torch not installed: skipped")
     for name, (_, against, bound, _) in makers.items():
         table.add(group, f"{name} [numba]", medians[f"{name} [numba]"], against)
         table.add(group, f"{name} [numba] vs bound", medians[f"{name} [numba]"], bound)
+        if torch is not None and against == fused_adam:
+            table.add(group, f"{name} [numba] vs the same pages", medians[f"{name} [numba]"], FUSED_ADAM_NUMPY_MEMORY)
     steps.clear()
     # The project's PyTorch port takes about a second per step at this size: measured after, on
     # its own. Interleaved, it slowed every row after it, and unevenly (the bound and fused Adam
