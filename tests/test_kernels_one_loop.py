@@ -30,6 +30,14 @@ from cprop_ref.kernels import sgd as sgd_kernels
 from cprop_ref.kernels.scale import CDF_CODES, CDF_MARKERS, cprop_scalars
 
 SIZES = [0, 1, 7, 33, 2047, 2048, 2049, 5000]
+#: Long enough for the software-pipelined loop (``adam._cprop_adam_pipeline``): exactly its
+#: shortest range, with a remainder for the block-by-block loop, and more blocks.
+BLOCK = adam_kernels.PIPELINE_BLOCK
+PIPELINED_SIZES = [
+    adam_kernels.PIPELINE_MIN_BLOCKS * BLOCK,
+    adam_kernels.PIPELINE_MIN_BLOCKS * BLOCK + 2049,
+    11 * BLOCK + 5,
+]
 
 
 def assert_same_bits(a: np.ndarray, b: np.ndarray, what: str) -> None:
@@ -57,9 +65,10 @@ def assert_runs_same_bits(params_one: list, states_one: list, params_stages: lis
                 assert value == stages[name], f"state {k}.{name}"
 
 
-def initial_state(rng: np.random.Generator, n: int, dtype: Any, extreme: bool) -> np.ndarray:
+def initial_state(rng: np.random.Generator, n: int, dtype: Any, extreme: bool, at: tuple[int, ...] = ()) -> np.ndarray:
     """Five state rows (Adam's m, v, AMSGrad's maximum, CProp's m, v) with ``v >= m^2``, and,
-    when ``extreme``, zeros, overflowed, huge and tiny entries scattered in."""
+    when ``extreme``, zeros, overflowed, huge and tiny entries scattered in, and an overflowed
+    moment at each index of ``at`` (an element whose ``z`` meets an edge of the range)."""
     m = rng.standard_normal((2, n)) * 10.0 ** rng.integers(-3, 3, (2, n))
     v = m**2 * (1.0 + rng.random((2, n)))
     arena = np.stack([m[0], v[0], v[0], m[1], v[1]]).astype(dtype)
@@ -71,6 +80,8 @@ def initial_state(rng: np.random.Generator, n: int, dtype: Any, extreme: bool) -
             arena[row, picks[1]] = np.inf if row in (1, 4) else big
             arena[row, picks[2]] = big / 3 if row in (0, 3) else big
             arena[row, picks[3]] = np.finfo(dtype).tiny
+    for k in at:
+        arena[[0, 3], k] = np.finfo(dtype).max  # m_hat overflows: the guarded z, in the edge pass
     return arena
 
 
@@ -127,6 +138,29 @@ def scalar_row(cfg: dict[str, Any], t: int, dtype: Any) -> np.ndarray:
     seed=st.integers(0, 2**32 - 1),
 )
 def test_one_loop_is_the_stages_bit_for_bit(cfg, dtype, n, extreme, seed):
+    _assert_one_loop_is_the_stages(cfg, dtype, n, extreme, seed)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    cfg=configurations(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    n=st.sampled_from(PIPELINED_SIZES),
+    extreme=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_the_pipelined_one_loop_is_the_stages_bit_for_bit(cfg, dtype, n, extreme, seed):
+    """Ranges long enough for the pipelined loop, with edge elements at the first and last
+    element of its first and last block, of the next to last, and in the remainder: each is
+    redone after the pass that steps its block (with the block after it already half done)."""
+    count = n // BLOCK
+    at = (0, BLOCK - 1, BLOCK, (count - 1) * BLOCK - 1, (count - 1) * BLOCK, count * BLOCK - 1, n - 1)
+    _assert_one_loop_is_the_stages(cfg, dtype, n, extreme, seed, at)
+
+
+def _assert_one_loop_is_the_stages(
+    cfg: dict[str, Any], dtype: Any, n: int, extreme: bool, seed: int, at: tuple[int, ...] = ()
+) -> None:
     single = dtype == np.float32
     variant = adam_kernels.one_loop_variant(True, False, single, CDF_CODES[cfg["cprop_cdf"]], *privacy(cfg))
     routed = variant is not None
@@ -134,7 +168,7 @@ def test_one_loop_is_the_stages_bit_for_bit(cfg, dtype, n, extreme, seed):
     one = (flag_row(cfg, routed), variant if routed else adam_kernels.NO_ONE_LOOP)
     stages = (flag_row(cfg, False), adam_kernels.NO_ONE_LOOP)
     rng = np.random.default_rng(seed)
-    arena = initial_state(rng, n, dtype, extreme)
+    arena = initial_state(rng, n, dtype, extreme, at)
     p = (rng.standard_normal(n) * 10.0 ** rng.integers(-2, 3)).astype(dtype)
     runs = {"one loop": (p.copy(), arena.copy(), one), "stages": (p.copy(), arena.copy(), stages)}
     for t in range(1, 5):
