@@ -275,9 +275,34 @@ def _x86_with_avx() -> bool:
         return False
 
 
+# The functions that hold the loops (the one loops' functions call them block by block, or
+# pass by pass), and a call of each on zeros.
 LOOPS = {
-    "adam": lambda loop, marker, a: loop(marker, a, a, a, a, a, None, np.zeros(40, a.dtype), False),
-    "sgd": lambda loop, marker, a: loop(marker, a, a, a, a, a, np.zeros(40, a.dtype), False, False, False),
+    "adam": (
+        adam_kernels._cprop_adam_block,
+        lambda loop, marker, a: loop(marker, a, a, a, a, a, None, np.zeros(40, a.dtype), False),
+    ),
+    "adam, pipelined": (
+        adam_kernels._cprop_adam_pipeline_pass,
+        lambda loop, marker, a: loop(
+            marker,
+            a,
+            a,
+            a,
+            a,
+            a,
+            None,
+            np.zeros((2, a.size), a.dtype),
+            a,
+            np.zeros((2, a.size), a.dtype),
+            np.zeros(40, a.dtype),
+            False,
+        ),
+    ),
+    "sgd": (
+        sgd_kernels._cprop_sgd_block,
+        lambda loop, marker, a: loop(marker, a, a, a, a, a, np.zeros(40, a.dtype), False, False, False),
+    ),
 }
 
 
@@ -294,11 +319,9 @@ def test_the_one_loop_is_vectorised(family, cdf, dtype):
         pytest.skip("the float64 normal takes the chunked stages (the C library's erf is scalar)")
     from numba import njit
 
-    module = adam_kernels if family == "adam" else sgd_kernels
-    # The fast path of a block holds the loop (the one loop's function calls it block by block).
-    source = module._cprop_adam_block if family == "adam" else module._cprop_sgd_block
+    source, call = LOOPS[family]
     loop = njit(error_model="numpy")(source.py_func)  # a fresh compilation: cached code has no assembly
-    LOOPS[family](loop, CDF_MARKERS[CDF_CODES[cdf]], np.zeros(64, dtype))
+    call(loop, CDF_MARKERS[CDF_CODES[cdf]], np.zeros(64, dtype))
     asm = next(iter(loop.inspect_asm().values()))
     packed = "vdivps" if dtype == np.float32 else "vdivpd"
     vector_divisions = re.findall(rf"{packed}\s+[^\n]*%[yz]mm", asm)
