@@ -19,9 +19,12 @@ class OpenLoopCase:
     config: PortConfig
     params: list[np.ndarray]
     grads: list[list[np.ndarray | None]]
+    layouts: list[str] | None = None
 
     def run(self, port: Any, port_spec: str | None = None, coverage: Coverage | None = None) -> Coverage:
-        return check_open_loop(port, self.config, self.params, self.grads, port_spec=port_spec, coverage=coverage)
+        return check_open_loop(
+            port, self.config, self.params, self.grads, layouts=self.layouts, port_spec=port_spec, coverage=coverage
+        )
 
 
 @dataclass
@@ -32,10 +35,18 @@ class InjectedCase:
     params: list[np.ndarray]
     states: list[dict[str, Any]]
     grads: list[np.ndarray | None]
+    layouts: list[str] | None = None
 
     def run(self, port: Any, port_spec: str | None = None, coverage: Coverage | None = None) -> Coverage:
         return check_injected_step(
-            port, self.config, self.params, self.states, self.grads, port_spec=port_spec, coverage=coverage
+            port,
+            self.config,
+            self.params,
+            self.states,
+            self.grads,
+            layouts=self.layouts,
+            port_spec=port_spec,
+            coverage=coverage,
         )
 
 

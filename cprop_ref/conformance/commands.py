@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import DTYPES
+from .dtypes import DTYPES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="open_loop,injected,closed_loop",
         help="comma-separated checks to run (default open_loop,injected,closed_loop)",
     )
-    verify.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated dtypes (default float32,float64)")
+    verify.add_argument(
+        "--dtypes", default=",".join(DTYPES), help=f"comma-separated dtypes (default {','.join(DTYPES)})"
+    )
     verify.add_argument("--fixtures", default=None, help="also check the golden fixtures in this directory")
     verify.add_argument(
         "--random", action="store_true", help="draw fresh random examples (default: derandomized, reproducible)"

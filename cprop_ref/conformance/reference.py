@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import SGD, Adam, AdamW, CProp, CPropAdam, CPropSGD
 from .config import PortConfig
+from .dtypes import round_to_bfloat16
 
 _BASES = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
 _SPECIALISED = {"CPropSGD": CPropSGD, "CPropAdam": CPropAdam}
@@ -41,6 +42,11 @@ class ReferenceRun:
 
     def step(self, grads: Sequence[np.ndarray | None]) -> None:
         self.optimizer.step(list(grads))
+        if self.config.dtype == "bfloat16":
+            # NumPy has no bfloat16: the reference steps float32 parameters (its statistics are
+            # float32, as for float16) and rounds each once to bfloat16 after the step.
+            for p in self._params:
+                p[...] = round_to_bfloat16(p)
 
     def params(self) -> list[np.ndarray]:
         return [p.copy() for p in self._params]

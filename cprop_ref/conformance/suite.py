@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .config import DTYPES
+from .dtypes import DTYPES
 from .protocol import Unsupported
 from .report import ConformanceMismatch, Coverage, SuiteReport
 
