@@ -308,3 +308,18 @@ class LostNonContiguousUpdate(CPropSGD):
 
 statistics_in_16_bits = broken_port(StatisticsIn16Bits)
 lost_non_contiguous_update = broken_port(LostNonContiguousUpdate)
+
+
+class LossyStateDict(CPropSGD):
+    """``state_dict()`` leaves CProp's statistics out (only the step count and the momentum
+    buffer are saved): after a resume the statistics start again from zero."""
+
+    def state_dict(self):
+        sd = super().state_dict()
+        for entry in sd["state"].values():
+            entry.pop("cprop_m", None)
+            entry.pop("cprop_v", None)
+        return sd
+
+
+lossy_state_dict = broken_port(LossyStateDict)

@@ -15,6 +15,7 @@ or outside [0, 1]). A parameter whose bound is infinite is counted the same way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -70,7 +71,15 @@ class _Comparer:
         )
 
     def compare(
-        self, step: int, tensor: int, quantity: str, port: Any, ref: Any, bound: Any, excused: Any = None
+        self,
+        step: int,
+        tensor: int,
+        quantity: str,
+        port: Any,
+        ref: Any,
+        bound: Any,
+        excused: Any = None,
+        note: str = "",
     ) -> None:
         """``excused``: elements where a difference belongs to the wrapped framework optimizer,
         not to CProp (:attr:`.bounds.TensorBounds.base_overflow`): counted, never compared."""
@@ -116,6 +125,7 @@ class _Comparer:
                 detail = "NaN on one side only is wrong whatever the rounding"
             elif unconstrained[element]:
                 detail = "unconstrained element"
+            detail = "; ".join(x for x in (note, detail) if x)
             self.fail(
                 step, tensor, element, quantity, float(p64[element]), float(r64[element]), float(bound[element]), detail
             )
@@ -357,3 +367,107 @@ def check_closed_loop(
         _compare_step(comparer, step, run, ref, bounds, params_before, states_before, [g_ref], [g_error])
         coverage.steps += 1
     return _done(coverage, config)
+
+
+def check_resume(
+    port: Any,
+    config: PortConfig,
+    params: Sequence[np.ndarray],
+    grads: Sequence[Grads],
+    resume_at: int,
+    *,
+    layouts: Sequence[str] | None = None,
+    port_spec: str | None = None,
+    coverage: Coverage | None = None,
+) -> Coverage:
+    """(d) Save and restore through the port's own mechanism after ``resume_at`` steps, then go on.
+
+    The port's ``save()`` gives its serialised state (bytes); the harness builds a fresh run
+    from the same configuration and the parameters at that point, calls ``restore(data)`` on
+    it and continues the stream. Every later step is compared with the reference (within the
+    bounds, as the open loop) and with the uninterrupted run of the same port, which must be
+    equal bit for bit (``resume`` quantity: the same code on the same data).
+    """
+    coverage = Coverage() if coverage is None else coverage
+    if not 1 <= resume_at < len(grads):
+        raise ValueError(f"check_resume: resume_at={resume_at} must be in [1, {len(grads) - 1}] for {len(grads)} steps")
+
+    def make_snippet(step: int) -> str:
+        stream = "[" + ", ".join("[" + ", ".join(array_literal(g) for g in gs) + "]" for gs in grads[:step]) + "]"
+        return snippet(
+            port_spec,
+            config,
+            f"check_resume(port, config, params, grads, {resume_at}, layouts=layouts)",
+            params="[" + ", ".join(array_literal(np.asarray(p, config.np_dtype)) for p in params) + "]",
+            grads=stream,
+            layouts=repr(None if layouts is None else list(layouts)),
+        )
+
+    comparer = _Comparer("resume", config, coverage, make_snippet)
+    straight, _ = _start(comparer, port, config, params, layouts)
+    if optional(straight, "save") is None or optional(straight, "restore") is None:
+        raise Unsupported("the port has no save() / restore(): the resume check needs them")
+    uninterrupted = []
+    for step, gs in enumerate(grads, start=1):
+        port_grads = apply_layouts(
+            [None if g is None else to_storage(g, config.dtype) for g in gs], gradient_layouts(layouts)
+        )
+        _port_call(comparer, step, "step(grads)", lambda g=port_grads: straight.step(g))
+        uninterrupted.append(
+            (_port_call(comparer, step, "params()", straight.params), _read_state(comparer, step, straight))
+        )
+    run, ref = _start(comparer, port, config, params, layouts)
+    bounds = RunBounds(config, [np.shape(p) for p in params])
+    for step, gs in enumerate(grads, start=1):
+        if step == resume_at + 1:
+            data = _port_call(comparer, step - 1, "save()", run.save)
+            current = _port_call(comparer, step - 1, "params()", run.params)
+            current = [to_storage(p, config.dtype) for p in current]
+            run = _port_call(
+                comparer,
+                step - 1,
+                "building the optimizer to resume",
+                lambda c=current: port(config, apply_layouts(c, layouts)),
+            )
+            restore = optional(run, "restore")
+            if restore is None:
+                comparer.fail(
+                    step - 1, -1, (), "exception", math.nan, math.nan, 0.0, "the rebuilt run has no restore()"
+                )
+            _port_call(comparer, step - 1, "restore(data)", lambda d=data, r=restore: r(d))
+        _step_both(comparer, step, run, ref, bounds, gs, layouts)
+        if step > resume_at:
+            params_straight, state_straight = uninterrupted[step - 1]
+            resumed_params = _port_call(comparer, step, "params()", run.params)
+            state = _read_state(comparer, step, run)
+            for k in range(len(params)):
+                if state is not None and state_straight is not None and state_straight[k] is not None:
+                    if state[k] is None:
+                        comparer.fail(
+                            step, k, (), "resume", math.nan, math.nan, 0.0, "the resumed run lost CProp's statistics"
+                        )
+                    for name, index in (("cprop_m", 0), ("cprop_v", 1)):
+                        comparer.compare(
+                            step,
+                            k,
+                            "resume",
+                            state[k][index],
+                            state_straight[k][index],
+                            0.0,
+                            note=f"{name} against the uninterrupted run of the same port",
+                        )
+                comparer.compare(
+                    step,
+                    k,
+                    "resume",
+                    resumed_params[k],
+                    params_straight[k],
+                    0.0,
+                    note="param against the uninterrupted run of the same port",
+                )
+    return _done(coverage, config)
+
+
+def _read_state(comparer: _Comparer, step: int, run: Any) -> Any:
+    read = optional(run, "cprop_state")
+    return _port_call(comparer, step, "cprop_state()", read) if read else None

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .dtypes import DTYPES
+from .suite import CHECKS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--examples", type=int, default=100, help="hypothesis examples per check (default 100)")
     verify.add_argument(
         "--checks",
-        default="open_loop,injected,closed_loop",
-        help="comma-separated checks to run (default open_loop,injected,closed_loop)",
+        default=",".join(CHECKS),
+        help=f"comma-separated checks to run (default {','.join(CHECKS)})",
     )
     verify.add_argument(
         "--dtypes", default=",".join(DTYPES), help=f"comma-separated dtypes (default {','.join(DTYPES)})"

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from ..cdf import CDF_NAMES
 from ..scale import bias_correction, effective_sample_size
-from .cases import ClosedLoopCase, InjectedCase, OpenLoopCase
+from .cases import ClosedLoopCase, InjectedCase, OpenLoopCase, ResumeCase
 from .config import PortConfig
 from .dtypes import DTYPES, HALF_DTYPES, compute_dtype, largest, to_storage
 
@@ -129,12 +129,12 @@ def _stream(rng: np.random.Generator, kind: str, shape: tuple[int, ...], steps: 
 
 @st.composite
 def gradient_streams(
-    draw: Any, dtype: str, max_steps: int = 12, max_tensors: int = 3
+    draw: Any, dtype: str, max_steps: int = 12, max_tensors: int = 3, min_steps: int = 1
 ) -> tuple[list[np.ndarray], list[list[np.ndarray | None]]]:
     """Initial parameters and a gradient stream: ``(params, grads)``, ``grads[i][k]`` or ``None``."""
     n_tensors = draw(st.integers(1, max_tensors), label="number of tensors")
     shapes = [draw(st.sampled_from(SHAPES), label=f"shape of tensor {k}") for k in range(n_tensors)]
-    steps = draw(st.integers(1, max_steps), label="steps")
+    steps = draw(st.integers(min_steps, max_steps), label="steps")
     seed = draw(st.integers(0, 2**32 - 1), label="numpy seed")
     rng = np.random.default_rng(seed)
     params, columns = [], []
@@ -169,6 +169,15 @@ def open_loop_cases(draw: Any, dtypes: tuple[str, ...] = DTYPES, max_steps: int 
     config = draw(configs(dtypes), label="configuration")
     params, grads = draw(gradient_streams(config.dtype, max_steps=max_steps), label="stream")
     return OpenLoopCase(config, params, grads, layouts_for(draw, params))
+
+
+@st.composite
+def resume_cases(draw: Any, dtypes: tuple[str, ...] = DTYPES, max_steps: int = 8) -> ResumeCase:
+    """An open-loop stream of 2 to ``max_steps`` steps and the step after which to save and restore."""
+    config = draw(configs(dtypes), label="configuration")
+    params, grads = draw(gradient_streams(config.dtype, max_steps=max_steps, min_steps=2), label="stream")
+    resume_at = draw(st.integers(1, len(grads) - 1), label="resume after step")
+    return ResumeCase(config, params, grads, resume_at, layouts_for(draw, params))
 
 
 def _statistics(

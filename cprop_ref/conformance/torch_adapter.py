@@ -10,6 +10,7 @@ wrapped base optimizer).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,6 +81,16 @@ class TorchRun:
 
     def params(self) -> list[np.ndarray]:
         return [_to_numpy(p) for p in self.tensors]
+
+    def save(self) -> bytes:
+        """The optimizer's ``state_dict()`` serialised with ``torch.save`` (what a user checkpoints)."""
+        buffer = io.BytesIO()
+        torch.save(self.optimizer.state_dict(), buffer)
+        return buffer.getvalue()
+
+    def restore(self, data: bytes) -> None:
+        """``load_state_dict`` of what :meth:`save` wrote, into this freshly built optimizer."""
+        self.optimizer.load_state_dict(torch.load(io.BytesIO(data), weights_only=True))
 
     def scales(self) -> list[np.ndarray | None] | None:
         """The optimizer's ``scales()``; ``None`` (not compared) if it has no such method."""
