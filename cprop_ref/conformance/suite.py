@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .dtypes import DTYPES
+from .edges import edge_cases
 from .protocol import Unsupported
 from .report import ConformanceMismatch, Coverage, SuiteReport
 
@@ -51,8 +52,9 @@ def run_check(
     max_examples: int = 50,
     derandomize: bool = True,
     dtypes: tuple[str, ...] = DTYPES,
+    seed: int | None = None,
 ) -> tuple[Coverage, ConformanceMismatch | None]:
-    """One check over ``max_examples`` generated cases; the shrunk first mismatch, if any."""
+    """One check over ``max_examples`` generated cases (and the edge cases); the shrunk first mismatch, if any."""
     coverage, failures = run_check_all(
         check,
         port,
@@ -61,6 +63,7 @@ def run_check(
         derandomize=derandomize,
         dtypes=dtypes,
         max_mismatches=1,
+        seed=seed,
     )
     return coverage, (failures[0] if failures else None)
 
@@ -74,6 +77,8 @@ def run_check_all(
     derandomize: bool = True,
     dtypes: tuple[str, ...] = DTYPES,
     max_mismatches: int = 3,
+    edges: bool = True,
+    seed: int | None = None,
 ) -> tuple[Coverage, list[ConformanceMismatch]]:
     """One check over ``max_examples`` generated cases; up to ``max_mismatches`` distinct
     mismatches, each shrunk.
@@ -81,10 +86,13 @@ def run_check_all(
     Distinct means another :attr:`~.report.Mismatch.signature` (quantity or crash, and the
     optimizer family). After each one is found, the search runs again with cases failing the
     same way counted as "seen again" instead of failed, so one crash or one bug cannot mask
-    the others, neither in the search nor in hypothesis's shrinking.
+    the others, neither in the search nor in hypothesis's shrinking. ``edges``: also the
+    explicit edge cases of :mod:`.edges` (run first, in every run). ``seed``: hypothesis's
+    random seed (with ``derandomize=False``), to reproduce a ``--random`` run.
     """
     try:
-        from hypothesis import HealthCheck, Phase, given, settings
+        from hypothesis import HealthCheck, Phase, example, given, settings
+        from hypothesis import seed as hypothesis_seed
     except ImportError as err:
         raise ImportError("the conformance suite needs hypothesis: pip install 'cprop-ref[test]'") from err
 
@@ -113,6 +121,12 @@ def run_check_all(
                 if err.mismatch.signature not in known:
                     raise
                 coverage.seen_again[err.mismatch.signature] = coverage.seen_again.get(err.mismatch.signature, 0) + 1
+
+        if edges:  # every run includes the edge cases by construction (:mod:`.edges`), whatever the seed
+            for case in edge_cases(check, dtypes):
+                run = example(case=case)(run)
+        if seed is not None and not derandomize:
+            run = hypothesis_seed(seed)(run)
 
         try:
             run()
