@@ -141,6 +141,8 @@ class Coverage:
     base_differences: int = 0
     #: Cases that failed again in a way already reported (by signature), while searching for others.
     seen_again: dict[tuple[str, ...], int] = field(default_factory=dict)
+    #: The code-path switches (``checks.PATH_SWITCHES``) the cases exercised.
+    paths: set[str] = field(default_factory=set)
 
     def add_compared(self, quantity: str, count: int) -> None:
         self.compared[quantity] = self.compared.get(quantity, 0) + count
@@ -173,6 +175,14 @@ class SuiteReport:
             )
             for reason, n in sorted(cov.unsupported.items()):
                 lines.append(f"  {'':<12} declined by the port {n} times: {reason}")
+            if cov.paths:
+                from .checks import PATH_SWITCHES
+
+                missed = [p for p in PATH_SWITCHES if p not in cov.paths]
+                lines.append(
+                    f"  {'':<12} path switches exercised: {len([p for p in PATH_SWITCHES if p in cov.paths])} of "
+                    f"{len(PATH_SWITCHES)}" + (f"; not exercised: {', '.join(missed)}" if missed else "")
+                )
             if cov.base_differences:
                 lines.append(
                     f"  {'':<12} {cov.base_differences} parameter elements differ where the wrapped framework "
