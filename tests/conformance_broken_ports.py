@@ -245,8 +245,10 @@ class FusedOpsAdam(CPropAdam):
             state["cprop_v"] = state["exp_avg_sq"].clone()
         d = g + hp["weight_decay"] * p if hp["weight_decay"] != 0.0 else g
         beta1, beta2 = hp["betas"]
-        _fused_ema_(state["exp_avg"], d, beta1)
-        _fused_square_ema_(state["exp_avg_sq"], d, beta2)
+        # Adam's own moments as torch's Adam writes them: no beta = 0 case (0 * inf is NaN
+        # there, in torch and in the reference alike)
+        state["exp_avg"].mul_(beta1).add_(d, alpha=1.0 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(d, d, value=1.0 - beta2)
         if hp["amsgrad"]:
             torch.maximum(state["max_exp_avg_sq"], state["exp_avg_sq"], out=state["max_exp_avg_sq"])
         state["step"] += 1

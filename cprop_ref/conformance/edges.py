@@ -110,6 +110,12 @@ def open_loop_edges() -> list[OpenLoopCase]:
     for c in (0.0, 1.0):
         add(sgd(cprop=dict(c=c), lr=1.0, momentum=0.9, nesterov=True), huge)
         add(wrapper("SGD", cprop=dict(c=c), lr=1.0, momentum=0.9, nesterov=True), huge)
+    # torch.optim.Adam's first moment in lerp form overflows (|g - m| > max) where the
+    # reference's weighted sum does not: the framework's difference, counted apart
+    add(
+        wrapper("Adam", cprop=dict(beta=0.0, c=3.0), betas=(0.0, 0.9)),
+        [[3e38, -1.0, 1.0], [-3e38, 1.0, 1.0], [1.0] * 3],
+    )
     # 16-bit: zero gradients (eps underflows in 16 bits), subnormal float16 gradients
     for dtype in ("float16", "bfloat16"):
         zeros = [[0.0, 0.0, 0.0]] * 3

@@ -131,6 +131,8 @@ class Coverage:
     ill-conditioned scale elements counted instead, configurations the port declined."""
 
     examples: int = 0
+    #: The edge cases by construction that ran (:mod:`.edges`), besides the generated ``examples``.
+    edge_examples: int = 0
     steps: int = 0
     compared: dict[str, int] = field(default_factory=dict)
     unconstrained: int = 0
@@ -169,7 +171,7 @@ class SuiteReport:
         for name, cov in self.coverage.items():
             compared = ", ".join(f"{q} {n}" for q, n in sorted(cov.compared.items())) or "nothing"
             lines.append(
-                f"  {name:<12} {cov.examples} examples, {cov.steps} steps, {len(cov.configurations)} optimizer "
+                f"  {name:<12} {cov.examples} examples + {cov.edge_examples} edge cases, {cov.steps} steps, {len(cov.configurations)} optimizer "
                 f"configurations; elements compared: {compared}; unconstrained (ill-conditioned) elements counted, not compared: "
                 f"{cov.unconstrained}"
             )

@@ -100,6 +100,8 @@ def run_check_all(
     found: list[ConformanceMismatch] = []
     known: set[tuple[str, ...]] = set()
     rounds: list[Coverage] = []
+    explicit = edge_cases(check, dtypes) if edges else []
+    edge_ids = {id(case) for case in explicit}
     for round_number in range(max(1, max_mismatches)):
         rounds.append(coverage if round_number == 0 else Coverage())  # coverage: the first search only
 
@@ -116,14 +118,19 @@ def run_check_all(
         @given(case=case_strategy(check, dtypes))
         def run(case: Any) -> None:
             try:
-                run_case(case, port, rounds[-1], port_spec)
+                counted = rounds[-1]
+                before = counted.examples
+                run_case(case, port, counted, port_spec)
+                if id(case) in edge_ids and counted.examples > before:  # counted apart from the generated ones
+                    counted.examples -= 1
+                    counted.edge_examples += 1
             except ConformanceMismatch as err:
                 if err.mismatch.signature not in known:
                     raise
                 coverage.seen_again[err.mismatch.signature] = coverage.seen_again.get(err.mismatch.signature, 0) + 1
 
         if edges:  # every run includes the edge cases by construction (:mod:`.edges`), whatever the seed
-            for case in edge_cases(check, dtypes):
+            for case in explicit:
                 run = example(case=case)(run)
         if seed is not None and not derandomize:
             run = hypothesis_seed(seed)(run)
@@ -133,6 +140,8 @@ def run_check_all(
         except ConformanceMismatch as err:
             found.append(err)
             known.add(err.mismatch.signature)
+            if "PortTimeout" in err.mismatch.signature[0]:
+                break  # a hanging port would cost the time limit on every further case
             continue
         break
     return coverage, found
