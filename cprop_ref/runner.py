@@ -106,6 +106,30 @@ class OptimizerSpec:
         return cls(params, **options)
 
 
+_OPTIMIZER_CLASSES: dict[str, type] = {
+    "sgd": SGD,
+    "cprop-sgd": CPropSGD,
+    "adam": Adam,
+    "cprop-adam": CPropAdam,
+    "adamw": AdamW,
+    "cprop-adamw": AdamW,
+}
+
+
+def accepted_options(name: str) -> tuple[str, ...]:
+    """The keyword options an optimizer spec ``name`` takes (as :class:`OptimizerSpec` spells them)."""
+    cls = _OPTIMIZER_CLASSES[OptimizerSpec(name).name]
+    accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "params", "nonfinite")]
+    if name == "cprop-adamw":
+        accepted += ["cprop_beta", "cprop_c", "cprop_eps", "cprop_cdf"]
+    return tuple(accepted)
+
+
+def canonical_option(key: str) -> str:
+    """``c``, ``beta``, ``cdf`` to ``cprop_c``, ...; other names as they are."""
+    return _CPROP_ALIASES.get(key, key)
+
+
 def _check_keywords(cls: type, options: dict[str, Any], label: str) -> None:
     accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "params", "nonfinite")]
     unknown = sorted(set(options) - set(accepted))
