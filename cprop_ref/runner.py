@@ -331,7 +331,8 @@ def simulate(
     gradient are zero from then on and its parameters are put back after every step, so
     the other runs, element-wise independent, go on exactly as they would alone).
     ``details``: also the gradient norm, the distance to the minimiser and the scale
-    statistics at the recorded steps. The loop ends early when every run has diverged.
+    statistics at the recorded steps. ``mean_scale`` averages the CProp scale over the
+    elements and the recorded steps after the start (before any divergence). The loop ends early when every run has diverged.
     """
     runs = x.shape[0]
     recorded = {int(t): k for k, t in enumerate(record_steps)}
@@ -416,7 +417,9 @@ def simulate(
             np.fmin(best, np.where(alive, loss, np.nan), out=best)
             if target is not None:
                 reached[(reached < 0) & alive & (loss <= target)] = step
-            stats = _group_scale_stats(groups, runs)
+            # The scale is recomputed from the state, a cost comparable to the step: only at
+            # recorded steps (every step for run(), which records every step).
+            stats = _group_scale_stats(groups, runs) if step in recorded else None
             if stats is not None:
                 has_scale = True
                 scale_sum[alive] += stats[0][alive]

@@ -3,7 +3,8 @@
 Layout: an ``xarray.Dataset`` with dims ``optimizer``, one per grid key (the grid's order),
 ``seed`` and ``step`` (the recorded steps); variables ``loss`` (the recorded curve),
 ``final_loss``, ``best_loss``, ``steps_to_target`` (``-1``: not reached), ``diverged``,
-``diverged_step`` (``-1``: did not) and ``mean_scale`` (NaN without CProp), and in a store
+``diverged_step`` (``-1``: did not) and ``mean_scale`` (the CProp scale averaged over the
+elements and the recorded steps after the start; NaN without CProp), and in a store
 ``complete`` (``optimizer`` x grid), set for a unit's cells only after its results are
 written. The sweep's configuration is the JSON attribute ``cprop_ref_sweep``.
 
