@@ -12,7 +12,7 @@ a traced value: ``t`` and the arrays may be traced, jitted and vmapped.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -79,21 +79,40 @@ def standardized_mean(m_hat: jax.Array, se: jax.Array) -> jax.Array:
     return jnp.where(se == 0.0, limit, z)
 
 
-def cprop_scale(m: jax.Array, v: jax.Array, t: jax.Array, *, beta: float, c: float, eps: float, cdf_name: str):
-    """The scale ``s = min(2 c |F(-m_hat / se) - 0.5|, 1)`` in [0, 1] after ``t >= 1`` gradients
-    (``t`` an int32 scalar, traced or not)."""
-    dtype = np.dtype(m.dtype)
-    b = scalars.bias_correction(beta, t, dtype)
-    m_hat = m / b
-    v_hat = v / b
+class ScaleFactors(NamedTuple):
+    """The step-count-dependent scalars of the scale, once per step and dtype: ``b = 1 - beta^t``,
+    ``denominator = n - 1 + eps`` (both rounded once) and ``one_sample`` (``t = 1`` or ``beta = 0``)."""
+
+    b: jax.Array
+    denominator: jax.Array
+    one_sample: jax.Array
+
+
+def scale_factors(beta: float, eps: float, t: jax.Array, dtype: Any) -> ScaleFactors:
+    """:class:`ScaleFactors` after ``t >= 1`` gradients (``t`` an int32 scalar, traced or not)."""
+    b, denominator = scalars.scale_factors(beta, t, eps, np.dtype(dtype))
+    return ScaleFactors(b, denominator, (t <= 1) | (beta == 0.0))
+
+
+def scale_from_factors(m: jax.Array, v: jax.Array, factors: ScaleFactors, *, c: float, eps: float, cdf_name: str):
+    """The scale ``s = min(2 c |F(-m_hat / se) - 0.5|, 1)`` in [0, 1] from the statistics and the
+    step's :class:`ScaleFactors` (``m_hat = m / b``, ``v_hat = v / b``)."""
+    m_hat = m / factors.b
+    v_hat = v / factors.b
     # The bias-corrected mean of finite gradients is at most the largest of them; where the
     # quotient rounds past the range it is clamped to that value, not inf (as the reference).
-    largest = jnp.asarray(np.finfo(dtype).max, dtype)
+    largest = jnp.asarray(np.finfo(m.dtype).max, m.dtype)
     m_hat = jnp.where(jnp.isinf(m_hat) & jnp.isfinite(m), jnp.copysign(largest, m), m_hat)
-    one_sample = (t <= 1) | (beta == 0.0)
-    se = standard_error(m_hat, v_hat, scalars.degrees_of_freedom_plus(beta, t, eps, dtype), one_sample, eps)
+    se = standard_error(m_hat, v_hat, factors.denominator, factors.one_sample, eps)
     p = cdf(standardized_mean(m_hat, se), cdf_name)
     return jnp.minimum(2.0 * c * jnp.abs(p - 0.5), 1.0)
+
+
+def cprop_scale(m: jax.Array, v: jax.Array, t: Any, *, beta: float, c: float, eps: float, cdf_name: str):
+    """The scale after ``t >= 1`` gradients from the statistics ``m``, ``v`` (for study: the
+    transformations compute the factors once per step and dtype)."""
+    factors = scale_factors(beta, eps, jnp.asarray(t, jnp.int32), m.dtype)
+    return scale_from_factors(m, v, factors, c=c, eps=eps, cdf_name=cdf_name)
 
 
 def scale_update(update: jax.Array, s: jax.Array) -> jax.Array:
@@ -140,10 +159,10 @@ def adam_moments(
 
 
 def adam_delta(
-    exp_avg: jax.Array, second: jax.Array, t: jax.Array, lr: jax.Array | float, *, betas, eps: float
+    exp_avg: jax.Array, second: jax.Array, step_size: jax.Array, bias_correction2_sqrt: jax.Array, *, eps: float
 ) -> jax.Array:
-    """torch Adam's update ``-lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`` (``second``:
-    ``v`` or AMSGrad's maximum), the two factors exact and rounded once."""
-    step_size, bias_correction2_sqrt = scalars.adam_factors(lr, betas[0], betas[1], t, np.dtype(exp_avg.dtype))
+    """torch Adam's update ``-step_size * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`` (``second``: ``v``
+    or AMSGrad's maximum), with ``step_size = lr / (1 - b1^t)`` and ``sqrt(1 - b2^t)`` from
+    :func:`.scalars.adam_factors` (exact, rounded once)."""
     denom = jnp.sqrt(second) / bias_correction2_sqrt + eps
     return -step_size * (exp_avg / denom)

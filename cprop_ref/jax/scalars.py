@@ -10,24 +10,31 @@ an unevaluated sum of two numbers of the working dtype (``hi + lo``, "float-floa
 "double-double" arithmetic, Dekker 1971), which holds about twice the dtype's digits; the
 result is ``hi``, the factor rounded (to within a fraction of an ulp) once to the dtype.
 
-The algorithms need IEEE rounding of each operation and no reassociation. XLA's algebraic
-simplifier rewrites ``(a + b) - a`` to ``b`` even in floating point, which would erase every
-error term; each rounded result whose error is recovered therefore passes through
-``jax.lax.optimization_barrier``, which XLA does not look through. A fused multiply-add in
-place of ``a * b - p`` only makes the error terms exact too.
+The algorithms need IEEE rounding of each operation and each value computed once. XLA's
+algebraic simplifier rewrites ``(a + b) - a`` to ``b`` even in floating point, which would
+erase every error term, and its fusion recomputes a value in each place it is used, where the
+vectorised CPU code may fuse a product and a sum into a multiply-add in one place and not in
+another (then ``s = a + b`` and ``b - (s - a)`` see two different ``b``). The operands and
+the result of every error-free sum therefore pass through ``jax.lax.optimization_barrier``,
+which XLA neither looks through nor duplicates; the split of a significand into halves is a
+bit mask, which no compiler can fuse. A multiply-add in place of ``ah * bh - p`` only makes an
+error term exact too.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-#: ``2^ceil(p/2) + 1``: splits a number of ``p`` significant bits into two halves whose
-#: products are exact (Veltkamp).
-_SPLITTERS = {np.dtype(np.float32): 4097.0, np.dtype(np.float64): 134217729.0}
+#: Masks that keep the sign, the exponent and the leading 12 (float32) / 26 (float64) bits of
+#: the significand: the two halves of a number then multiply exactly.
+_HALF_MASKS = {
+    np.dtype(np.float32): (jnp.uint32, np.uint32(0xFFFFF000)),
+    np.dtype(np.float64): (jnp.uint64, np.uint64(0xFFFFFFFFF8000000)),
+}
 
 #: The largest exponent a step count can have (int32): that many squarings cover any ``t``.
 _COUNT_BITS = 31
@@ -52,13 +59,14 @@ def exact(x: jax.Array) -> Pair:
     return Pair(x, jnp.zeros_like(x))
 
 
-def _opaque(x: jax.Array) -> jax.Array:
-    """``x``, hidden from XLA's simplifier (see the module docstring)."""
+def _opaque(x: Any) -> Any:
+    """``x``, hidden from XLA's simplifier and computed once (see the module docstring)."""
     return jax.lax.optimization_barrier(x)
 
 
 def _two_sum(a: jax.Array, b: jax.Array) -> Pair:
     """``a + b = s + e`` exactly (Knuth), whatever the magnitudes."""
+    a, b = _opaque((a, b))
     s = _opaque(a + b)
     bb = s - a
     return Pair(s, (a - (s - bb)) + (b - bb))
@@ -66,22 +74,29 @@ def _two_sum(a: jax.Array, b: jax.Array) -> Pair:
 
 def _fast_two_sum(a: jax.Array, b: jax.Array) -> Pair:
     """``a + b = s + e`` exactly for ``|a| >= |b|`` (Dekker)."""
+    a, b = _opaque((a, b))
     s = _opaque(a + b)
     return Pair(s, b - (s - a))
 
 
 def _split(a: jax.Array) -> Pair:
-    c = _opaque(jnp.asarray(_SPLITTERS[np.dtype(a.dtype)], a.dtype) * a)
-    hi = _opaque(c - (c - a))
+    """``a = hi + lo`` with ``hi`` the leading half of ``a``'s significand, cut off by a bit mask
+    (exact; Veltkamp's ``c - (c - a)`` with ``c = 4097 a`` is not, where the compiler fuses
+    ``c - a`` into a multiply-add, as XLA's vectorised CPU code does)."""
+    bits, mask = _HALF_MASKS[np.dtype(a.dtype)]
+    hi = jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(a, bits) & mask, a.dtype)
     return Pair(hi, a - hi)
 
 
 def _two_prod(a: jax.Array, b: jax.Array) -> Pair:
-    """``a * b = p + e`` exactly (Dekker), barring underflow."""
-    p = _opaque(a * b)
+    """``a * b`` as a pair, from the four products of the halves of ``a`` and ``b``, each exact:
+    no rounded product is ever added to anything, so a compiler that fuses a product into a
+    multiply-add, in one place and not in another, computes the same numbers."""
     ah, al = _split(a)
     bh, bl = _split(b)
-    return Pair(p, ((ah * bh - p) + ah * bl + al * bh) + al * bl)
+    s, e = _two_sum(ah * bh, ah * bl)
+    s, e2 = _two_sum(s, al * bh)
+    return _fast_two_sum(s, (e + e2) + al * bl)
 
 
 def add(a: Pair, b: Pair) -> Pair:
@@ -94,6 +109,8 @@ def neg(a: Pair) -> Pair:
 
 
 def mul(a: Pair, b: Pair) -> Pair:
+    # The cross terms are rounded products; fused or not they are good to u^2 of the result,
+    # and _fast_two_sum's pair holds whichever value it was given.
     p, e = _two_prod(a.hi, b.hi)
     return _fast_two_sum(p, e + (a.hi * b.lo + a.lo * b.hi))
 
@@ -132,25 +149,34 @@ def power(base: Pair, t: jax.Array) -> Pair:
     return result
 
 
-def one_minus_power(beta: Pair, t: jax.Array) -> Pair:
-    """``1 - beta^t``: no cancellation, since ``beta^t`` carries twice the dtype's digits."""
-    return add(constant(1.0, np.dtype(beta.hi.dtype)), neg(power(beta, t)))
+def one_minus_powers(bases: list[float], exponents: list[jax.Array], dtype: np.dtype) -> Pair:
+    """``1 - base_i^t_i`` for each pair, in one loop (one ``while`` in the compiled program):
+    no cancellation, since ``base^t`` carries twice the dtype's digits."""
+    hi = jnp.stack([constant(b, dtype).hi for b in bases])
+    lo = jnp.stack([constant(b, dtype).lo for b in bases])
+    t = jnp.stack([jnp.asarray(e, jnp.int32) for e in exponents])
+    return add(constant(1.0, dtype), neg(power(Pair(hi, lo), t)))
 
 
-# -- the factors of a CProp step (the reference's cprop_ref.scale, in pairs) ------------------
+def _item(x: Pair, i: int) -> Pair:
+    return Pair(x.hi[i], x.lo[i])
+
+
+# -- the factors of a step (the reference's cprop_ref.scale and functional, in pairs) ----------
+
+
+def scale_factors(beta: float, t: jax.Array, eps: float, dtype: np.dtype) -> tuple[jax.Array, jax.Array]:
+    """``b = 1 - beta^t`` and ``n - 1 + eps = beta (1 - beta^(t-1)) / (1 - beta) + eps``, each
+    rounded once to ``dtype`` (the latter exactly ``eps`` where ``t = 1`` or ``beta = 0``)."""
+    dtype = np.dtype(dtype)
+    both = one_minus_powers([beta, beta], [t, t - 1], dtype)
+    dof = div(mul(constant(beta, dtype), _item(both, 1)), constant(1.0 - beta, dtype))
+    return _item(both, 0).hi, add(dof, constant(eps, dtype)).hi
 
 
 def bias_correction(beta: float, t: jax.Array, dtype: np.dtype) -> jax.Array:
     """``b = 1 - beta^t`` rounded once to ``dtype``."""
-    return one_minus_power(constant(beta, dtype), t).hi
-
-
-def degrees_of_freedom_plus(beta: float, t: jax.Array, eps: float, dtype: np.dtype) -> jax.Array:
-    """``n - 1 + eps = beta (1 - beta^(t-1)) / (1 - beta) + eps`` rounded once to ``dtype``
-    (exactly ``eps`` where ``t = 1`` or ``beta = 0``: one sample)."""
-    b = constant(beta, dtype)
-    dof = div(mul(b, one_minus_power(b, t - 1)), constant(1.0 - beta, dtype))
-    return add(dof, constant(eps, dtype)).hi
+    return _item(one_minus_powers([beta], [t], np.dtype(dtype)), 0).hi
 
 
 def adam_factors(
@@ -158,6 +184,7 @@ def adam_factors(
 ) -> tuple[jax.Array, jax.Array]:
     """Adam's ``lr / (1 - beta1^t)`` and ``sqrt(1 - beta2^t)``, each rounded once to ``dtype``
     (``lr`` a Python float, or a traced scalar from a schedule, taken as exact)."""
+    dtype = np.dtype(dtype)
     rate = constant(lr, dtype) if isinstance(lr, float) else exact(jnp.asarray(lr, dtype))
-    step_size = div(rate, one_minus_power(constant(beta1, dtype), t))
-    return step_size.hi, sqrt(one_minus_power(constant(beta2, dtype), t)).hi
+    both = one_minus_powers([beta1, beta2], [t, t], dtype)
+    return div(rate, _item(both, 0)).hi, sqrt(_item(both, 1)).hi

@@ -36,11 +36,13 @@ from ..hyperparams import (
     decay_rate,
     non_negative,
 )
+from . import scalars
 from .functional import (
     adam_delta,
     adam_moments,
-    cprop_scale,
     ema,
+    scale_factors,
+    scale_from_factors,
     scale_update,
     sgd_direction,
     statistics_dtype,
@@ -149,6 +151,31 @@ def _rate(learning_rate: LearningRate, count: jax.Array, dtype: np.dtype) -> Any
     return jnp.asarray(learning_rate(count), dtype) if callable(learning_rate) else learning_rate
 
 
+class _PerDtype:
+    """A step's scalars (``1 - beta^t``, Adam's step size, ...), the same for every leaf of a dtype:
+    computed once per update and dtype, not once per leaf."""
+
+    def __init__(self, compute: Callable[[np.dtype], Any]) -> None:
+        self.compute = compute
+        self.cache: dict[np.dtype, Any] = {}
+
+    def __call__(self, dtype: Any) -> Any:
+        key = np.dtype(dtype)
+        if key not in self.cache:
+            self.cache[key] = self.compute(key)
+        return self.cache[key]
+
+
+def _adam_factors(lr: LearningRate, count: jax.Array, t: jax.Array, betas: tuple[float, float]) -> _PerDtype:
+    """``(lr, lr / (1 - b1^t), sqrt(1 - b2^t))`` per dtype, the rate of a schedule at ``count``."""
+
+    def compute(dtype: np.dtype) -> tuple[Any, jax.Array, jax.Array]:
+        rate = _rate(lr, count, dtype)
+        return (rate, *scalars.adam_factors(rate, betas[0], betas[1], t, dtype))
+
+    return _PerDtype(compute)
+
+
 def _increment(count: jax.Array) -> jax.Array:
     """``count + 1``, saturating at the int32 maximum instead of wrapping to negative ``t``."""
     return jnp.where(count < _INT32_MAX, count + 1, count)
@@ -223,10 +250,11 @@ def cprop(
         t = _increment(state.count)
         inner_updates, inner_state = inner.update(updates, state.inner, params)
         proposed = _leaves(inner_updates, state.m, "inner update", "cprop")
+        factors = _PerDtype(lambda dtype: scale_factors(hp["beta"], hp["eps"], t, dtype))
         ms, vs, ss, out = [], [], [], []
         for g, m, v, u in zip(grads, jax.tree.leaves(state.m), jax.tree.leaves(state.v), proposed):
             m, v = update_moments(m, v, _as(g, m), hp["beta"])
-            s = cprop_scale(m, v, t, beta=hp["beta"], c=hp["c"], eps=hp["eps"], cdf_name=hp["cdf"])
+            s = scale_from_factors(m, v, factors(m.dtype), c=hp["c"], eps=hp["eps"], cdf_name=hp["cdf"])
             u = _as(u, m)
             out.append(jnp.where((s == 0.0) | (u == 0.0), jnp.zeros_like(u), u * s))
             ms.append(m)
@@ -283,11 +311,14 @@ def cprop_sgd(
         ps = _param_leaves(params, state.m, hp["weight_decay"] != 0.0, "cprop_sgd")
         bufs = jax.tree.leaves(state.momentum_buffer) if hp["momentum"] != 0.0 else [None] * len(grads)
         t = _increment(state.count)
+        factors = _PerDtype(lambda dtype: scale_factors(beta, hp["cprop_eps"], t, dtype))
         out, ms, vs, ss, new_bufs = [], [], [], [], []
         for g, p, m, v, buf in zip(grads, ps, jax.tree.leaves(state.m), jax.tree.leaves(state.v), bufs):
             g = _as(g, m)
             m, v = update_moments(m, v, g, beta)
-            s = cprop_scale(m, v, t, beta=beta, c=hp["cprop_c"], eps=hp["cprop_eps"], cdf_name=hp["cprop_cdf"])
+            s = scale_from_factors(
+                m, v, factors(m.dtype), c=hp["cprop_c"], eps=hp["cprop_eps"], cdf_name=hp["cprop_cdf"]
+            )
             d, buf = sgd_direction(
                 _as(p, m),
                 g,
@@ -367,6 +398,8 @@ def cprop_adam(
         grads = _leaves(updates, like, "gradient", "cprop_adam")
         ps = _param_leaves(params, like, not raw, "cprop_adam")
         t = _increment(state.count)
+        factors = _PerDtype(lambda dtype: scale_factors(beta, hp["cprop_eps"], t, dtype))
+        adam_factors = _adam_factors(lr, state.count, t, hp["betas"])
 
         def leaves(tree: Any) -> list[Any]:
             return [None] * n if tree is None else jax.tree.leaves(tree)
@@ -385,10 +418,13 @@ def cprop_adam(
             d = g + hp["weight_decay"] * _as(p, m1) if not raw else g
             m1, v2, vmax = adam_moments(m1, v2, vmax, d, betas=hp["betas"], amsgrad=hp["amsgrad"])
             second = vmax if hp["amsgrad"] else v2
-            delta = adam_delta(m1, second, t, _rate(lr, state.count, m1.dtype), betas=hp["betas"], eps=hp["eps"])
+            _, step_size, bc2_sqrt = adam_factors(m1.dtype)
+            delta = adam_delta(m1, second, step_size, bc2_sqrt, eps=hp["eps"])
             m = m1 if share_m else ema(cm, g, beta)
             v = v2 if share_v else ema(cv, g * g, beta)
-            s = cprop_scale(m, v, t, beta=beta, c=hp["cprop_c"], eps=hp["cprop_eps"], cdf_name=hp["cprop_cdf"])
+            s = scale_from_factors(
+                m, v, factors(m.dtype), c=hp["cprop_c"], eps=hp["cprop_eps"], cdf_name=hp["cprop_cdf"]
+            )
             for column, value in zip(columns, (scale_update(delta, s), m1, v2, vmax, m, v, s)):
                 column.append(value)
         out, m1s, v2s, vmaxs, ms, vs, ss = columns
@@ -479,15 +515,16 @@ def _torch_adam(
         ps = _param_leaves(params, like, wd != 0.0, where)
         t = _increment(state.count)
         vmaxs = jax.tree.leaves(state.max_exp_avg_sq) if hp["amsgrad"] else [None] * n
+        adam_factors = _adam_factors(lr, state.count, t, hp["betas"])
         columns: list[list[Any]] = [[] for _ in range(4)]
         for g, p, m1, v2, vmax in zip(
             grads, ps, jax.tree.leaves(state.exp_avg), jax.tree.leaves(state.exp_avg_sq), vmaxs
         ):
             g, p = _as(g, m1), _as(p, m1)
-            rate = _rate(lr, state.count, m1.dtype)
+            rate, step_size, bc2_sqrt = adam_factors(m1.dtype)
             d = g + wd * p if (wd != 0.0 and not decoupled) else g
             m1, v2, vmax = adam_moments(m1, v2, vmax, d, betas=hp["betas"], amsgrad=hp["amsgrad"])
-            delta = adam_delta(m1, vmax if hp["amsgrad"] else v2, t, rate, betas=hp["betas"], eps=hp["eps"])
+            delta = adam_delta(m1, vmax if hp["amsgrad"] else v2, step_size, bc2_sqrt, eps=hp["eps"])
             if decoupled and wd != 0.0:
                 # torch AdamW: p <- p (1 - lr wd) + delta, as an update: -(lr wd) p + delta
                 delta = -(rate * wd) * p + delta
