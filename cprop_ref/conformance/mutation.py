@@ -10,10 +10,10 @@ output (an *equivalent* mutant) is listed with its reason and is left out of the
 Built on cosmic-ray (the ``mutation`` extra): its operators find and apply the mutations,
 its session database (SQLite, :class:`cosmic_ray.work_db.WorkDB`) holds every mutant and its
 result, so an interrupted run resumes where it stopped. The runner is ours: each mutant runs
-in its own subprocess, on a private copy of the port's source tree into which the mutation
-is written, with the module name redirected to that copy (:func:`install_module_copy`), so
-the real tree is never touched, even when a run is killed. ``--jobs`` subprocesses run side
-by side.
+in a process of its own (forked from a server that imported torch and the harness once), on
+a private copy of the port's source tree into which the mutation is written, with the module name redirected to that copy (:func:`install_module_copy`), so
+the real tree is never touched, even when a run is killed. ``--jobs`` processes run side by
+side.
 
 The target is any port given its module (``cprop_ref.torch``, ``my_port``), the source of
 that module (a package directory or a ``.py`` file; found from the module when omitted) and
@@ -32,7 +32,6 @@ import os
 import random
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -198,21 +197,25 @@ class Settings:
         return cls(args.examples, _split(args.checks, CHECKS, "--checks"), _split(args.dtypes, DTYPES, "--dtypes"))
 
 
-def _annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """``(start, end)`` (line, column) of every type annotation: mutating one changes nothing
-    (``from __future__ import annotations``), so no mutant is made there."""
+def _unreachable_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """``(start, end)`` (line, column) of the code no mutant is made in: type annotations
+    (never evaluated under ``from __future__ import annotations``) and the default values of
+    parameters (the protocol passes every hyperparameter, so a port's defaults are its own
+    API, not something ``verify`` can compare)."""
     import ast
 
     spans = []
     for node in ast.walk(ast.parse(source)):
-        annotations: list[Any] = []
+        parts: list[Any] = []
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            annotations.append(node.returns)
+            parts.append(node.returns)
         elif isinstance(node, ast.arg):
-            annotations.append(node.annotation)
+            parts.append(node.annotation)
         elif isinstance(node, ast.AnnAssign):
-            annotations.append(node.annotation)
-        spans += [((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)) for a in annotations if a is not None]
+            parts.append(node.annotation)
+        elif isinstance(node, ast.arguments):
+            parts += [*node.defaults, *node.kw_defaults]
+        spans += [((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)) for a in parts if a is not None]
     return spans
 
 
@@ -227,7 +230,7 @@ def enumerate_mutants(target: Target, operators: Sequence[str] = OPERATORS) -> l
     items = []
     for relative in target.files():
         code = target.file_path(relative).read_text(encoding="utf-8")
-        spans = _annotation_spans(code)
+        spans = _unreachable_spans(code)
         tree = get_ast(code)
         for name in operators:
             operator = cr.plugins.get_operator(name)()
@@ -321,15 +324,19 @@ def _first_failure(target: Target, settings: Settings) -> dict[str, Any]:
 
     port = load_port(target.factory)
     for check in settings.checks:
-        _, failure = run_check(
-            check,
-            port,
-            port_spec=target.factory,
-            max_examples=settings.examples,
-            derandomize=True,
-            dtypes=settings.dtypes,
-            shrink=False,  # whether a check fails is all a mutant's outcome needs
-        )
+        try:
+            _, failure = run_check(
+                check,
+                port,
+                port_spec=target.factory,
+                max_examples=settings.examples,
+                derandomize=True,
+                dtypes=settings.dtypes,
+                shrink=False,  # whether a check fails is all a mutant's outcome needs
+            )
+        except Exception as err:  # verify stopped with a traceback: it did not pass, so this counts
+            detail = f"the harness itself raised {type(err).__name__}: {err}"
+            return {"killed_by": check, "detail": detail, "config": "", "harness_crash": True}
         if failure is not None:
             headline = str(failure).splitlines()[0]
             return {"killed_by": check, "detail": headline, "config": failure.mismatch.config.describe()}
@@ -338,7 +345,7 @@ def _first_failure(target: Target, settings: Settings) -> dict[str, Any]:
 
 def run_mutant(job: dict[str, Any]) -> dict[str, Any]:
     """Build the job's mutant in a private copy, import it under the port's module name and run
-    the harness. Runs in a fresh process (:func:`main`): modules cannot be un-imported."""
+    the harness. Runs in a process of its own (:func:`run_job`): modules cannot be un-imported."""
     target = Target(**job["target"])
     settings = Settings(job["examples"], tuple(job["checks"]), tuple(job["dtypes"]))
     sys.dont_write_bytecode = True
@@ -360,16 +367,18 @@ def run_mutant(job: dict[str, Any]) -> dict[str, Any]:
             return {"killed_by": "import", "detail": f"{type(err).__name__}: {err}", "config": ""}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cprop_ref.conformance.mutation JOB.json RESULT.json``: one mutant (internal)."""
-    job_file, result_file = argv if argv is not None else sys.argv[1:]
-    job = json.loads(Path(job_file).read_text())
-    sys.path[:0] = job.get("sys_path", [])
+def _run_in_child(job: dict[str, Any], result_file: str) -> None:
+    """The body of one job's process (forked from the server, see :func:`run_job`)."""
     started = time.perf_counter()
-    result = run_mutant(job)
+    sys.path[:0] = job.get("sys_path", [])
+    if "torch" in sys.modules:  # one thread per mutant: ``--jobs`` mutants share the cores
+        sys.modules["torch"].set_num_threads(1)
+    try:
+        result = run_mutant(job)
+    except Exception as err:  # the runner's own failure, reported as an error, not a kill
+        result = {"outcome": "error", "detail": f"{type(err).__name__}: {err}"}
     result["seconds"] = round(time.perf_counter() - started, 3)
     Path(result_file).write_text(json.dumps(result))
-    return 0
 
 
 # -- the session: all mutants, their results, resumable ----------------------------------------
@@ -461,6 +470,8 @@ class MutationReport:
         by_check: dict[str, int] = {}
         for r in self.killed:
             key = r.killed_by or r.outcome
+            if r.detail.startswith("the harness itself raised"):
+                key += " (the harness crashed)"
             by_check[key] = by_check.get(key, 0) + 1
         changing = len(self.results) - len(self.equivalent) - len(self.errors)
         s = self.settings
@@ -514,14 +525,25 @@ class Session:
         self.path = Path(path)
         self.target, self.settings = target, settings
 
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path)
+        db.execute("CREATE TABLE IF NOT EXISTS cprop_ref_session (key TEXT PRIMARY KEY, value TEXT)")
+        return db
+
     def _meta(self) -> dict[str, str]:
-        with sqlite3.connect(self.path) as db:
-            db.execute("CREATE TABLE IF NOT EXISTS cprop_ref_session (key TEXT PRIMARY KEY, value TEXT)")
+        db = self._connect()
+        try:
             return dict(db.execute("SELECT key, value FROM cprop_ref_session").fetchall())
+        finally:
+            db.close()
 
     def _set_meta(self, **values: str) -> None:
-        with sqlite3.connect(self.path) as db:
-            db.executemany("INSERT OR REPLACE INTO cprop_ref_session VALUES (?, ?)", list(values.items()))
+        db = self._connect()
+        try:
+            with db:
+                db.executemany("INSERT OR REPLACE INTO cprop_ref_session VALUES (?, ?)", list(values.items()))
+        finally:
+            db.close()
 
     def _described(self) -> str:
         return json.dumps({"target": asdict(self.target), "settings": asdict(self.settings)}, sort_keys=True)
@@ -574,34 +596,56 @@ def _job(target: Target, settings: Settings, mutation: Any | None) -> dict[str, 
     return job
 
 
-def run_job(job: dict[str, Any], timeout: float | None, threads: int = 1) -> dict[str, Any]:
-    """Run one job in a fresh Python process; ``{"outcome": "timeout"}`` past ``timeout`` s."""
-    env = dict(os.environ)
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[name] = str(threads)
+#: Imported once by the fork server, so that each mutant's process starts without paying for
+#: them; never the target (:func:`install_module_copy` refuses a module imported already).
+PRELOAD: tuple[str, ...] = (
+    "numpy",
+    "torch",
+    "hypothesis",
+    "cosmic_ray.mutating",
+    "cprop_ref.conformance.strategies",
+    "cprop_ref.conformance.suite",
+    "cprop_ref.conformance.torch_adapter",
+    "cprop_ref.conformance.mutation",
+)
+
+
+def _fork_server() -> Any:
+    """Each job runs in a process forked from a server that imported :data:`PRELOAD` (a
+    fresh interpreter per mutant would import torch and hypothesis again every time)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([m for m in PRELOAD if importlib.util.find_spec(m.partition(".")[0])])
+    return context
+
+
+def run_job(job: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    """Run one job in a process of its own; killed, ``{"outcome": "timeout"}``, past ``timeout`` s."""
     with tempfile.TemporaryDirectory(prefix="cprop-mutate-job-") as tmp:
-        job_file, result_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job_file.write_text(json.dumps(job))
-        command = [sys.executable, "-m", "cprop_ref.conformance.mutation", str(job_file), str(result_file)]
+        result_file = Path(tmp) / "result.json"
         started = time.perf_counter()
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
+        process = _fork_server().Process(target=_run_in_child, args=(job, str(result_file)), daemon=True)
+        process.start()
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
             return {
                 "outcome": "timeout",
                 "killed_by": "timeout",
                 "detail": f"no result within {timeout:.0f} s",
                 "seconds": time.perf_counter() - started,
             }
-        if done.returncode != 0 or not result_file.exists():
-            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        if not result_file.exists():
             return {
                 "outcome": "error",
-                "detail": f"exit status {done.returncode}: " + " | ".join(tail),
+                "detail": f"the mutant's process ended with exit code {process.exitcode} and no result",
                 "seconds": time.perf_counter() - started,
             }
         result = json.loads(result_file.read_text())
-        result["outcome"] = "survived" if result.get("killed_by") is None else "killed"
+        if result.get("outcome") != "error":
+            result["outcome"] = "survived" if result.get("killed_by") is None else "killed"
         return result
 
 
@@ -675,7 +719,7 @@ def run_session(
         baseline = session.baseline()
         if baseline != baseline:  # NaN: the unmutated port has not been run yet
             say("running the harness on the unmutated port")
-            payload = run_job(_job(target, settings, None), timeout=None, threads=1)
+            payload = run_job(_job(target, settings, None), timeout=None)
             if payload["outcome"] != "survived":
                 raise ValueError(
                     f"cprop-ref mutate: the unmutated port {target.factory} does not pass the harness "
@@ -750,6 +794,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mutate.add_argument(
         "--timeout", type=float, default=None, help="seconds per mutant (default 10x the unmutated run)"
     )
+    mutate.add_argument(
+        "--examples", type=int, default=None, help="hypothesis examples per check (default: verify's, for the score)"
+    )
     mutate.add_argument("--json", default=None, help="also write the report as JSON to this file")
     mutate.set_defaults(func=run_mutate)
 
@@ -761,10 +808,15 @@ def run_mutate(args: argparse.Namespace) -> int:
         session = Path(args.session or f"mutants-{args.module}.sqlite")
         if args.fresh and session.exists():
             session.unlink()
+        settings = Settings.verify_defaults()
+        if args.examples is not None:
+            if args.examples < 1:
+                raise ValueError(f"cprop-ref mutate: invalid --examples={args.examples}: must be >= 1")
+            settings = Settings(args.examples, settings.checks, settings.dtypes)
         report = run_session(
             session,
             target,
-            Settings.verify_defaults(),
+            settings,
             jobs=args.jobs,
             sample=args.sample,
             seed=args.seed,
@@ -906,7 +958,3 @@ def differential_check(
 
         original = reference_outputs if reference_outputs is not None else outputs(None)
         return first_difference(original, outputs(mutation), "case"), original
-
-
-if __name__ == "__main__":
-    sys.exit(main())
