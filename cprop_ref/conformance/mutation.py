@@ -198,24 +198,20 @@ class Settings:
 
 
 def _unreachable_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """``(start, end)`` (line, column) of the code no mutant is made in: type annotations
-    (never evaluated under ``from __future__ import annotations``) and the default values of
-    parameters (the protocol passes every hyperparameter, so a port's defaults are its own
-    API, not something ``verify`` can compare)."""
+    """``(start, end)`` (line, column) of the code no mutant is made in: function signatures
+    (type annotations are never evaluated under ``from __future__ import annotations``; the
+    protocol passes every hyperparameter, so a port's default values are its own API, not
+    something ``verify`` can compare; a bare ``*`` is no multiplication) and annotations of
+    assignments."""
     import ast
 
     spans = []
     for node in ast.walk(ast.parse(source)):
-        parts: list[Any] = []
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            parts.append(node.returns)
-        elif isinstance(node, ast.arg):
-            parts.append(node.annotation)
+            spans.append(((node.lineno, node.col_offset), (node.body[0].lineno, node.body[0].col_offset)))
         elif isinstance(node, ast.AnnAssign):
-            parts.append(node.annotation)
-        elif isinstance(node, ast.arguments):
-            parts += [*node.defaults, *node.kw_defaults]
-        spans += [((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)) for a in parts if a is not None]
+            a = node.annotation
+            spans.append(((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)))
     return spans
 
 
