@@ -50,15 +50,17 @@ def run_check(
     max_examples: int = 50,
     derandomize: bool = True,
     dtypes: tuple[str, ...] = DTYPES,
+    shrink: bool = True,
 ) -> tuple[Coverage, ConformanceMismatch | None]:
-    """One check over ``max_examples`` generated cases; the shrunk first mismatch, if any."""
+    """One check over ``max_examples`` generated cases; the first mismatch, if any, shrunk
+    unless ``shrink`` is false (mutation testing needs only whether a check fails)."""
     try:
         from hypothesis import HealthCheck, Phase, given, settings
     except ImportError as err:
         raise ImportError("the conformance suite needs hypothesis: pip install 'cprop-ref[test]'") from err
 
     coverage = Coverage()
-    phases = [Phase.explicit, Phase.generate, Phase.shrink]
+    phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
 
     @settings(
         max_examples=max_examples,
