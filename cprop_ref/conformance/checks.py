@@ -16,7 +16,11 @@ or outside [0, 1]). A parameter whose bound is infinite is counted the same way.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import signal
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -41,6 +45,7 @@ class _Comparer:
         self.coverage = coverage
         self.make_snippet = make_snippet
         self.unconstrained = 0  # in this case only (the coverage sums over cases)
+        self.start_t = 0  # the injected state's step count (injected check), for the headline
 
     def fail(
         self,
@@ -52,6 +57,7 @@ class _Comparer:
         ref: float,
         bound: float,
         detail: str = "",
+        trace: str = "",
     ) -> None:
         raise ConformanceMismatch(
             Mismatch(
@@ -67,6 +73,8 @@ class _Comparer:
                 detail=detail,
                 snippet=self.make_snippet(step),
                 unconstrained=self.unconstrained,
+                trace=trace,
+                start_t=self.start_t,
             )
         )
 
@@ -131,17 +139,123 @@ class _Comparer:
             )
 
 
-def _port_call(comparer: _Comparer, step: int, what: str, fn: Callable[[], Any]) -> Any:
+#: Seconds one call into the port (building it, a step, a read-out) may take before the
+#: harness reports it as hanging (``cprop-ref verify --time-limit``); ``None``: no limit.
+CALL_TIME_LIMIT: list[float | None] = [60.0]
+
+
+class PortTimeout(Exception):
+    """Raised inside a port call that ran past :data:`CALL_TIME_LIMIT`."""
+
+
+@contextmanager
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """Interrupt the calling thread after ``seconds`` with :class:`PortTimeout` (POSIX main
+    thread only: SIGALRM; elsewhere no limit). A hang inside C code that does not return to
+    the interpreter cannot be interrupted this way."""
+    usable = (
+        seconds is not None and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    )
+    if not usable:
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise PortTimeout(f"did not return within {seconds:g} s (the per-call time limit)")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        return fn()
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _port_call(comparer: _Comparer, step: int, what: str, fn: Callable[[], Any]) -> Any:
+    """``fn()``, a call into the port; a crash or a hang is a finding, reported as a mismatch of
+    quantity ``exception`` with the port's own traceback (the harness's frames left out)."""
+    try:
+        with _time_limit(CALL_TIME_LIMIT[0]):
+            return fn()
     except Unsupported:
         raise
     except ConformanceMismatch:
         raise
-    except Exception as err:  # a crash of the port is a finding, reported like a mismatch
+    except Exception as err:
+        frames = traceback.extract_tb(err.__traceback__)
+        own = [f for f in frames if "cprop_ref/conformance/" not in f.filename.replace("\\", "/")]
+        trace = "".join(traceback.format_list(own[-6:])).rstrip()
         comparer.fail(
-            step, -1, (), "exception", float("nan"), float("nan"), 0.0, f"{what}: {type(err).__name__}: {err}"
+            step,
+            -1,
+            (),
+            "exception",
+            float("nan"),
+            float("nan"),
+            0.0,
+            f"{what}: {type(err).__name__}: {err}",
+            trace=trace,
         )
+
+
+def _read_outs(
+    comparer: _Comparer, step: int, run: Any, shapes: Sequence[tuple[int, ...]], config: PortConfig
+) -> tuple[list[np.ndarray], list[Any] | None, list[Any] | None]:
+    """The port's ``params()``, ``scales()`` and ``cprop_state()`` (the last two ``None`` where
+    absent), checked for count, shape and dtype: a malformed read-out is reported naming it."""
+    n = len(shapes)
+
+    def malformed(what: str, why: str) -> None:
+        comparer.fail(step, -1, (), "read-out", math.nan, math.nan, 0.0, f"{what} is malformed: {why}")
+
+    def as_list(value: Any, what: str) -> list[Any]:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or not hasattr(value, "__getitem__"):
+            malformed(what, f"expected a list with one entry per tensor, got {type(value).__name__}")
+        if len(value) != n:
+            malformed(what, f"{len(value)} entries for {n} tensors")
+        return list(value)
+
+    def array(value: Any, what: str, k: int, dtype: np.dtype | None) -> np.ndarray:
+        try:
+            a = np.asarray(value)
+        except Exception as err:  # noqa: BLE001 - any object the port returned
+            malformed(what, f"tensor {k}: not an array ({type(err).__name__}: {err})")
+        if a.shape != tuple(shapes[k]):
+            malformed(what, f"tensor {k} has shape {a.shape}, the parameter's is {tuple(shapes[k])}")
+        if a.dtype.kind != "f":
+            malformed(what, f"tensor {k} has dtype {a.dtype}, not a floating dtype")
+        if dtype is not None and a.dtype != dtype:
+            malformed(what, f"tensor {k} has dtype {a.dtype}, expected {dtype} for {config.dtype} parameters")
+        return a
+
+    params = as_list(_port_call(comparer, step, "params()", run.params), "params()")
+    params = [array(p, "params()", k, config.np_dtype) for k, p in enumerate(params)]
+    scales = state = None
+    read_scales, read_state = optional(run, "scales"), optional(run, "cprop_state")
+    if read_scales:
+        value = _port_call(comparer, step, "scales()", read_scales)
+        if value is not None:
+            scales = [
+                None if s is None else array(s, "scales()", k, None) for k, s in enumerate(as_list(value, "scales()"))
+            ]
+    if read_state:
+        value = _port_call(comparer, step, "cprop_state()", read_state)
+        if value is not None:
+            state = []
+            for k, entry in enumerate(as_list(value, "cprop_state()")):
+                if entry is None:
+                    state.append(None)
+                    continue
+                if not isinstance(entry, (tuple, list)) or len(entry) != 3:
+                    malformed("cprop_state()", f"tensor {k}: expected (m, v, t) or None, got {type(entry).__name__}")
+                m, v, t = entry
+                try:
+                    t = int(t)
+                except (TypeError, ValueError):
+                    malformed("cprop_state()", f"tensor {k}: the step count t is {t!r}, not an integer")
+                state.append((array(m, "cprop_state() m", k, None), array(v, "cprop_state() v", k, None), t))
+    return params, scales, state
 
 
 def _compare_step(
@@ -159,11 +273,8 @@ def _compare_step(
     states_after = ref.states()
     params_after = ref.params()
     ref_scales = ref.scales()
-    port_params = _port_call(comparer, step, "params()", run.params)
-    read_scales = optional(run, "scales")
-    read_state = optional(run, "cprop_state")
-    port_scales = _port_call(comparer, step, "scales()", read_scales) if read_scales else None
-    port_state = _port_call(comparer, step, "cprop_state()", read_state) if read_state else None
+    shapes = [np.shape(p) for p in params_after]
+    port_params, port_scales, port_state = _read_outs(comparer, step, run, shapes, bounds.config)
     # Where the wrapped framework optimizer left its range on an earlier step, the closed loop's
     # gradients (taken at the port's own iterate) are the framework's business too.
     excused_before = [tb.base_overflow.copy() if grad_errors is not None else None for tb in bounds.tensors]
@@ -210,7 +321,26 @@ def _start(
     params = [to_storage(p, config.dtype).copy() for p in params]
     ref = ReferenceRun(config, params)
     run = _port_call(comparer, 0, "building the optimizer", lambda: port(config, apply_layouts(params, layouts)))
+    _check_run(comparer, run, 0)
     return run, ref
+
+
+def _check_run(comparer: _Comparer, run: Any, step: int) -> None:
+    """A factory must return a run with ``step(grads)`` and ``params()``."""
+    missing = [name for name in ("step", "params") if optional(run, name) is None]
+    if missing:
+        comparer.fail(
+            step,
+            -1,
+            (),
+            "exception",
+            math.nan,
+            math.nan,
+            0.0,
+            f"building the optimizer: the factory returned {type(run).__name__}, which has no "
+            + " and no ".join(f"{name}()" for name in missing)
+            + " (a port factory returns a run with step(grads) and params())",
+        )
 
 
 def _step_both(
@@ -268,7 +398,8 @@ def check_open_loop(
     comparer = _Comparer("open_loop", config, coverage, make_snippet)
     run, ref = _start(comparer, port, config, params, layouts)
     bounds = RunBounds(config, [np.shape(p) for p in params])
-    for k, (port_p, ref_p) in enumerate(zip(_port_call(comparer, 0, "params()", run.params), ref.params())):
+    initial, _, _ = _read_outs(comparer, 0, run, [np.shape(p) for p in params], config)
+    for k, (port_p, ref_p) in enumerate(zip(initial, ref.params())):
         comparer.compare(0, k, "param", port_p, ref_p, 0.0)  # the initial parameters, exactly
     for step, gs in enumerate(grads, start=1):
         _step_both(comparer, step, run, ref, bounds, gs, layouts)
@@ -305,6 +436,7 @@ def check_injected_step(
         )
 
     comparer = _Comparer("injected", config, coverage, make_snippet)
+    comparer.start_t = max((int(st.get("step", 0)) for st in states), default=0)
     run, ref = _start(comparer, port, config, params, layouts)
     load = optional(run, "load_state")
     if load is None:
@@ -355,7 +487,7 @@ def check_closed_loop(
     for i in range(len(noises)):
         step = i + 1
         params_before, states_before = ref.params(), ref.states()
-        x_port = _port_call(comparer, step, "params()", run.params)[0]
+        x_port = _read_outs(comparer, step, run, [np.shape(start)], config)[0][0]
         g_ref, g_port = gradient(params_before[0], i), gradient(x_port, i)
         e_x = bounds.tensors[0].param
         with np.errstate(all="ignore"):  # an infinite bound on x is an infinite bound on g
@@ -408,27 +540,27 @@ def check_resume(
     if optional(straight, "save") is None or optional(straight, "restore") is None:
         raise Unsupported("the port has no save() / restore(): the resume check needs them")
     uninterrupted = []
+    shapes = [np.shape(p) for p in params]
     for step, gs in enumerate(grads, start=1):
         port_grads = apply_layouts(
             [None if g is None else to_storage(g, config.dtype) for g in gs], gradient_layouts(layouts)
         )
         _port_call(comparer, step, "step(grads)", lambda g=port_grads: straight.step(g))
-        uninterrupted.append(
-            (_port_call(comparer, step, "params()", straight.params), _read_state(comparer, step, straight))
-        )
+        read = _read_outs(comparer, step, straight, shapes, config)
+        uninterrupted.append((read[0], read[2]))
     run, ref = _start(comparer, port, config, params, layouts)
     bounds = RunBounds(config, [np.shape(p) for p in params])
     for step, gs in enumerate(grads, start=1):
         if step == resume_at + 1:
             data = _port_call(comparer, step - 1, "save()", run.save)
-            current = _port_call(comparer, step - 1, "params()", run.params)
-            current = [to_storage(p, config.dtype) for p in current]
+            current = [to_storage(p, config.dtype) for p in _read_outs(comparer, step - 1, run, shapes, config)[0]]
             run = _port_call(
                 comparer,
                 step - 1,
                 "building the optimizer to resume",
                 lambda c=current: port(config, apply_layouts(c, layouts)),
             )
+            _check_run(comparer, run, step - 1)
             restore = optional(run, "restore")
             if restore is None:
                 comparer.fail(
@@ -438,8 +570,7 @@ def check_resume(
         _step_both(comparer, step, run, ref, bounds, gs, layouts)
         if step > resume_at:
             params_straight, state_straight = uninterrupted[step - 1]
-            resumed_params = _port_call(comparer, step, "params()", run.params)
-            state = _read_state(comparer, step, run)
+            resumed_params, _, state = _read_outs(comparer, step, run, shapes, config)
             for k in range(len(params)):
                 if state is not None and state_straight is not None and state_straight[k] is not None:
                     if state[k] is None:
@@ -466,8 +597,3 @@ def check_resume(
                     note="param against the uninterrupted run of the same port",
                 )
     return _done(coverage, config)
-
-
-def _read_state(comparer: _Comparer, step: int, run: Any) -> Any:
-    read = optional(run, "cprop_state")
-    return _port_call(comparer, step, "cprop_state()", read) if read else None

@@ -20,10 +20,9 @@ import numpy as np
 
 from .. import __version__
 from .bounds import RunBounds
-from .checks import _Comparer, _port_call, _start
+from .checks import _Comparer, _port_call, _read_outs, _start
 from .config import PortConfig
 from .dtypes import compute_dtype
-from .protocol import optional
 from .reference import ReferenceRun
 from .report import Coverage
 
@@ -266,10 +265,7 @@ def check_case(
     for i, gs in enumerate(grads):
         step = i + 1
         _port_call(comparer, step, "step(grads)", lambda gs=gs: run.step(gs))
-        port_params = _port_call(comparer, step, "params()", run.params)
-        read_scales, read_state = optional(run, "scales"), optional(run, "cprop_state")
-        port_scales = _port_call(comparer, step, "scales()", read_scales) if read_scales else None
-        port_state = _port_call(comparer, step, "cprop_state()", read_state) if read_state else None
+        port_params, port_scales, port_state = _read_outs(comparer, step, run, [p.shape for p in params], case.config)
         for k in range(case.tensors):
             if port_state is None or a[f"step{k}"][i] == 0 or port_state[k] is None:
                 continue
