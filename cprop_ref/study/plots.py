@@ -41,7 +41,9 @@ def plot_sensitivity(ds: Any, path: Path) -> Path | None:
         line = _line(gap.sel(optimizer=optimizer), row.best)
         diverged = _line(ds["diverged"].sel(optimizer=optimizer), row.best).mean("seed")
         lrs = line["lr"].values
-        low, median, high = _quantiles(line.transpose("lr", "seed").values, (0.25, 0.5, 0.75))
+        # values past the top of the axis (see below) are drawn just beyond it
+        ceiling = 100.0 * _start_level(ds)
+        low, median, high = np.minimum(_quantiles(line.transpose("lr", "seed").values, (0.25, 0.5, 0.75)), ceiling)
         style = _style(i, str(optimizer))
         ax.plot(lrs, np.maximum(median, LOG_FLOOR), marker="o", markersize=3, label=str(optimizer), **style)
         ax.fill_between(lrs, np.maximum(low, LOG_FLOOR), np.maximum(high, LOG_FLOOR), color=style["color"], alpha=0.15)
@@ -66,8 +68,8 @@ def plot_sensitivity(ds: Any, path: Path) -> Path | None:
     ax.set_xlabel("learning rate")
     ax.set_ylabel(_label(ds))
     ax.set_title(
-        f"{ds.attrs.get('problem')}: {_label(ds)} after {ds.attrs.get('steps')} steps "
-        f"(median, 25-75% of {ds.sizes['seed']} seeds; x: all diverged, ^: some)",
+        f"{ds.attrs.get('problem')}: {_label(ds)} after {ds.attrs.get('steps')} steps\n"
+        f"median and 25-75% over {ds.sizes['seed']} seed(s); x: every seed diverged, ^: some did",
         fontsize=8,
     )
     ax.grid(True, which="major", alpha=0.3)
