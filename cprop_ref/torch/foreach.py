@@ -31,6 +31,8 @@ def update_ema_(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], beta: fl
 
 def update_cprop_moment_(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], beta: float) -> None:
     """``functional.update_cprop_moment_``: ``beta = 0`` copies (``0 * inf`` would be NaN)."""
+    if not xs:
+        return
     if beta == 0.0:
         torch._foreach_copy_(xs, ys)
     else:
