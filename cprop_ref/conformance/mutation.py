@@ -363,9 +363,22 @@ def run_mutant(job: dict[str, Any]) -> dict[str, Any]:
             return {"killed_by": "import", "detail": f"{type(err).__name__}: {err}", "config": ""}
 
 
+def _exit_when_gone(runner: int) -> None:
+    """End this process soon after the runner ``runner`` (a pid) ended, however it ended."""
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(runner, 0)
+        except ProcessLookupError:
+            os._exit(3)
+
+
 def _run_in_child(job: dict[str, Any], result_file: str) -> None:
     """The body of one job's process (forked from the server, see :func:`run_job`)."""
+    import threading
+
     started = time.perf_counter()
+    threading.Thread(target=_exit_when_gone, args=(job["runner"],), daemon=True).start()
     sys.path[:0] = job.get("sys_path", [])
     if "torch" in sys.modules:  # one thread per mutant: ``--jobs`` mutants share the cores
         sys.modules["torch"].set_num_threads(1)
@@ -578,6 +591,7 @@ def _job(target: Target, settings: Settings, mutation: Any | None) -> dict[str, 
         "dtypes": list(settings.dtypes),
         "sys_path": [os.getcwd(), str(Path(cprop_ref.__file__).resolve().parent.parent)],
         "mutation": None,
+        "runner": os.getpid(),
     }
     if mutation is not None:
         job["mutation"] = {
