@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import DTYPES
+from .dtypes import DTYPES
+from .suite import CHECKS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,10 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--examples", type=int, default=100, help="hypothesis examples per check (default 100)")
     verify.add_argument(
         "--checks",
-        default="open_loop,injected,closed_loop",
-        help="comma-separated checks to run (default open_loop,injected,closed_loop)",
+        default=",".join(CHECKS),
+        help=f"comma-separated checks to run (default {','.join(CHECKS)})",
     )
-    verify.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated dtypes (default float32,float64)")
+    verify.add_argument(
+        "--dtypes", default=",".join(DTYPES), help=f"comma-separated dtypes (default {','.join(DTYPES)})"
+    )
     verify.add_argument("--fixtures", default=None, help="also check the golden fixtures in this directory")
     verify.add_argument(
         "--random", action="store_true", help="draw fresh random examples (default: derandomized, reproducible)"

@@ -15,14 +15,20 @@ from typing import Any
 import numpy as np
 
 from .config import PortConfig
+from .dtypes import compute_dtype
 
 
-def ulp_error(port: float, reference: float, dtype: np.dtype) -> float:
-    """``|port - reference|`` in units of the spacing of ``dtype`` at the reference value."""
+def ulp_error(port: float, reference: float, dtype: np.dtype | str) -> float:
+    """``|port - reference|`` in units of the spacing of ``dtype`` at the reference value
+    (``"bfloat16"``: float32's spacing times 2^16, its 8-bit significand)."""
     if not (math.isfinite(port) and math.isfinite(reference)):
         return math.inf if port != reference else 0.0
-    spacing = float(np.spacing(np.abs(np.asarray(reference, dtype=dtype))))
-    tiny = float(np.finfo(dtype).smallest_subnormal)
+    widen = 1.0
+    if dtype == "bfloat16":
+        dtype, widen = np.dtype(np.float32), 2.0**16
+    dtype = np.dtype(dtype)
+    spacing = float(np.spacing(np.abs(np.asarray(reference, dtype=dtype)))) * widen
+    tiny = float(np.finfo(dtype).smallest_subnormal) * widen
     return abs(port - reference) / max(spacing, tiny)
 
 
@@ -58,7 +64,8 @@ class Mismatch:
         return abs(self.port_value - self.reference_value)
 
     def format(self) -> str:
-        dtype = self.config.np_dtype
+        # CProp's statistics and scale live in the compute dtype (float32 for 16-bit parameters)
+        dtype = self.config.dtype if self.quantity == "param" else compute_dtype(self.config.dtype)
         lines = [
             f"MISMATCH in check '{self.check}': {self.quantity} of tensor {self.tensor}, element {self.element}, "
             f"after step {self.step}",
@@ -72,7 +79,7 @@ class Mismatch:
                 f"  reference     : {self.reference_value!r}",
                 f"  abs error     : {self.abs_error:.6g}   (bound {self.bound:.6g})",
                 f"  rel error     : {relative_error(self.port_value, self.reference_value):.6g}",
-                f"  ulp error     : {ulp_error(self.port_value, self.reference_value, dtype):.6g} ulp of {dtype}",
+                f"  ulp error     : {ulp_error(self.port_value, self.reference_value, dtype):.6g} ulp of {np.dtype(dtype) if dtype != 'bfloat16' else dtype}",
             ]
             if self.detail:
                 lines.append(f"  note          : {self.detail}")
@@ -104,6 +111,9 @@ class Coverage:
     unconstrained: int = 0
     unsupported: dict[str, int] = field(default_factory=dict)
     configurations: set[str] = field(default_factory=set)
+    #: Parameter elements that differ where the wrapped framework optimizer's own arithmetic
+    #: overflowed and the reference's did not (``docs/conformance.md``, "Base optimizers").
+    base_differences: int = 0
 
     def add_compared(self, quantity: str, count: int) -> None:
         self.compared[quantity] = self.compared.get(quantity, 0) + count

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .config import DTYPES
+from .dtypes import DTYPES
 from .protocol import Unsupported
 from .report import ConformanceMismatch, Coverage, SuiteReport
 
-CHECKS: tuple[str, ...] = ("open_loop", "injected", "closed_loop")
+CHECKS: tuple[str, ...] = ("open_loop", "injected", "closed_loop", "resume")
 
 
 def case_strategy(check: str, dtypes: tuple[str, ...] = DTYPES) -> Any:
@@ -29,6 +29,8 @@ def case_strategy(check: str, dtypes: tuple[str, ...] = DTYPES) -> Any:
         return strategies.injected_cases(dtypes)
     if check == "closed_loop":
         return strategies.closed_loop_cases(dtypes)
+    if check == "resume":
+        return strategies.resume_cases(dtypes)
     raise ValueError(f"invalid check={check!r}: one of {', '.join(CHECKS)}")
 
 
