@@ -37,26 +37,27 @@ from cprop_ref.conformance.mutation import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: A third-party-style port, outside the project: CProp-SGD without momentum or weight decay
-#: in NumPy, from cprop-ref's functional core (other configurations are declined).
+#: A third-party-style port, outside the project: CProp-SGD in NumPy from cprop-ref's
+#: functional core (the other optimizers are declined).
 USER_PORT = '''
-"""A user's port of CProp-SGD (plain SGD only)."""
+"""A user's port of CProp-SGD."""
 from __future__ import annotations
 
 import numpy as np
 
 from cprop_ref.conformance import Unsupported
+from cprop_ref.functional import sgd_direction
 from cprop_ref.scale import cprop_scale, init_stats, scale_update, update_stats
 
 
 class Run:
     def __init__(self, config, params: list[np.ndarray]) -> None:
-        hp = config.hyperparams
-        if config.optimizer != "CPropSGD" or hp["momentum"] or hp["weight_decay"]:
-            raise Unsupported("only CPropSGD without momentum or weight decay")
-        self.hp = hp
+        if config.optimizer != "CPropSGD":
+            raise Unsupported("only CPropSGD")
+        self.hp = dict(config.hyperparams)
         self.tensors = [np.array(p, copy=True) for p in params]
         self.stats = [None for _ in params]
+        self.buffers = [None for _ in params]
 
     def step(self, grads) -> None:
         hp = self.hp
@@ -66,7 +67,11 @@ class Run:
             stats = self.stats[k] if self.stats[k] is not None else init_stats(g.shape, g.dtype)
             stats = update_stats(stats, g, hp["cprop_beta"])
             s = cprop_scale(stats, hp["cprop_beta"], hp["cprop_c"], hp["cprop_eps"], hp["cprop_cdf"])
-            self.tensors[k] = self.tensors[k] - hp["lr"] * scale_update(g, s)
+            d, self.buffers[k] = sgd_direction(
+                self.tensors[k], g, self.buffers[k], momentum=hp["momentum"], dampening=hp["dampening"],
+                weight_decay=hp["weight_decay"], nesterov=hp["nesterov"],
+            )
+            self.tensors[k] = self.tensors[k] - hp["lr"] * scale_update(d, s)
             self.stats[k] = stats
 
     def params(self) -> list[np.ndarray]:
@@ -160,20 +165,21 @@ def test_killed_run_leaves_the_source_intact_and_resumes(tmp_path, user_port):
     session = tmp_path / "session.sqlite"
     command = [sys.executable, "-m", "cprop_ref.cli", "mutate", "user_port", "--factory", "user_port:make"]
     command += ["--source", str(user_port), "--session", str(session), "--examples", "10", "--jobs", "1"]
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=_env(tmp_path), start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while _finished(session) < 1 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert process.poll() is None, process.stderr.read()
-        os.killpg(process.pid, signal.SIGKILL)  # the runner and the mutant in flight
-    finally:
-        process.wait()
+    log = tmp_path / "mutate.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=_env(tmp_path), start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while _finished(session) < 1 and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert process.poll() is None, log.read_text()
+            os.killpg(process.pid, signal.SIGKILL)  # the runner, its fork server and the mutant in flight
+        finally:
+            process.wait()
     assert user_port.read_bytes() == original
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["session.sqlite", "user_port.py"]
+    assert [p.name for p in tmp_path.rglob("*.py")] == ["user_port.py"]  # no mutated copy left here
     done = _finished(session)
     total = len(enumerate_mutants(Target.resolve("user_port", str(user_port), "user_port:make")))
     assert 1 <= done < total
@@ -189,13 +195,13 @@ def test_killed_run_leaves_the_source_intact_and_resumes(tmp_path, user_port):
 
 def test_user_port_mutant_reports_the_killing_check(user_port):
     target = Target.resolve("user_port", str(user_port), "user_port:make")
-    settings = Settings(10, ("open_loop", "injected", "closed_loop"), ("float32", "float64"))
+    settings = Settings(50, ("open_loop", "injected", "closed_loop"), ("float32", "float64"))
     item = next(
         i
         for i in enumerate_mutants(target)
         if i.mutations[0].operator_name == "core/ReplaceBinaryOperator_Sub_Add"
         and mutation.changed_line(*mutated_source(target, i.mutations[0]), i.mutations[0].start_pos[0])[1]
-        == 'self.tensors[k] = self.tensors[k] + hp["lr"] * scale_update(g, s)'
+        == 'self.tensors[k] = self.tensors[k] + hp["lr"] * scale_update(d, s)'
     )
     payload = mutation.run_job(mutation._job(target, settings, item.mutations[0]), timeout=300)
     assert payload["outcome"] == "killed" and payload["killed_by"] == "open_loop", payload

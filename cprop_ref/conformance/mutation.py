@@ -363,9 +363,22 @@ def run_mutant(job: dict[str, Any]) -> dict[str, Any]:
             return {"killed_by": "import", "detail": f"{type(err).__name__}: {err}", "config": ""}
 
 
+def _exit_when_gone(runner: int) -> None:
+    """End this process soon after the runner ``runner`` (a pid) ended, however it ended."""
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(runner, 0)
+        except ProcessLookupError:
+            os._exit(3)
+
+
 def _run_in_child(job: dict[str, Any], result_file: str) -> None:
     """The body of one job's process (forked from the server, see :func:`run_job`)."""
+    import threading
+
     started = time.perf_counter()
+    threading.Thread(target=_exit_when_gone, args=(job["runner"],), daemon=True).start()
     sys.path[:0] = job.get("sys_path", [])
     if "torch" in sys.modules:  # one thread per mutant: ``--jobs`` mutants share the cores
         sys.modules["torch"].set_num_threads(1)
@@ -578,6 +591,7 @@ def _job(target: Target, settings: Settings, mutation: Any | None) -> dict[str, 
         "dtypes": list(settings.dtypes),
         "sys_path": [os.getcwd(), str(Path(cprop_ref.__file__).resolve().parent.parent)],
         "mutation": None,
+        "runner": os.getpid(),
     }
     if mutation is not None:
         job["mutation"] = {
@@ -839,7 +853,7 @@ def record_outputs(target: Target, cases_file: str) -> dict[str, Any]:
     import numpy as np
 
     from . import load_port
-    from .cases import ClosedLoopCase, InjectedCase, OpenLoopCase
+    from .cases import ClosedLoopCase, InjectedCase, OpenLoopCase, ResumeCase
     from .protocol import optional
 
     port = load_port(target.factory)
@@ -854,12 +868,20 @@ def record_outputs(target: Target, cases_file: str) -> dict[str, Any]:
         return out
 
     for case in cases:
+        if not isinstance(case, (OpenLoopCase, ResumeCase, InjectedCase, ClosedLoopCase)):
+            raise TypeError(f"no differential run for {type(case).__name__}")
         record: list[Any] = []
         try:
-            if isinstance(case, OpenLoopCase):
+            if isinstance(case, (OpenLoopCase, ResumeCase)):
                 run = port(case.config, [np.array(p) for p in case.params])
                 record.append(snapshot(run))
-                for grads in case.grads:
+                for i, grads in enumerate(case.grads):
+                    if isinstance(case, ResumeCase) and i == case.resume_at:
+                        save, restore = optional(run, "save"), optional(run, "restore")
+                        if save is not None and restore is not None:  # through the port's own mechanism
+                            data = save()
+                            run = port(case.config, run.params())
+                            optional(run, "restore")(data)
                     run.step(grads)
                     record.append(snapshot(run))
             elif isinstance(case, InjectedCase):
@@ -908,14 +930,15 @@ def draw_cases(examples: int, dtypes: Sequence[str], checks: Sequence[str]) -> l
 
 
 def first_difference(a: Any, b: Any, where: str = "") -> str | None:
-    """Where two recorded outputs first differ (bit for bit, NaN payloads aside), or ``None``."""
+    """Where two recorded outputs first differ, or ``None``: every value equal (``-0.0 == 0.0``,
+    as the checks compare), NaN where NaN, the same dtypes, shapes and exceptions."""
     import numpy as np
 
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         a, b = np.asarray(a), np.asarray(b)
         if a.dtype != b.dtype or a.shape != b.shape:
             return f"{where}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
-        same = (a == b) & (np.signbit(a) == np.signbit(b)) if a.dtype.kind == "f" else a == b
+        same = a == b  # values: the sign of a zero is no part of the reference's promise
         if a.dtype.kind == "f":
             same |= np.isnan(a) & np.isnan(b)
         if not np.all(same):
