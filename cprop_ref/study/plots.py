@@ -138,7 +138,7 @@ def plot_heatmap(ds: Any, path: Path, x_key: str = "lr", y_key: str | None = Non
         bad_y, bad_x = np.nonzero(~np.isfinite(values))
         ax.scatter(bad_x, bad_y, marker="x", color="0.3", s=12)
         ax.set_xticks(range(grid.sizes[x_key]), [f"{v:.2g}" for v in grid[x_key].values], rotation=90, fontsize=6)
-        ax.set_yticks(range(grid.sizes[y_key]), [f"{v:.3g}" for v in grid[y_key].values], fontsize=7)
+        ax.set_yticks(range(grid.sizes[y_key]), [f"{v:.6g}" for v in grid[y_key].values], fontsize=7)
         ax.set_xlabel(x_key)
         ax.set_ylabel(y_key)
         ax.set_title(optimizer, fontsize=9)
