@@ -8,23 +8,29 @@ What the protocol asks and optax does not have, the adapter supplies:
   transformation. The adapter gives each tensor its own optax state and steps all of them in
   one jitted function, keeping (by a ``where`` on a per-tensor flag) the state and parameter of
   a tensor that received no gradient;
-- *float64*: runs of float64 configurations execute under ``jax.enable_x64``;
+- *dtypes*: runs of float64 configurations execute under ``jax.enable_x64``; bfloat16 arrays
+  arrive in their float32 carrier (:mod:`.dtypes`) and are converted exactly, both ways;
 - *subnormal numbers*: XLA on the CPU runs with denormals flushed to zero (jaxlib sets the
   processor's FTZ/DAZ flags while a computation runs), so gradual underflow, which the reference
   follows, cannot be reproduced there. A step whose inputs (parameters, gradients, the injected
-  state) hold a subnormal number is declined as :class:`~.protocol.Unsupported` and counted by
-  the harness, not compared.
+  state) hold a number that is subnormal in the compute dtype (float32 for 16-bit parameters,
+  whose subnormal float16 values are normal float32 ones) is declined as
+  :class:`~.protocol.Unsupported` and counted by the harness, not compared;
+- *resume*: ``save()`` is what a JAX user checkpoints, the state pytree fetched to the host
+  (``jax.device_get``) and pickled; ``restore`` puts it back on the device.
 """
 
 from __future__ import annotations
 
 import contextlib
+import pickle
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from .config import PortConfig
+from .dtypes import compute_dtype
 from .protocol import Unsupported
 
 try:
@@ -38,7 +44,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "cprop_ref.conformance.jax_adapter needs JAX and optax, the optional 'jax' extra: pip install 'cprop-ref[jax]'"
     ) from err
 
-_DTYPES = ("float16", "float32", "float64", "bfloat16")
+_DTYPES = {"float16": jnp.float16, "float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
 
 
 def build_transformation(config: PortConfig) -> optax.GradientTransformation:
@@ -53,15 +59,16 @@ def build_transformation(config: PortConfig) -> optax.GradientTransformation:
     return {"CPropSGD": cprop_jax.cprop_sgd, "CPropAdam": cprop_jax.cprop_adam}[config.optimizer](**hp)
 
 
-def _subnormal(*arrays: Any) -> bool:
+def _subnormal(dtype: str, *arrays: Any) -> bool:
+    """Whether any of ``arrays`` holds a number that is subnormal in ``dtype``'s compute dtype."""
+    computed = compute_dtype(dtype)
+    tiny = np.finfo(computed).tiny
     for x in arrays:
-        if x is None:
+        if x is None or np.size(x) == 0:
             continue
-        x = np.asarray(x)
-        if x.size and np.issubdtype(x.dtype, np.floating):
-            a = np.abs(x.astype(np.float64) if x.dtype.itemsize < 4 else x)
-            if np.any((a > 0.0) & (a < np.finfo(x.dtype).tiny)):
-                return True
+        a = np.abs(np.asarray(x).astype(computed))
+        if np.any((a > 0.0) & (a < tiny)):
+            return True
     return False
 
 
@@ -77,11 +84,16 @@ class JaxRun:
     def __init__(self, config: PortConfig, params: Sequence[np.ndarray]) -> None:
         self.config = config
         self.tx = build_transformation(config)
+        self.dtype = _DTYPES[config.dtype]
         with self._precision():
-            self.tensors = [jnp.asarray(np.array(p, copy=True)) for p in params]
+            self.tensors = [self._to_jax(p) for p in params]
             self.states = [self.tx.init(p) for p in self.tensors]
         self.stepped = [False] * len(self.tensors)
         self._step = jax.jit(self._step_all)
+
+    def _to_jax(self, x: np.ndarray) -> Any:
+        """A protocol array as a JAX array of the configuration's dtype (bfloat16 from its carrier, exactly)."""
+        return jnp.asarray(np.array(x, copy=True)).astype(self.dtype)
 
     def _precision(self) -> contextlib.AbstractContextManager[Any]:
         return jax.enable_x64(True) if self.config.dtype == "float64" else contextlib.nullcontext()
@@ -95,19 +107,28 @@ class JaxRun:
         return new_params, new_states
 
     def step(self, grads: Sequence[np.ndarray | None]) -> None:
-        if _subnormal(*grads, *self.tensors):
+        if _subnormal(self.config.dtype, *grads, *self.params()):
             raise Unsupported(_FLUSHED)
         with self._precision():
-            gs = [
-                jnp.zeros_like(p) if g is None else jnp.asarray(np.array(g, copy=True))
-                for p, g in zip(self.tensors, grads)
-            ]
+            gs = [jnp.zeros_like(p) if g is None else self._to_jax(g) for p, g in zip(self.tensors, grads)]
             present = [jnp.asarray(g is not None) for g in grads]
             self.tensors, self.states = self._step(self.tensors, gs, self.states, present)
         self.stepped = [s or g is not None for s, g in zip(self.stepped, grads)]
 
     def params(self) -> list[np.ndarray]:
-        return [np.array(p, copy=True) for p in self.tensors]
+        """Copies on the host; bfloat16 as its float32 carrier, exactly."""
+        return [np.array(p.astype(jnp.float32) if p.dtype == jnp.bfloat16 else p, copy=True) for p in self.tensors]
+
+    def save(self) -> bytes:
+        """The optimizer states as a JAX user checkpoints them: fetched to the host and pickled."""
+        return pickle.dumps((jax.device_get(self.states), list(self.stepped)))
+
+    def restore(self, data: bytes) -> None:
+        """The states :meth:`save` wrote, put back on the device into this fresh run."""
+        states, stepped = pickle.loads(data)
+        with self._precision():
+            self.states = jax.tree.map(jnp.asarray, states)
+        self.stepped = list(stepped)
 
     def _statistics(self) -> Iterator[tuple[Any, Any, Any] | None]:
         for state, stepped in zip(self.states, self.stepped):
@@ -122,7 +143,7 @@ class JaxRun:
 
     def load_state(self, states: Sequence[dict[str, Any]]) -> None:
         """The protocol's per-tensor entries as the port's NamedTuple states (``docs/jax.md``)."""
-        if _subnormal(*(v for st in states for k, v in st.items() if k != "step")):
+        if _subnormal(self.config.dtype, *(v for st in states for k, v in st.items() if k != "step")):
             raise Unsupported(_FLUSHED)
         cfg = self.config
         with self._precision():

@@ -208,7 +208,8 @@ def _param_leaves(params: Any, like: Any, needed: bool, where: str) -> list[Any]
 
 
 def _zeros(params: Any) -> Any:
-    """Zeros shaped like ``params`` in the statistics dtype (float32 for 16-bit leaves)."""
+    """Zeros shaped like ``params`` in the statistics dtype (float32 for 16-bit leaves); new
+    buffers at each call, so that a jitted step may donate every field of the state."""
     return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), statistics_dtype(jnp.result_type(p))), params)
 
 
@@ -241,8 +242,7 @@ def cprop(
     hp = _validated(WRAPPER_HYPERPARAMS, dict(beta=beta, c=c, eps=eps, cdf=cdf), "cprop")
 
     def init_fn(params: Any) -> CPropState:
-        zeros = _zeros(params)
-        return CPropState(jnp.zeros([], jnp.int32), zeros, zeros, zeros, inner.init(params))
+        return CPropState(jnp.zeros([], jnp.int32), _zeros(params), _zeros(params), _zeros(params), inner.init(params))
 
     def update_fn(updates: Any, state: CPropState, params: Any = None) -> tuple[Any, CPropState]:
         treedef = jax.tree.structure(state.m)
@@ -300,10 +300,9 @@ def cprop_sgd(
     beta = hp["cprop_beta"]
 
     def init_fn(params: Any) -> CPropSGDState:
-        zeros = _zeros(params)
-        buf = zeros if hp["momentum"] != 0.0 else None
+        buf = _zeros(params) if hp["momentum"] != 0.0 else None
         count = jnp.zeros([], jnp.int32)
-        return CPropSGDState(count, zeros, zeros, zeros, buf, count)
+        return CPropSGDState(count, _zeros(params), _zeros(params), _zeros(params), buf, jnp.zeros([], jnp.int32))
 
     def update_fn(updates: Any, state: CPropSGDState, params: Any = None) -> tuple[Any, CPropSGDState]:
         treedef = jax.tree.structure(state.m)
@@ -380,15 +379,14 @@ def cprop_adam(
     share_m, share_v = raw and hp["betas"][0] == beta, raw and hp["betas"][1] == beta
 
     def init_fn(params: Any) -> CPropAdamState:
-        zeros = _zeros(params)
         return CPropAdamState(
             jnp.zeros([], jnp.int32),
-            zeros,
-            zeros,
-            zeros if hp["amsgrad"] else None,
-            None if share_m else zeros,
-            None if share_v else zeros,
-            zeros,
+            _zeros(params),
+            _zeros(params),
+            _zeros(params) if hp["amsgrad"] else None,
+            None if share_m else _zeros(params),
+            None if share_v else _zeros(params),
+            _zeros(params),
         )
 
     def update_fn(updates: Any, state: CPropAdamState, params: Any = None) -> tuple[Any, CPropAdamState]:
@@ -504,8 +502,8 @@ def _torch_adam(
     wd = hp["weight_decay"]
 
     def init_fn(params: Any) -> AdamState:
-        zeros = _zeros(params)
-        return AdamState(jnp.zeros([], jnp.int32), zeros, zeros, zeros if hp["amsgrad"] else None)
+        vmax = _zeros(params) if hp["amsgrad"] else None
+        return AdamState(jnp.zeros([], jnp.int32), _zeros(params), _zeros(params), vmax)
 
     def update_fn(updates: Any, state: AdamState, params: Any = None) -> tuple[Any, AdamState]:
         like = state.exp_avg
