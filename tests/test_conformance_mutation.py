@@ -268,6 +268,22 @@ def _check_equivalents(examples: int) -> None:
         assert difference is None, f"{equivalent} is not equivalent: {difference}"
 
 
+def test_the_differential_run_sees_a_real_change():
+    """The equivalence test can fail: a mutant that changes the standard error differs."""
+    target = _torch_target()
+    item = next(
+        i
+        for i in enumerate_mutants(target)
+        if i.mutations[0].operator_name == "core/ReplaceBinaryOperator_Add_Sub"
+        and mutation.changed_line(*mutated_source(target, i.mutations[0]), i.mutations[0].start_pos[0])[1]
+        == "return torch.sqrt(ratio) - eps"
+    )
+    settings = Settings.verify_defaults()
+    cases = mutation.draw_cases(10, settings.dtypes, ("open_loop",))
+    difference, _ = mutation.differential_check(target, item.mutations[0], cases)
+    assert difference is not None and difference.startswith("case[")
+
+
 @pytest.mark.skipif(not TORCH_EQUIVALENTS, reason="no equivalent mutants listed")
 def test_listed_equivalent_mutants_give_the_same_outputs():
     """Each listed equivalent mutant and the unmutated port on the same drawn inputs (20 per
