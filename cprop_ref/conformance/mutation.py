@@ -268,11 +268,13 @@ def mutated_source(target: Target, mutation: Any) -> tuple[str, str]:
 
 
 def changed_line(original: str, mutated: str, line: int) -> tuple[str, str]:
-    """Line ``line`` (1-based) before and after, stripped: how a mutant reads in a report."""
-    before = original.splitlines()[line - 1].strip()
-    after_lines = mutated.splitlines()
-    after = after_lines[line - 1].strip() if line - 1 < len(after_lines) else ""
-    return before, after
+    """Line ``line`` (1-based) before and after, stripped: how a mutant reads in a report
+    (``(line removed)`` after a mutation that removed it, e.g. a decorator)."""
+    before_lines, after_lines = original.splitlines(), mutated.splitlines()
+    before = before_lines[line - 1].strip()
+    if len(after_lines) < len(before_lines):
+        return before, "(line removed)"
+    return before, after_lines[line - 1].strip()
 
 
 # -- running one mutant (in its own process) ---------------------------------------------------
