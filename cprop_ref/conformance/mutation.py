@@ -820,6 +820,9 @@ def run_mutate(args: argparse.Namespace) -> int:
         session = Path(args.session or f"mutants-{args.module}.sqlite")
         if args.fresh and session.exists():
             session.unlink()
+        for option, value in (("--jobs", args.jobs), ("--sample", args.sample), ("--timeout", args.timeout)):
+            if value is not None and value <= 0:
+                raise ValueError(f"cprop-ref mutate: invalid {option}={value}: must be > 0")
         settings = Settings.verify_defaults()
         if args.examples is not None:
             if args.examples < 1:
