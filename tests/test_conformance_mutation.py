@@ -133,6 +133,24 @@ def test_bad_targets_name_what_is_wrong(tmp_path, user_port):
         Target.resolve("user_port", str(tmp_path), "user_port:make")
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["no_such_port_module"], "--factory is needed for module 'no_such_port_module'"),
+        (["cprop_ref.torch", "--jobs", "0"], "invalid --jobs=0: must be > 0"),
+        (["cprop_ref.torch", "--sample", "-1"], "invalid --sample=-1: must be > 0"),
+        (["cprop_ref.torch", "--examples", "0"], "invalid --examples=0: must be >= 1"),
+        (["x", "--factory", "x:f", "--source", "nowhere.py"], "is neither a package directory nor a .py file"),
+    ],
+)
+def test_the_command_refuses_bad_input_by_name(argv, message, capsys, tmp_path):
+    from cprop_ref.cli import main
+
+    assert main(["mutate", *argv, "--session", str(tmp_path / "s.sqlite")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s.sqlite").exists()
+
+
 def test_a_session_refuses_another_target(tmp_path, user_port):
     session = tmp_path / "session.sqlite"
     target = Target.resolve("user_port", str(user_port), "user_port:make")
@@ -266,6 +284,22 @@ def _check_equivalents(examples: int) -> None:
     for equivalent, item in _equivalent_items(target):
         difference, original = mutation.differential_check(target, item.mutations[0], cases, original)
         assert difference is None, f"{equivalent} is not equivalent: {difference}"
+
+
+def test_the_differential_run_sees_a_real_change():
+    """The equivalence test can fail: a mutant that changes the standard error differs."""
+    target = _torch_target()
+    item = next(
+        i
+        for i in enumerate_mutants(target)
+        if i.mutations[0].operator_name == "core/ReplaceBinaryOperator_Add_Sub"
+        and mutation.changed_line(*mutated_source(target, i.mutations[0]), i.mutations[0].start_pos[0])[1]
+        == "return torch.sqrt(ratio) - eps"
+    )
+    settings = Settings.verify_defaults()
+    cases = mutation.draw_cases(10, settings.dtypes, ("open_loop",))
+    difference, _ = mutation.differential_check(target, item.mutations[0], cases)
+    assert difference is not None and difference.startswith("case[")
 
 
 @pytest.mark.skipif(not TORCH_EQUIVALENTS, reason="no equivalent mutants listed")

@@ -268,11 +268,13 @@ def mutated_source(target: Target, mutation: Any) -> tuple[str, str]:
 
 
 def changed_line(original: str, mutated: str, line: int) -> tuple[str, str]:
-    """Line ``line`` (1-based) before and after, stripped: how a mutant reads in a report."""
-    before = original.splitlines()[line - 1].strip()
-    after_lines = mutated.splitlines()
-    after = after_lines[line - 1].strip() if line - 1 < len(after_lines) else ""
-    return before, after
+    """Line ``line`` (1-based) before and after, stripped: how a mutant reads in a report
+    (``(line removed)`` after a mutation that removed it, e.g. a decorator)."""
+    before_lines, after_lines = original.splitlines(), mutated.splitlines()
+    before = before_lines[line - 1].strip()
+    if len(after_lines) < len(before_lines):
+        return before, "(line removed)"
+    return before, after_lines[line - 1].strip()
 
 
 # -- running one mutant (in its own process) ---------------------------------------------------
@@ -818,6 +820,9 @@ def run_mutate(args: argparse.Namespace) -> int:
         session = Path(args.session or f"mutants-{args.module}.sqlite")
         if args.fresh and session.exists():
             session.unlink()
+        for option, value in (("--jobs", args.jobs), ("--sample", args.sample), ("--timeout", args.timeout)):
+            if value is not None and value <= 0:
+                raise ValueError(f"cprop-ref mutate: invalid {option}={value}: must be > 0")
         settings = Settings.verify_defaults()
         if args.examples is not None:
             if args.examples < 1:
