@@ -70,10 +70,13 @@ def plot_losses(histories: Sequence[History], problem: Problem, path: Path, targ
     for i, history in enumerate(histories):
         gap, label = loss_gap(history, problem)
         steps = thin(gap.shape[0])
-        gap = gap[steps]
+        gap = gap[steps][:, history.finished]  # diverged runs are counted in the legend, not averaged
+        if gap.shape[1] == 0:
+            continue
         style = _style(i, history)
-        ax.plot(steps, np.maximum(gap.mean(axis=1), LOG_FLOOR), label=history.optimizer, **style)
-        if history.runs > 1:
+        diverged = f" ({history.diverged_count} of {history.runs} diverged)" if history.diverged_count else ""
+        ax.plot(steps, np.maximum(gap.mean(axis=1), LOG_FLOOR), label=history.optimizer + diverged, **style)
+        if gap.shape[1] > 1:
             low, high = np.maximum(gap.min(axis=1), LOG_FLOOR), np.maximum(gap.max(axis=1), LOG_FLOOR)
             ax.fill_between(steps, low, high, color=style["color"], alpha=0.15, linewidth=0)
     if target is not None:
@@ -105,14 +108,14 @@ def plot_scales(histories: Sequence[History], problem: Problem, path: Path) -> P
         colour = _style(i, history)["color"]
         ax.plot(
             steps,
-            history.scale_mean[rows].mean(axis=1),
+            history.scale_mean[rows][:, history.finished].mean(axis=1),
             color=colour,
             linewidth=1.3,
             label=f"{history.optimizer}: mean",
         )
         ax.plot(
             steps,
-            history.scale_ones[rows].mean(axis=1),
+            history.scale_ones[rows][:, history.finished].mean(axis=1),
             color=colour,
             linewidth=0.9,
             linestyle=":",

@@ -1,4 +1,4 @@
-"""Deliberately broken variants of cprop-ref's torch port, one bug each (issue 4, item 8).
+"""Deliberately broken variants of cprop-ref's torch port, one bug each, that the harness must catch.
 
 Each is a small subclass of :class:`cprop_ref.torch.CPropSGD` (the CProp-Adam one of
 :class:`cprop_ref.torch.CPropAdam`) that overrides one step of the algorithm, wrapped as a
@@ -31,7 +31,7 @@ def scale_variant(
     bft_cubic: float = BFT_CUBIC,
     clamp: bool = True,
 ) -> torch.Tensor:
-    """The spec's scale with one of four knobs turned the wrong way."""
+    """The scale of ``docs/algorithm.md`` with one of four knobs turned the wrong way."""
     beta, c, eps, name = hp["cprop_beta"], hp["cprop_c"], hp["cprop_eps"], hp["cprop_cdf"]
     b = 1.0 - beta**t
     m_hat, v_hat = (m / b, v / b) if bias_correct else (m, v)

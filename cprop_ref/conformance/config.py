@@ -1,6 +1,6 @@
 """What the harness asks a port to build: an optimizer configuration.
 
-A :class:`PortConfig` names one of the five CProp optimizers of the spec, its
+A :class:`PortConfig` names one of the five CProp optimizers of ``docs/algorithm.md``, its
 hyperparameters (the authors' names) and the dtype of the parameters:
 
 ============  ==============================  =============================================

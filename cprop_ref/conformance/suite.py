@@ -53,8 +53,10 @@ def run_check(
     derandomize: bool = True,
     dtypes: tuple[str, ...] = DTYPES,
     seed: int | None = None,
+    shrink: bool = True,
 ) -> tuple[Coverage, ConformanceMismatch | None]:
-    """One check over ``max_examples`` generated cases (and the edge cases); the shrunk first mismatch, if any."""
+    """One check over ``max_examples`` generated cases (and the edge cases); the first mismatch,
+    if any, shrunk unless ``shrink`` is false (mutation testing needs only whether a check fails)."""
     coverage, failures = run_check_all(
         check,
         port,
@@ -64,6 +66,7 @@ def run_check(
         dtypes=dtypes,
         max_mismatches=1,
         seed=seed,
+        shrink=shrink,
     )
     return coverage, (failures[0] if failures else None)
 
@@ -79,9 +82,11 @@ def run_check_all(
     max_mismatches: int = 3,
     edges: bool = True,
     seed: int | None = None,
+    shrink: bool = True,
 ) -> tuple[Coverage, list[ConformanceMismatch]]:
     """One check over ``max_examples`` generated cases; up to ``max_mismatches`` distinct
-    mismatches, each shrunk.
+    mismatches, each shrunk unless ``shrink`` is false (mutation testing needs only whether
+    a check fails).
 
     Distinct means another :attr:`~.report.Mismatch.signature` (quantity or crash, and the
     optimizer family). After each one is found, the search runs again with cases failing the
@@ -97,6 +102,7 @@ def run_check_all(
         raise ImportError("the conformance suite needs hypothesis: pip install 'cprop-ref[test]'") from err
 
     coverage = Coverage()
+    phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
     found: list[ConformanceMismatch] = []
     known: set[tuple[str, ...]] = set()
     rounds: list[Coverage] = []
@@ -110,7 +116,7 @@ def run_check_all(
             derandomize=derandomize,
             database=None,
             deadline=None,
-            phases=[Phase.explicit, Phase.generate, Phase.shrink],
+            phases=phases,
             suppress_health_check=list(HealthCheck),
             print_blob=False,
             report_multiple_bugs=False,
