@@ -623,7 +623,11 @@ def check_resume(
         raise ValueError(f"check_resume: resume_at={resume_at} must be in [1, {len(grads) - 1}] for {len(grads)} steps")
 
     def make_snippet(step: int) -> str:
-        stream = "[" + ", ".join("[" + ", ".join(array_literal(g) for g in gs) + "]" for gs in grads[:step]) + "]"
+        stream = (
+            "["
+            + ", ".join("[" + ", ".join(array_literal(g) for g in gs) + "]" for gs in grads[: max(step, resume_at + 1)])
+            + "]"
+        )
         return snippet(
             port_spec,
             config,
