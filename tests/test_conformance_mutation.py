@@ -54,6 +54,8 @@ class Run:
     def __init__(self, config, params: list[np.ndarray]) -> None:
         if config.optimizer != "CPropSGD":
             raise Unsupported("only CPropSGD")
+        if config.dtype in ("float16", "bfloat16"):
+            raise Unsupported("16-bit parameters")  # NumPy would promote them: declined, as the docs say
         self.hp = dict(config.hyperparams)
         self.tensors = [np.array(p, copy=True) for p in params]
         self.stats = [None for _ in params]
