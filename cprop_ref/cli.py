@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cprop_ref.compare",
     "cprop_ref.problems_cli",
     "cprop_ref.conformance.commands",
+    "cprop_ref.conformance.mutation",
     "cprop_ref.bench",
     "cprop_ref.study.commands",
 )

@@ -45,6 +45,10 @@ def __getattr__(name: str) -> Any:
     # The torch adapter needs torch; import it only when asked for.
     if name in ("torch_port", "torch_port_cuda", "TorchPort"):
         return getattr(importlib.import_module(f"{__name__}.torch_adapter"), name)
+    if name == "jax_port":  # likewise JAX and optax
+        return importlib.import_module(f"{__name__}.jax_adapter").jax_port
+    if name.startswith("torch_port_f"):  # torch_port_foreach, torch_port_fused (and their _cuda)
+        return getattr(importlib.import_module(f"{__name__}.torch_variants"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
