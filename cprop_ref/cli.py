@@ -21,7 +21,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cprop_ref.compare",
     "cprop_ref.problems_cli",
     "cprop_ref.conformance.commands",
+    "cprop_ref.conformance.mutation",
     "cprop_ref.bench",
+    "cprop_ref.study.commands",
 )
 #: What ``cprop-ref`` with no command runs: the main job on a built-in default.
 DEFAULT_COMMAND = "compare"

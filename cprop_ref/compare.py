@@ -125,8 +125,8 @@ LABEL_WIDTH = 24
 
 
 def format_table(histories: Sequence[History], target: float | None, minimum: float | None = None) -> str:
-    """The comparison table. Losses are means over runs (with the standard deviation over
-    runs when there are several); with a known ``minimum`` they are shown as the gap
+    """The comparison table. Losses are means over the runs that did not diverge (with the
+    standard deviation over them when there are several; a note counts the others); with a known ``minimum`` they are shown as the gap
     ``loss - minimum``, which keeps its digits where the loss itself does not."""
     several = bool(histories) and histories[0].runs > 1
     offset = 0.0 if minimum is None else minimum
@@ -139,18 +139,20 @@ def format_table(histories: Sequence[History], target: float | None, minimum: fl
     )
     lines = [header, "-" * len(header)]
     for h in histories:
-        mean_loss = h.mean_loss()
+        mean_loss = h.mean_loss()  # over the runs that did not diverge
         final = _number(float(mean_loss[-1] - offset))
+        kept = h.loss[-1, h.finished]
         if several:
-            final += f" (+- {h.loss[-1].std(ddof=1):.2e})"
+            final += f" (+- {kept.std(ddof=1):.2e})" if kept.size > 1 else " (+- -)"
         reached = h.steps_to_target(target) if target is not None else None
         if target is None:
             reached_text = "-"
         elif reached is not None:
             reached_text = str(reached)
-        else:  # a run that diverged was stopped: "> N" would claim N steps without the target
-            reached_text = "diverged" if h.diverged else f"> {h.steps}"
-        scale = f"{float(h.scale_mean.mean()):.3f}" if h.scale_mean is not None and h.scale_mean.size else "-"
+        else:  # every run diverged: "> N" would claim N steps run without reaching the target
+            reached_text = f"> {h.steps}" if h.finished.any() else "diverged"
+        finished_scale = h.mean_scale[h.finished] if h.mean_scale is not None else np.empty(0)
+        scale = f"{float(finished_scale.mean()):.3f}" if finished_scale.size else "-"
         lr = f"{h.lr:g}" if h.lr is not None else "-"
         lines.append(
             f"{h.optimizer:<{width}} {lr:>8} {final:>{11 + len(spread)}} {_number(float(mean_loss.min() - offset)):>11} "

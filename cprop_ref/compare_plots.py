@@ -115,20 +115,26 @@ def loss_figure(histories: Sequence[History], problem: Problem, target: float | 
     for history in histories:
         gap, label = loss_gap(history, problem)
         steps = thin(gap.shape[0])
-        series.append((steps, gap[steps]))
-    means = [np.maximum(gap.mean(axis=1), LOG_FLOOR) for _, gap in series]
-    low, high = loss_range(means, [bool(h.diverged) for h in histories])
+        gap = gap[steps]
+        # The runs that did not diverge are averaged (the others are counted in the legend);
+        # if every run diverged, their mean is drawn until the first divergence.
+        series.append((steps, gap[:, history.finished] if history.finished.any() else gap))
+    means = [np.maximum(gap.mean(axis=1), LOG_FLOOR) for _, gap in series]  # NaN stays NaN
+    low, high = loss_range(means, [not h.finished.any() for h in histories])
     left_out = []
     for i, (history, (steps, gap), mean) in enumerate(zip(histories, series, means)):
         style = _style(i, history)
         shown, cut = clip_to(mean, high)
         name = history.optimizer
-        if history.diverged:
-            name += f" (diverged after step {history.steps})"
-        if cut or history.diverged:
+        if history.diverged_count:
+            if history.runs == 1:
+                name += f" (diverged at step {int(history.diverged_at[0])})"
+            else:
+                name += f" ({history.diverged_count} of {history.runs} diverged)"
+        if cut or not history.finished.any():
             left_out.append(history.optimizer)
         ax.plot(steps, shown, label=name, **style)
-        if history.runs > 1:
+        if gap.shape[1] > 1 and history.finished.any():
             lower, _ = clip_to(np.maximum(gap.min(axis=1), LOG_FLOOR), high)
             upper = np.minimum(np.maximum(gap.max(axis=1), LOG_FLOOR), high)
             upper[np.isnan(lower)] = np.nan
@@ -181,20 +187,23 @@ def scale_figure(histories: Sequence[History], problem: Problem) -> Any:
         rows = thin(history.scale_mean.shape[0])
         steps = rows + 1  # row k holds the scale of step k + 1
         colour = _style(i, history)["color"]
+        # The runs that did not diverge; if none, all of them until the first divergence.
+        runs = history.finished if history.finished.any() else slice(None)
+        name = history.optimizer if history.finished.any() else f"{history.optimizer} (diverged)"
         ax.plot(
             steps,
-            history.scale_mean[rows].mean(axis=1),
+            history.scale_mean[rows][:, runs].mean(axis=1),
             color=colour,
             linewidth=1.3,
-            label=f"{history.optimizer}: mean",
+            label=f"{name}: mean",
         )
         ax.plot(
             steps,
-            history.scale_ones[rows].mean(axis=1),
+            history.scale_ones[rows][:, runs].mean(axis=1),
             color=colour,
             linewidth=0.9,
             linestyle=":",
-            label=f"{history.optimizer}: share at 1",
+            label=f"{name}: share at 1",
         )
     ax.set_ylim(-0.02, 1.05)
     ax.set_xlabel("step")

@@ -1,4 +1,4 @@
-"""The Numba backend against the NumPy reference, step by step (issue 3, deliverable 3).
+"""The Numba backend against the NumPy reference, step by step.
 
 Hypothesis draws optimizer x cdf x dtype x hyperparameters x shapes (0-d and empty
 included) x gradient streams with missing gradients. Two comparisons:
@@ -336,7 +336,7 @@ def test_parallel_launch_many_tensors_agrees(kind):
 
 
 def test_state_lives_in_one_flat_buffer_and_survives_a_numpy_step():
-    """Deliverable 2: after a Numba step the state entries of all parameters of a dtype are
+    """After a Numba step the state entries of all parameters of a dtype are
     views of one arena; a NumPy-backend step (which stores fresh arrays) and a switch back
     repack them, with no change in the numbers."""
     rng = np.random.default_rng(5)

@@ -112,7 +112,7 @@ def test_bad_arguments_exit_with_a_message(argv, message):
 def test_divergence_is_reported_in_the_table(capsys):
     main(["compare", "rosenbrock", "--optimizers", "sgd:lr=0.1,adam", "--steps", "200", "--no-plots"])
     out = capsys.readouterr().out
-    assert "note: sgd:lr=0.1 on rosenbrock diverged at step" in out
+    assert "note: sgd:lr=0.1 on rosenbrock: 1 of 1 run(s) diverged (run 0 at step" in out
 
 
 def test_default_command_is_compare_on_rosenbrock(capsys):

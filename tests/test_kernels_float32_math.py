@@ -1,7 +1,7 @@
 """The float32-lane exponential, erf and conformities of the kernels, against float64.
 
 For float32 tensors the kernels evaluate every CDF entirely in float32 (``cprop_ref.kernels.vector_math.exp_float32``). The bounds held here are
-derived in ``docs/performance.md`` ("Exponentials at vector speed"), in units of
+derived in ``docs/design/kernels.md`` ("Exponentials at vector speed"), in units of
 ``U32 = 2**-24``:
 
 - ``exp_float32``: relative error <= ``EXP_FLOAT32_BOUND_U`` on [-87, 0] (reduction 0.39,

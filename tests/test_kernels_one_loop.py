@@ -174,10 +174,10 @@ def _assert_one_loop_is_the_stages(
     for t in range(1, 5):
         g = (rng.standard_normal(n) * 10.0 ** rng.integers(-4, 4, n)).astype(dtype)
         g[rng.random(n) < 0.2] = 0.0
-        sc = scalar_row(cfg, t, dtype)
+        scalars = scalar_row(cfg, t, dtype)
         for params, state, (flags, markers) in runs.values():
             with np.errstate(all="ignore"):
-                assert adam_kernels.adam_one(params, g, state, 0, sc, flags, True, *markers)
+                assert adam_kernels.adam_one(params, g, state, 0, scalars, flags, True, *markers)
     (p_one, a_one, _), (p_stages, a_stages, _) = runs.values()
     assert_same_bits(p_one, p_stages, "parameter")
     for row, name in enumerate(adam_kernels.FIELDS):

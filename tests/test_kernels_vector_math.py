@@ -1,7 +1,7 @@
 """The vectorisable exponentials and CDFs of ``cprop_ref.kernels.vector_math`` against mpmath.
 
 Each function's error is measured on a dense grid plus hypothesis-drawn points and held
-to the bound that its docstring states and ``docs/performance.md`` derives:
+to the bound that its docstring states and ``docs/design/kernels.md`` derives:
 
 - ``exp_double``: relative error <= ``EXP_DOUBLE_BOUND_U`` units of 2**-53 on [-708, 0]
   (Cody-Waite reduction 0.35u + Horner 4.0u + Taylor remainder 0.08u, first order);

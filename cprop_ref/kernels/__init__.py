@@ -5,8 +5,8 @@ of :mod:`.adam` (Adam, AdamW, CProp-Adam), :mod:`.sgd` (SGD, CProp-SGD) and
 :mod:`.wrapper` (the CProp wrapper), with the state of every parameter kept in one
 flat buffer per dtype (:mod:`.flat`); ``backend="numpy"`` runs the readable reference
 in :mod:`cprop_ref.optim`. Both give the same numbers within the tolerance policy
-(``docs/performance.md``). float16 parameters and parameters that are not C-contiguous
-take the NumPy path on either backend.
+(``docs/algorithm.md``, "Tolerance policy"; the design: ``docs/design/kernels.md``). float16
+parameters and parameters that are not C-contiguous take the NumPy path on either backend.
 
 Importing this package does not import Numba; :mod:`.dispatch` does, on the first step.
 """

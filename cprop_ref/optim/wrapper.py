@@ -52,7 +52,7 @@ class CProp:
     """Wrap ``base_optimizer`` so that each of its updates is scaled by CProp:
 
     ``before = param``; the base optimizer steps; ``param <- before + (param - before) * s``,
-    where ``s`` comes from the raw gradients (spec, "CProp wrapper"). ``beta``, ``c``,
+    where ``s`` comes from the raw gradients (``docs/algorithm.md``, "How the scale is applied"). ``beta``, ``c``,
     ``eps`` and ``cdf`` are CProp's hyperparameters; they are attributes and may be changed
     between steps. For plain SGD and Adam this equals :class:`CPropSGD` and
     :class:`CPropAdam` up to rounding. ``backend`` is the wrapper's own (``"numba"``: the
