@@ -43,7 +43,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = [DEFAULT_COMMAND, *argv]
-    elif argv[0] not in _commands(parser) and _is_problem(argv[0]):
+    elif not argv[0].startswith("-") and argv[0] not in _commands(parser):
+        if not _is_problem(argv[0]):
+            from problems import PROBLEMS
+
+            parser.error(
+                f"{argv[0]!r} is neither a command ({', '.join(sorted(_commands(parser)))}) "
+                f"nor a problem ({', '.join(PROBLEMS)})"
+            )
         argv = [DEFAULT_COMMAND, *argv]  # `cprop-ref rosenbrock`: the main job on that problem
     args = parser.parse_args(argv)
     try:

@@ -149,8 +149,8 @@ def format_table(histories: Sequence[History], target: float | None, minimum: fl
             reached_text = "-"
         elif reached is not None:
             reached_text = str(reached)
-        else:  # runs that diverged were stopped: "> N" would claim N steps without the target
-            reached_text = "diverged" if h.diverged_count == h.runs else f"> {h.steps}"
+        else:  # every run diverged: "> N" would claim N steps run without reaching the target
+            reached_text = f"> {h.steps}" if h.finished.any() else "diverged"
         finished_scale = h.mean_scale[h.finished] if h.mean_scale is not None else np.empty(0)
         scale = f"{float(finished_scale.mean()):.3f}" if finished_scale.size else "-"
         lr = f"{h.lr:g}" if h.lr is not None else "-"

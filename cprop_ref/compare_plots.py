@@ -98,13 +98,6 @@ def clip_to(values: np.ndarray, high: float) -> tuple[np.ndarray, bool]:
     return out, True
 
 
-def runs_to_average(history: History) -> np.ndarray:
-    """The runs whose curves are averaged: those that did not diverge (the diverged ones are
-    counted in the legend), or every run when all diverged (their mean turns NaN at the first
-    divergence, where the curve is cut)."""
-    return history.finished if history.finished.any() else np.ones(history.runs, dtype=bool)
-
-
 def plot_losses(histories: Sequence[History], problem: Problem, path: Path, target: float | None = None) -> Path:
     """Loss (or loss gap) against steps on a log scale: the mean over runs, and the range
     over runs shaded when there are several. The y axis spans the finite, meaningful range
@@ -123,25 +116,25 @@ def loss_figure(histories: Sequence[History], problem: Problem, target: float | 
         gap, label = loss_gap(history, problem)
         steps = thin(gap.shape[0])
         gap = gap[steps]
-        every_run_diverged = not history.finished.any()
-        series.append((steps, gap[:, runs_to_average(history)], every_run_diverged))
-    means = [np.maximum(gap.mean(axis=1), LOG_FLOOR) for _, gap, _ in series]
-    low, high = loss_range(means, [all_diverged for _, _, all_diverged in series])
+        # The runs that did not diverge are averaged (the others are counted in the legend);
+        # if every run diverged, their mean is drawn until the first divergence.
+        series.append((steps, gap[:, history.finished] if history.finished.any() else gap))
+    means = [np.maximum(gap.mean(axis=1), LOG_FLOOR) for _, gap in series]  # NaN stays NaN
+    low, high = loss_range(means, [not h.finished.any() for h in histories])
     left_out = []
-    for i, (history, (steps, gap, every_run_diverged), mean) in enumerate(zip(histories, series, means)):
+    for i, (history, (steps, gap), mean) in enumerate(zip(histories, series, means)):
         style = _style(i, history)
         shown, cut = clip_to(mean, high)
         name = history.optimizer
-        if every_run_diverged:
-            first = int(history.diverged_at.min()) if history.diverged_at is not None else history.steps
-            name += " (diverged)" if history.runs == 1 else f" (all {history.runs} diverged)"
-            name += f" at step {first}" if history.runs == 1 else f", first at step {first}"
-        elif history.diverged_count:
-            name += f" ({history.diverged_count} of {history.runs} diverged)"
-        if cut or every_run_diverged:
+        if history.diverged_count:
+            if history.runs == 1:
+                name += f" (diverged at step {int(history.diverged_at[0])})"
+            else:
+                name += f" ({history.diverged_count} of {history.runs} diverged)"
+        if cut or not history.finished.any():
             left_out.append(history.optimizer)
         ax.plot(steps, shown, label=name, **style)
-        if gap.shape[1] > 1:
+        if gap.shape[1] > 1 and history.finished.any():
             lower, _ = clip_to(np.maximum(gap.min(axis=1), LOG_FLOOR), high)
             upper = np.minimum(np.maximum(gap.max(axis=1), LOG_FLOOR), high)
             upper[np.isnan(lower)] = np.nan
@@ -194,20 +187,23 @@ def scale_figure(histories: Sequence[History], problem: Problem) -> Any:
         rows = thin(history.scale_mean.shape[0])
         steps = rows + 1  # row k holds the scale of step k + 1
         colour = _style(i, history)["color"]
+        # The runs that did not diverge; if none, all of them until the first divergence.
+        runs = history.finished if history.finished.any() else slice(None)
+        name = history.optimizer if history.finished.any() else f"{history.optimizer} (diverged)"
         ax.plot(
             steps,
-            history.scale_mean[rows][:, runs_to_average(history)].mean(axis=1),
+            history.scale_mean[rows][:, runs].mean(axis=1),
             color=colour,
             linewidth=1.3,
-            label=f"{history.optimizer}: mean",
+            label=f"{name}: mean",
         )
         ax.plot(
             steps,
-            history.scale_ones[rows][:, runs_to_average(history)].mean(axis=1),
+            history.scale_ones[rows][:, runs].mean(axis=1),
             color=colour,
             linewidth=0.9,
             linestyle=":",
-            label=f"{history.optimizer}: share at 1",
+            label=f"{name}: share at 1",
         )
     ax.set_ylim(-0.02, 1.05)
     ax.set_xlabel("step")

@@ -129,7 +129,7 @@ def test_problems_command_lists_every_problem(capsys):
     assert "0.397887" in out and "batch_size" in out
 
 
-# -- hostile use (issue 16, findings 13 to 15) ------------------------------------------------
+# -- misuse: everything checked before the first run, no traceback, warnings, layout -----------
 
 
 def test_a_problem_name_alone_runs_compare_on_it(capsys):
