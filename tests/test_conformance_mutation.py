@@ -304,12 +304,13 @@ def test_the_differential_run_sees_a_real_change():
 
 @pytest.mark.skipif(not TORCH_EQUIVALENTS, reason="no equivalent mutants listed")
 def test_listed_equivalent_mutants_give_the_same_outputs():
-    """Each listed equivalent mutant and the unmutated port on the same drawn inputs (20 per
-    check in CI): every parameter, scale and statistic after every step equal bit for bit."""
-    _check_equivalents(20)
+    """Each listed equivalent mutant and the unmutated port on the same drawn inputs (10 per
+    check in CI, 300 in the slow run): every parameter, scale and statistic after every step
+    equal (NaN where NaN; -0.0 == 0.0 as the checks compare), the same exceptions."""
+    _check_equivalents(10)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not TORCH_EQUIVALENTS, reason="no equivalent mutants listed")
 def test_listed_equivalent_mutants_give_the_same_outputs_thoroughly():
-    _check_equivalents(500)
+    _check_equivalents(300)
