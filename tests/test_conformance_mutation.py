@@ -8,7 +8,7 @@
 - the score of the torch port: a seeded sample of its mutants in CI, every mutant in the
   ``slow`` run (at least 98% of the behaviour-changing ones killed);
 - the listed equivalent mutants of the torch port are equivalent: each, run on drawn inputs
-  beside the unmutated port, gives the same outputs bit for bit.
+  beside the unmutated port, gives the same outputs (values equal, NaN where NaN).
 """
 
 from __future__ import annotations
