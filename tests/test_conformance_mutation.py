@@ -8,7 +8,7 @@
 - the score of the torch port: a seeded sample of its mutants in CI, every mutant in the
   ``slow`` run (at least 98% of the behaviour-changing ones killed);
 - the listed equivalent mutants of the torch port are equivalent: each, run on drawn inputs
-  beside the unmutated port, gives the same outputs bit for bit.
+  beside the unmutated port, gives the same outputs (values equal, NaN where NaN).
 """
 
 from __future__ import annotations
@@ -280,36 +280,32 @@ def _check_equivalents(examples: int) -> None:
     target = _torch_target()
     settings = Settings.verify_defaults()
     cases = mutation.draw_cases(examples, settings.dtypes, settings.checks)
-    original = None
-    for equivalent, item in _equivalent_items(target):
-        difference, original = mutation.differential_check(target, item.mutations[0], cases, original)
-        assert difference is None, f"{equivalent} is not equivalent: {difference}"
-
-
-def test_the_differential_run_sees_a_real_change():
-    """The equivalence test can fail: a mutant that changes the standard error differs."""
-    target = _torch_target()
-    item = next(
+    # The control: a mutant that changes the standard error must differ on the same cases, or
+    # the comparison could not fail.
+    control = next(
         i
         for i in enumerate_mutants(target)
         if i.mutations[0].operator_name == "core/ReplaceBinaryOperator_Add_Sub"
         and mutation.changed_line(*mutated_source(target, i.mutations[0]), i.mutations[0].start_pos[0])[1]
         == "return torch.sqrt(ratio) - eps"
     )
-    settings = Settings.verify_defaults()
-    cases = mutation.draw_cases(10, settings.dtypes, ("open_loop",))
-    difference, _ = mutation.differential_check(target, item.mutations[0], cases)
+    difference, original = mutation.differential_check(target, control.mutations[0], cases)
     assert difference is not None and difference.startswith("case[")
+    for equivalent, item in _equivalent_items(target):
+        difference, _ = mutation.differential_check(target, item.mutations[0], cases, original)
+        assert difference is None, f"{equivalent} is not equivalent: {difference}"
 
 
 @pytest.mark.skipif(not TORCH_EQUIVALENTS, reason="no equivalent mutants listed")
 def test_listed_equivalent_mutants_give_the_same_outputs():
-    """Each listed equivalent mutant and the unmutated port on the same drawn inputs (20 per
-    check in CI): every parameter, scale and statistic after every step equal bit for bit."""
-    _check_equivalents(20)
+    """Each listed equivalent mutant and the unmutated port on the same drawn inputs (10 per
+    check in CI, 300 in the slow run): every parameter, scale and statistic after every step
+    equal (NaN where NaN; -0.0 == 0.0 as the checks compare), the same exceptions; a mutant
+    that changes the standard error, on the same inputs, differs."""
+    _check_equivalents(10)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not TORCH_EQUIVALENTS, reason="no equivalent mutants listed")
 def test_listed_equivalent_mutants_give_the_same_outputs_thoroughly():
-    _check_equivalents(500)
+    _check_equivalents(300)

@@ -440,7 +440,24 @@ class EquivalentMutant:
 
 #: The equivalent mutants of the project's torch port (docs/conformance.md, "Mutation testing"),
 #: each re-checked by a differential run in tests/test_conformance_mutation.py.
-TORCH_EQUIVALENTS: tuple[EquivalentMutant, ...] = ()
+_SHARED_M = (
+    "CPropAdam keeps CProp's m in Adam's first moment when they are equal (weight_decay = 0, "
+    "beta1 == cprop_beta); this mutant keeps it privately instead (or the other way round). Both "
+    "take the same update, beta m + (1 - beta) g with the same roundings (at beta = 0 a copy of g "
+    "against 0 * m + g, equal because the first moment of finite gradients is finite), so where "
+    "m is kept changes, its value does not."
+)
+TORCH_EQUIVALENTS: tuple[EquivalentMutant, ...] = (
+    EquivalentMutant("adam.py", "core/AddNot", "if not share_m:", "if not not share_m:", _SHARED_M),
+    EquivalentMutant("adam.py", "core/ReplaceUnaryOperator_Delete_Not", "if not share_m:", "if  share_m:", _SHARED_M),
+    EquivalentMutant(
+        "adam.py",
+        "core/ReplaceUnaryOperator_Delete_Not",
+        'if "cprop_m" not in state and not allowed_m:',
+        'if "cprop_m" not in state and  allowed_m:',
+        _SHARED_M,
+    ),
+)
 
 KNOWN_EQUIVALENTS: dict[str, tuple[EquivalentMutant, ...]] = {"cprop_ref.torch": TORCH_EQUIVALENTS}
 
