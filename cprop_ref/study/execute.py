@@ -145,6 +145,9 @@ def _results(
         return
     from distributed import Client, LocalCluster, as_completed
 
+    # set_as_default=False below: the sweep's clients must not become the process's Dask
+    # scheduler (xarray and the caller's own dask code would go on using a closed client).
+
     cluster = None
     if workers is not None:
         cluster = LocalCluster(
@@ -154,7 +157,7 @@ def _results(
             dashboard_address=None,
             env=WORKER_ENV,
         )
-        client = Client(cluster)
+        client = Client(cluster, set_as_default=False)
     else:
         client = connect(scheduler)
     try:
@@ -163,7 +166,7 @@ def _results(
             client.submit(compute_unit, text, unit, pure=False, retries=RETRIES, key=f"cprop-unit-{i}"): unit
             for i, unit in enumerate(units)
         }
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):
             yield futures[future], future.result()
     finally:
         client.close()
@@ -177,7 +180,7 @@ def connect(scheduler: str) -> Any:
     from distributed import Client
 
     try:
-        return Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+        return Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
     except (OSError, TimeoutError) as err:
         raise OSError(
             f"cannot reach the Dask scheduler at {scheduler} within {CONNECT_TIMEOUT_S} s "
