@@ -10,6 +10,7 @@ bar over units.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -162,9 +163,12 @@ def _results(
         client = connect(scheduler)
     try:
         text = config.to_json()
+        # Keys name the sweep (a digest of its configuration) and the unit: two sweeps on one
+        # scheduler never share a task unless they are the same computation.
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         futures = {
-            client.submit(compute_unit, text, unit, pure=False, retries=RETRIES, key=f"cprop-unit-{i}"): unit
-            for i, unit in enumerate(units)
+            client.submit(compute_unit, text, unit, retries=RETRIES, key=f"cprop-sweep-{digest}-{unit.key()}"): unit
+            for unit in units
         }
         for future in as_completed(futures, loop=client.loop):
             yield futures[future], future.result()
