@@ -81,7 +81,7 @@ def test_float64_steps_match_the_numpy_optimizers_to_a_few_ulp(name):
     (the harness checks every CDF and configuration against its bounds)."""
     grads = [RNG.standard_normal(6) + (-1.0) ** i for i in range(5)]
     x0 = RNG.standard_normal(6)
-    with jax.enable_x64(True):
+    with cj.enable_x64():
         if name == "CPropSGD":
             hp = dict(momentum=0.9, nesterov=True, weight_decay=0.01, cprop_beta=0.9, cprop_cdf="normal")
             tx, ref_cls, lr = cj.cprop_sgd(0.1, **hp), RefCPropSGD, 0.1
@@ -99,7 +99,7 @@ def test_float64_steps_match_the_numpy_optimizers_to_a_few_ulp(name):
 
 
 def test_wrapper_around_torch_semantics_sgd_matches_the_reference_wrapper():
-    with jax.enable_x64(True):
+    with cj.enable_x64():
         grads = [RNG.standard_normal(4) for _ in range(4)]
         x0 = RNG.standard_normal(4)
         tx = cj.cprop(cj.sgd(0.05, momentum=0.5, dampening=0.1), beta=0.9, cdf="logistic")
