@@ -82,7 +82,7 @@ def test_diverged_runs_are_cut_where_they_leave_the_plot_without_warnings(tmp_pa
     low, high = ax.get_ylim()
     assert high == pytest.approx(2 * DIVERGED_HEADROOM * kept)
     labels = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert labels[0].startswith("sgd:lr=100 (diverged after step") and labels[2] == "adam:lr=100"
+    assert labels[0].startswith("sgd:lr=100 (diverged at step") and labels[2] == "adam:lr=100"
     notes = [text.get_text() for text in fig.texts]
     assert any(note.startswith("not drawn: sgd:lr=100, cprop-sgd:lr=100 above") for note in notes)
     for line in ax.get_lines():
