@@ -16,10 +16,18 @@ Rows (every time is the median over repeated steps, after warm-up steps):
   pages only under ``THP_MEM_ALLOC_ENABLE=1``) and on arrays allocated by NumPy, as the
   CProp rows and the bounds are (NumPy asks the kernel for transparent huge pages for arrays
   of 4 MiB and more, ``madvise``): the same bytes, the same pages, the fair comparison.
+- ``JAX``: the JAX port's jitted ``cprop_adam`` update against a jitted ``optax.adam`` update
+  (when the ``jax`` extra is installed), parameter and state buffers donated.
 - ``many tensors``: the same total split into tensors of mixed sizes, against one tensor: as
   separate arrays, and as views of one buffer (:func:`cprop_ref.kernels.flat.flat_parameters`).
 - ``2 elements``: time per ``step()`` call (the Rosenbrock case), against ``torch.optim.Adam``.
 - ``compile``: import and first step in a new process, with the Numba cache warm and cold.
+- ``torch port variants``: ``cprop_ref.torch.CPropAdam`` (``bft``) with ``fused=True``
+  against ``torch.optim.Adam(fused=True)`` and with ``foreach=True`` against
+  ``torch.optim.Adam(foreach=True)`` (targets: at most 2x and 1.5x), one tensor and the
+  mixed-size tensors of the many-tensor row, each pair interleaved; and, unless
+  ``--skip-compile``, the fused step's first call in a new process (``torch.compile``) with
+  an empty and a warm inductor cache (``TORCHINDUCTOR_CACHE_DIR``).
 
 The table is printed and written as JSON (``--json``).
 """
@@ -355,6 +363,54 @@ def bench_single_tensor(table: Table, n: int, args: argparse.Namespace) -> None:
         table.add(group, f"{name} [numpy]", seconds, f"{name} [numba]", note="measured after the interleaved rows")
 
 
+def _jitted_optax_step(tx: Any, grad: Any) -> Callable[[], Any]:
+    """One jitted ``update`` + ``apply_updates`` of ``tx`` on a parameter like ``grad``, the
+    parameter and state buffers donated (updated in place, as an optimizer's step is)."""
+    import jax
+    import optax
+
+    def step(params: Any, state: Any) -> Any:
+        updates, state = tx.update(grad, state, params)
+        return optax.apply_updates(params, updates), state
+
+    compiled = jax.jit(step, donate_argnums=(0, 1))
+    params = jax.numpy.zeros_like(grad)
+    held = [params, tx.init(params)]
+
+    def run() -> None:
+        held[0], held[1] = compiled(held[0], held[1])
+        jax.block_until_ready(held[0])
+
+    return run
+
+
+def bench_jax(table: Table, n: int, args: argparse.Namespace) -> None:
+    """The JAX port's jitted ``cprop_adam`` update against a jitted ``optax.adam`` update, side by
+    side (interleaved), one float32 tensor of ``n`` elements (target: at most 1.5x)."""
+    group = f"2^{args.log2_size} elements, float32, JAX (jitted optax update + apply_updates)"
+    print(f"{group}:")
+    try:
+        import jax
+        import optax
+
+        from . import jax as cprop_jax
+    except ImportError:
+        table.add(group, "optax.adam", None, note="jax/optax not installed (the 'jax' extra): skipped")
+        return
+    grad = jax.numpy.asarray(np.random.default_rng(0).standard_normal(n).astype(np.float32))
+    transformations = {
+        "optax.adam": optax.adam(1e-3),
+        "cprop_ref.jax.cprop_adam bft": cprop_jax.cprop_adam(1e-3),
+        "cprop_ref.jax.cprop_adam normal": cprop_jax.cprop_adam(1e-3, cprop_cdf="normal"),
+        "cprop_ref.jax.adam (torch semantics)": cprop_jax.adam(1e-3),
+    }
+    medians = interleaved_medians({k: _jitted_optax_step(tx, grad) for k, tx in transformations.items()}, args.repeats)
+    note = f"JAX {jax.__version__}, optax {optax.__version__}, {jax.default_backend()}"
+    table.add(group, "optax.adam", medians["optax.adam"], note=note)
+    for name in list(transformations)[1:]:
+        table.add(group, name, medians[name], "optax.adam", note="target <= 1.5x" if "cprop_adam" in name else "")
+
+
 def bench_many_tensors(table: Table, n: int, args: argparse.Namespace) -> None:
     from .kernels.flat import flat_parameters
     from .optim import CPropAdam
@@ -416,6 +472,71 @@ def bench_tiny(table: Table, args: argparse.Namespace) -> None:
         table.add(group, name, medians[name], reference)
 
 
+def _torch_pair(torch: Any, make: Callable[[list[Any]], Any], grads: list[np.ndarray]) -> Callable[[], Any]:
+    """``make(params).step`` on float32 zeros shaped like ``grads``, their gradients set."""
+    params = [torch.zeros(g.size, requires_grad=True) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = torch.from_numpy(g)
+    return make(params).step
+
+
+def bench_torch_variants(table: Table, n: int, args: argparse.Namespace) -> None:
+    """The torch port's ``fused`` and ``foreach`` CProp-Adam against torch's own Adam with the
+    same option, one float32 tensor of ``n`` elements and ``args.tensors`` of mixed sizes."""
+    torch, port = _torch(), _torch_port()
+    if torch is None or port is None or not hasattr(port, "CPropAdam"):
+        print("torch port variants: torch or cprop_ref.torch not importable: skipped")
+        return
+    torch.set_num_threads(_threads())
+    rng = np.random.default_rng(2)
+    shapes = {"1 tensor": [n], f"{args.tensors} tensors": mixed_sizes(n, args.tensors)}
+    for label, sizes in shapes.items():
+        group = f"torch port variants, 2^{args.log2_size} float32 elements in {label}"
+        print(f"{group}:")
+        grads = [rng.standard_normal(size).astype(np.float32) for size in sizes]
+        for option, target, repeats in (("fused", 2.0, args.repeats), ("foreach", 1.5, max(3, args.repeats // 3))):
+            adam, cprop = f"torch.optim.Adam({option}=True)", f"CPropAdam bft ({option}=True)"
+            steps = {
+                adam: _torch_pair(torch, lambda ps, o=option: torch.optim.Adam(ps, lr=1e-3, **{o: True}), grads),
+                cprop: _torch_pair(torch, lambda ps, o=option: port.CPropAdam(ps, lr=1e-3, **{o: True}), grads),
+            }
+            medians = interleaved_medians(steps, repeats)
+            table.add(group, adam, medians[adam])
+            table.add(group, cprop, medians[cprop], adam, note=f"target <= {target}x")
+
+
+_FIRST_FUSED_STEP = """
+import time
+import torch
+from cprop_ref.torch import CPropAdam
+x = torch.zeros(1 << 16)
+x.grad = torch.ones(1 << 16)
+opt = CPropAdam([x], fused=True)
+start = time.perf_counter()
+opt.step()
+print(time.perf_counter() - start)
+"""
+
+
+def bench_torch_compile(table: Table) -> None:
+    """The fused CProp-Adam's first step in a new process: ``torch.compile`` tracing and
+    building its kernel (empty inductor cache) or loading it (warm cache)."""
+    if _torch() is None or _torch_port() is None:
+        return
+    group = "torch port fused=True: first step in a new process (torch.compile)"
+    print(f"{group}:")
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+        times = []
+        for _ in range(2):
+            out = subprocess.run(
+                [sys.executable, "-c", _FIRST_FUSED_STEP], env=env, capture_output=True, text=True, check=True
+            )
+            times.append(float(out.stdout.split()[-1]))
+    table.add(group, "first step, warm inductor cache", times[1])
+    table.add(group, "first step, empty inductor cache (compiles)", times[0], "first step, warm inductor cache")
+
+
 _FIRST_STEP = """
 import time
 start = time.perf_counter()
@@ -466,10 +587,13 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"cprop-ref bench on {info['processor']}, {info['cpu_count']} CPUs, {info['numba_threads']} Numba threads")
     table = Table()
     bench_single_tensor(table, n, args)
+    bench_jax(table, n, args)
     bench_many_tensors(table, n, args)
     bench_tiny(table, args)
+    bench_torch_variants(table, n, args)
     if not args.skip_compile:
         bench_compile(table)
+        bench_torch_compile(table)
     with open(args.json, "w") as handle:
         json.dump({"machine": info, "size": n, "rows": table.rows}, handle, indent=1)
     print(f"wrote {args.json}")

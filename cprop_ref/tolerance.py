@@ -47,12 +47,19 @@ def unit_roundoff(dtype: np.dtype | type) -> float:
 
 
 def subnormal_floor(dtype: np.dtype | type) -> float:
-    """Half the smallest subnormal of the compute dtype: the absolute error of one rounding
-    where the relative bound ``u |x|`` no longer holds (gradual underflow)."""
+    """The absolute error of one rounding where the relative bound ``u |x|`` no longer holds
+    (gradual underflow): half the smallest subnormal of the compute dtype.
+
+    The bounds are float64 numbers, and half of float64's smallest subnormal (``2^-1075``) is
+    not one: it rounds to 0, which would make a one-ulp difference between two subnormal
+    results a mismatch. For float64 the floor is therefore the smallest subnormal itself
+    (``2^-1074``), the least float64 bound that admits such a difference.
+    """
     dtype = np.dtype(dtype)
     if dtype == np.float16:
         dtype = np.dtype(np.float32)
-    return float(np.finfo(dtype).smallest_subnormal) / 2.0
+    tiny = float(np.finfo(dtype).smallest_subnormal)
+    return tiny / 2.0 if tiny / 2.0 > 0.0 else tiny
 
 
 def ema_error_bound(

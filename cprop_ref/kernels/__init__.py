@@ -24,3 +24,10 @@ def check_backend(value: Any) -> str:
     if value not in BACKENDS:
         raise ValueError(f"invalid backend={value!r}: must be one of {', '.join(BACKENDS)}")
     return str(value)
+
+
+def state_buffers(owner: Any) -> list[Any]:
+    """The flat state buffers (arenas, :mod:`.flat`) that the kernels update in place for
+    ``owner``, an optimizer; none before its first fused step. A gradient sharing memory
+    with one of them is copied before a step (:func:`cprop_ref.gradients.unaliased`)."""
+    return [flat.arena for flat in owner.__dict__.get("_kernel_arenas", {}).values()]

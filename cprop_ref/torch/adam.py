@@ -9,7 +9,9 @@ from typing import Any
 import torch
 
 from ..hyperparams import ADAM_HYPERPARAMS, CPROP_HYPERPARAMS
-from .base import CPropOptimizerMixin, validated
+from . import foreach as multi
+from . import fused
+from .base import CPropOptimizerMixin, validated, with_variant_options
 from .functional import scale_update, statistics_dtype, update_cprop_moment_, update_ema_
 
 
@@ -47,6 +49,11 @@ class CPropAdam(CPropOptimizerMixin, torch.optim.Optimizer):
     stops sharing, exactly, when later changes of the hyperparameters break that equality.
     State per parameter: ``step``, ``exp_avg``, ``exp_avg_sq``, [``max_exp_avg_sq``],
     [``cprop_m``], [``cprop_v``].
+
+    ``foreach`` and ``fused`` choose the implementation as in ``torch.optim.Adam``: ``None``
+    (default) is multi-tensor on CUDA and per-tensor on the CPU, ``foreach=True`` the
+    ``torch._foreach_*`` path, ``fused=True`` one kernel compiled by ``torch.compile`` per
+    parameter (docs/torch.md). All give the same numbers and state.
     """
 
     hyperparams = {**ADAM_HYPERPARAMS, **CPROP_HYPERPARAMS}
@@ -63,8 +70,13 @@ class CPropAdam(CPropOptimizerMixin, torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
-        super().__init__(params, validated(self.hyperparams, dict(locals()), type(self).__name__))
+        name = type(self).__name__
+        defaults = validated(self.hyperparams, dict(locals()), name)
+        super().__init__(params, with_variant_options(defaults, foreach, fused, name))
 
     @staticmethod
     def sharing_allowed(hp: dict[str, Any]) -> tuple[bool, bool]:
@@ -89,8 +101,10 @@ class CPropAdam(CPropOptimizerMixin, torch.optim.Optimizer):
         if not share_v:
             state["cprop_v"] = torch.zeros_like(state["exp_avg"])
 
-    def _new_param(self, p: torch.Tensor, g: torch.Tensor, state: dict[str, Any], hp: dict[str, Any]) -> torch.Tensor:
-        """Adam's moments, CProp's statistics (shared or private) and ``p + delta * s``."""
+    def _prepare_state(self, p: torch.Tensor, state: dict[str, Any], hp: dict[str, Any]) -> None:
+        """The state tensors this step needs under ``hp``, created or split off before the math."""
+        if not state:
+            self._init_state(p, state, hp)
         if hp["amsgrad"] and "max_exp_avg_sq" not in state:
             state["max_exp_avg_sq"] = torch.zeros_like(state["exp_avg_sq"])
         allowed_m, allowed_v = self.sharing_allowed(hp)
@@ -99,6 +113,10 @@ class CPropAdam(CPropOptimizerMixin, torch.optim.Optimizer):
             state["cprop_m"] = state["exp_avg"].clone()
         if "cprop_v" not in state and not allowed_v:
             state["cprop_v"] = state["exp_avg_sq"].clone()
+
+    def _new_param(self, p: torch.Tensor, g: torch.Tensor, state: dict[str, Any], hp: dict[str, Any]) -> torch.Tensor:
+        """Adam's moments, CProp's statistics (shared or private) and ``p + delta * s``."""
+        self._prepare_state(p, state, hp)
         d = g + hp["weight_decay"] * p if hp["weight_decay"] != 0.0 else g
         adam_moments_(state, d, hp)
         delta = adam_delta(state, hp)
@@ -121,3 +139,85 @@ class CPropAdam(CPropOptimizerMixin, torch.optim.Optimizer):
         if not state:
             self._init_state(p, state, hp)
         return self._new_param(p, g, state, hp)
+
+    # -- the multi-tensor and compiled paths (same numbers, same state) ------------------------
+
+    def _step_foreach(self, items: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
+        """:meth:`_new_param`'s operations over the parameters of each device and dtype."""
+        hp = items[0][2]
+        beta1, beta2 = hp["betas"]
+        params = [p for p, _, _ in items]
+        for indices in multi.group_by_device_and_dtype(range(len(items)), params).values():
+            originals = [params[k] for k in indices]
+            dtype = statistics_dtype(originals[0].dtype)
+            ps = [p.to(dtype) for p in originals]
+            gs = [items[k][1].to(dtype) for k in indices]
+            states = [self.state[p] for p in originals]
+            for p, state in zip(ps, states):
+                self._prepare_state(p, state, hp)
+            wd = hp["weight_decay"]
+            ds = gs if wd == 0.0 else torch._foreach_add(gs, torch._foreach_mul(ps, wd))
+            exp_avgs = [st["exp_avg"] for st in states]
+            exp_avg_sqs = [st["exp_avg_sq"] for st in states]
+            multi.update_ema_(exp_avgs, ds, beta1)
+            multi.update_ema_(exp_avg_sqs, torch._foreach_mul(ds, ds), beta2)
+            second = exp_avg_sqs
+            if hp["amsgrad"]:
+                second = [st["max_exp_avg_sq"] for st in states]
+                torch._foreach_maximum_(second, exp_avg_sqs)
+            for state in states:
+                state["step"] += 1
+            ts = [st["step"] for st in states]
+            denoms = torch._foreach_sqrt(second)
+            torch._foreach_div_(denoms, [math.sqrt(1.0 - beta2**t) for t in ts])
+            torch._foreach_add_(denoms, hp["eps"])
+            deltas = torch._foreach_div(exp_avgs, denoms)
+            torch._foreach_mul_(deltas, [-(hp["lr"] / (1.0 - beta1**t)) for t in ts])
+            # CProp's private moments take the raw gradient (shared ones were updated as Adam's).
+            own_m = [k for k, st in enumerate(states) if "cprop_m" in st]
+            own_v = [k for k, st in enumerate(states) if "cprop_v" in st]
+            raw_m, raw_v = [gs[k] for k in own_m], [gs[k] for k in own_v]
+            multi.update_cprop_moment_([states[k]["cprop_m"] for k in own_m], raw_m, hp["cprop_beta"])
+            if own_v:
+                squares = torch._foreach_mul(raw_v, raw_v)
+                multi.update_cprop_moment_([states[k]["cprop_v"] for k in own_v], squares, hp["cprop_beta"])
+            views = [self._cprop_view(p, st) for p, st in zip(ps, states)]
+            scales = multi.cprop_scales(
+                [m for m, _, _ in views],
+                [v for _, v, _ in views],
+                ts,
+                beta=hp["cprop_beta"],
+                c=hp["cprop_c"],
+                eps=hp["cprop_eps"],
+                cdf_name=hp["cprop_cdf"],
+            )
+            torch._foreach_add_(ps, multi.scale_updates(deltas, scales))
+            for p, original in zip(ps, originals):
+                if p is not original:
+                    original.copy_(p)
+
+    def _step_fused(self, items: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
+        """One compiled kernel per parameter (:func:`.fused.adam_kernel`); the group's numbers
+        as one tensor per step count."""
+        hp = items[0][2]
+        numbers: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+        for p, g, _ in items:
+            state = self.state[p]
+            self._prepare_state(p, state, hp)
+            t = state["step"] + 1
+            dtype = state["exp_avg"].dtype
+            if (t, dtype) not in numbers:
+                numbers[t, dtype] = fused.pack(fused.ADAM_SCALARS, fused.adam_numbers(hp, t), dtype, p.device)
+            key = fused.kernel_key(
+                "adam",
+                p,
+                normal=hp["cprop_cdf"] == "normal",
+                amsgrad=hp["amsgrad"],
+                private_m="cprop_m" in state,
+                private_v="cprop_v" in state,
+            )
+            tensors = (p, g, state["exp_avg"], state["exp_avg_sq"])
+            optional = tuple(state.get(k) for k in ("max_exp_avg_sq", "cprop_m", "cprop_v"))
+            optional = (optional[0] if key.amsgrad else None,) + optional[1:]
+            fused.run_in_place(key, *tensors, *optional, scalars=numbers[t, dtype])
+            state["step"] = t

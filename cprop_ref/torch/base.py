@@ -11,6 +11,7 @@ import torch
 
 from ..hyperparams import Validator
 from .functional import cprop_scale, statistics_dtype, update_statistics_
+from .variants import check_options, check_parameters, implementation
 
 
 def validated(table: dict[str, Validator], values: dict[str, Any], where: str) -> dict[str, Any]:
@@ -25,13 +26,21 @@ def validated(table: dict[str, Validator], values: dict[str, Any], where: str) -
     return out
 
 
+def with_variant_options(defaults: dict[str, Any], foreach: Any, fused: Any, where: str) -> dict[str, Any]:
+    """``defaults`` with ``foreach`` and ``fused`` (checked: :func:`.variants.check_options`)."""
+    check_options(foreach, fused, where)
+    return {**defaults, "foreach": foreach, "fused": fused}
+
+
 def gradients_to_apply(
     param_groups: list[dict[str, Any]], checked_groups: list[dict[str, Any]], name: str
-) -> list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
-    """``(param, grad, hyperparameters)`` for every parameter with a gradient, all checked
-    before the step changes anything (a sparse or misshapen gradient raises ``ValueError``)."""
-    work = []
+) -> list[list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]]:
+    """Per param group, ``(param, grad, hyperparameters)`` for every parameter with a gradient,
+    all checked before the step changes anything (a sparse or misshapen gradient raises
+    ``ValueError``)."""
+    work: list[list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]] = []
     for index, (group, hp) in enumerate(zip(param_groups, checked_groups)):
+        work.append([])
         for j, p in enumerate(group["params"]):
             grad = p.grad
             if grad is None:
@@ -41,14 +50,16 @@ def gradients_to_apply(
                 raise ValueError(f"{where}: sparse gradients are not supported")
             if grad.shape != p.shape:
                 raise ValueError(f"{where}: gradient shape {tuple(grad.shape)} does not match {tuple(p.shape)}")
-            work.append((p, grad, hp))
+            work[-1].append((p, grad, hp))
     return work
 
 
 class CPropOptimizerMixin:
     """Methods of a torch optimizer whose per-parameter state holds CProp's ``step``,
     ``cprop_m`` and ``cprop_v`` (CPropAdam may keep ``m`` / ``v`` in ``exp_avg`` /
-    ``exp_avg_sq``). Subclasses of the port override the small steps named here."""
+    ``exp_avg_sq``). Subclasses of the port override the small steps named here; each param
+    group is stepped by ``_step_single``, ``_step_foreach`` or ``_step_fused`` as its
+    ``foreach`` and ``fused`` say (:mod:`.variants`)."""
 
     param_groups: list[dict[str, Any]]
     state: Any
@@ -71,10 +82,30 @@ class CPropOptimizerMixin:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for p, grad, hp in gradients_to_apply(self.param_groups, self._check_groups(), type(self).__name__):
+        work = gradients_to_apply(self.param_groups, self._check_groups(), type(self).__name__)
+        for group, items in zip(self.param_groups, work):
+            if items:
+                how = implementation([p for p, _, _ in items], group.get("foreach"), group.get("fused"))
+                getattr(self, f"_step_{how}")(items)
+        return loss
+
+    def _step_single(self, items: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
+        """The per-tensor path: the eager operations, one parameter at a time."""
+        for p, grad, hp in items:
             dtype = statistics_dtype(p.dtype)
             p.copy_(self._step_tensor(p.to(dtype), grad.to(dtype), self.state[p], hp))
-        return loss
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``, then the checks of ``fused`` (:func:`.variants.check_parameters`);
+        a group that fails them is not added."""
+        super().add_param_group(param_group)  # type: ignore[misc]
+        group = self.param_groups[-1]
+        where = f"{type(self).__name__} param group {len(self.param_groups) - 1}"
+        try:
+            check_parameters(group["params"], group.get("foreach"), group.get("fused"), where)
+        except Exception:
+            self.param_groups.pop()
+            raise
 
     def _step_tensor(self, p: torch.Tensor, g: torch.Tensor, state: dict[str, Any], hp: dict[str, Any]) -> torch.Tensor:
         """The new value of one parameter (in the compute dtype); updates ``state`` in place."""
@@ -138,8 +169,13 @@ class CPropOptimizerMixin:
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's ``load_state_dict``, keeping 16-bit parameters' state in float32."""
+        """torch's ``load_state_dict``, keeping 16-bit parameters' state in float32 and each
+        group's own ``foreach`` / ``fused`` (how to compute is not state: a state_dict saved
+        by one variant continues in another)."""
+        options = [(g.get("foreach"), g.get("fused")) for g in self.param_groups]
         _load_keeping_precision(self, state_dict)
+        for group, (foreach, fused) in zip(self.param_groups, options):
+            group["foreach"], group["fused"] = foreach, fused
 
 
 def keep_statistics_precision(load: Callable[[Any, dict[str, Any]], None]) -> Callable[[Any, dict[str, Any]], None]:

@@ -8,8 +8,10 @@ from typing import Any
 import torch
 
 from ..hyperparams import CPROP_HYPERPARAMS, SGD_HYPERPARAMS, check_sgd_group
-from .base import CPropOptimizerMixin, validated
-from .functional import scale_update
+from . import foreach as multi
+from . import fused
+from .base import CPropOptimizerMixin, validated, with_variant_options
+from .functional import scale_update, statistics_dtype
 
 
 def sgd_direction(
@@ -34,6 +36,11 @@ class CPropSGD(CPropOptimizerMixin, torch.optim.Optimizer):
     (1), ``cprop_eps`` (1e-8), ``cprop_cdf`` (``"bft"``; also ``"normal"``, ``"bfo"``,
     ``"logistic"``), ``momentum``, ``dampening``, ``weight_decay``, ``nesterov``.
     State per parameter: ``step``, ``cprop_m``, ``cprop_v``, ``momentum_buffer``.
+
+    ``foreach`` and ``fused`` choose the implementation as in ``torch.optim.SGD``: ``None``
+    (default) is multi-tensor on CUDA and per-tensor on the CPU, ``foreach=True`` the
+    ``torch._foreach_*`` path, ``fused=True`` one kernel compiled by ``torch.compile`` per
+    parameter (docs/torch.md). All give the same numbers and state.
     """
 
     hyperparams = {**SGD_HYPERPARAMS, **CPROP_HYPERPARAMS}
@@ -50,10 +57,14 @@ class CPropSGD(CPropOptimizerMixin, torch.optim.Optimizer):
         dampening: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,
+        *,
+        foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
-        defaults = validated(self.hyperparams, dict(locals()), type(self).__name__)
-        check_sgd_group(defaults, type(self).__name__)
-        super().__init__(params, defaults)
+        name = type(self).__name__
+        defaults = validated(self.hyperparams, dict(locals()), name)
+        check_sgd_group(defaults, name)
+        super().__init__(params, with_variant_options(defaults, foreach, fused, name))
 
     def _check_groups(self) -> list[dict[str, Any]]:
         groups = super()._check_groups()
@@ -72,3 +83,70 @@ class CPropSGD(CPropOptimizerMixin, torch.optim.Optimizer):
         m, v = self._statistics(p, state)
         s = self._update_and_scale(m, v, self._statistics_input(p, g, hp), state, hp)
         return self._new_param(p, g, s, state, hp)
+
+    # -- the multi-tensor and compiled paths (same numbers, same state) ------------------------
+
+    def _step_foreach(self, items: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
+        """:meth:`_step_tensor`'s operations over the parameters of each device and dtype."""
+        hp = items[0][2]
+        params = [p for p, _, _ in items]
+        for indices in multi.group_by_device_and_dtype(range(len(items)), params).values():
+            originals = [params[k] for k in indices]
+            dtype = statistics_dtype(originals[0].dtype)
+            ps = [p.to(dtype) for p in originals]
+            gs = [items[k][1].to(dtype) for k in indices]
+            states = [self.state[p] for p in originals]
+            stats = [self._statistics(p, state) for p, state in zip(ps, states)]
+            ms, vs = [m for m, _ in stats], [v for _, v in stats]
+            multi.update_statistics_(ms, vs, gs, hp["cprop_beta"])
+            for state in states:
+                state["step"] = state.get("step", 0) + 1
+            scales = multi.cprop_scales(
+                ms,
+                vs,
+                [st["step"] for st in states],
+                beta=hp["cprop_beta"],
+                c=hp["cprop_c"],
+                eps=hp["cprop_eps"],
+                cdf_name=hp["cprop_cdf"],
+            )
+            wd, momentum = hp["weight_decay"], hp["momentum"]
+            ds = gs if wd == 0.0 else torch._foreach_add(gs, torch._foreach_mul(ps, wd))
+            if momentum != 0.0:
+                # torch's rule: the first buffer is d itself, later ones momentum buf + (1 - dampening) d.
+                later = [k for k, st in enumerate(states) if "momentum_buffer" in st]
+                for k, state in enumerate(states):
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = ds[k].clone()
+                if later:
+                    bufs = [states[k]["momentum_buffer"] for k in later]
+                    torch._foreach_mul_(bufs, momentum)
+                    torch._foreach_add_(bufs, torch._foreach_mul([ds[k] for k in later], 1.0 - hp["dampening"]))
+                bufs = [st["momentum_buffer"] for st in states]
+                ds = torch._foreach_add(ds, torch._foreach_mul(bufs, momentum)) if hp["nesterov"] else bufs
+            updates = multi.scale_updates(ds, scales)
+            torch._foreach_mul_(updates, hp["lr"])
+            torch._foreach_sub_(ps, updates)
+            for p, original in zip(ps, originals):
+                if p is not original:
+                    original.copy_(p)
+
+    def _step_fused(self, items: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
+        """One compiled kernel per parameter (:func:`.fused.sgd_kernel`)."""
+        hp = items[0][2]
+        numbers: dict[tuple[int, bool, torch.dtype], torch.Tensor] = {}
+        momentum = hp["momentum"] != 0.0
+        for p, g, _ in items:
+            state = self.state[p]
+            m, v = self._statistics(p, state)
+            first = momentum and "momentum_buffer" not in state
+            if first:
+                state["momentum_buffer"] = torch.zeros_like(m)
+            t = state.get("step", 0) + 1
+            if (t, first, m.dtype) not in numbers:
+                values = fused.sgd_numbers(hp, t, first)
+                numbers[t, first, m.dtype] = fused.pack(fused.SGD_SCALARS, values, m.dtype, p.device)
+            key = fused.kernel_key("sgd", p, normal=hp["cprop_cdf"] == "normal", momentum=momentum)
+            buf = state["momentum_buffer"] if momentum else None
+            fused.run_in_place(key, p, g, m, v, buf, scalars=numbers[t, first, m.dtype])
+            state["step"] = t
