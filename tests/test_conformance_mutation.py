@@ -128,6 +128,18 @@ def test_mutants_skip_annotations_and_defaults_and_keep_their_ids(user_port):
     assert ("core/NumberReplacer", "    return x + 3") in described
 
 
+def test_a_mutant_is_reached_when_its_statement_ran(user_port):
+    """The trace records the lines that ran; a mutation on the second line of a statement that
+    ran is reached, one in a branch that never ran is not."""
+    user_port.write_text("def f(x):\n    y = (x +\n         2)\n    if x > 5:\n        return y * 3\n    return y\n")
+    target = Target.resolve("user_port", str(user_port), "user_port:make")
+    items = {i.job_id: i.mutations[0] for i in enumerate_mutants(target)}
+    covered = {"user_port.py": [2, 4, 6]}  # what f(1) runs
+    assert mutation.reached(target, items["user_port.py:core/NumberReplacer:0"], covered)  # the 2 on line 3
+    assert not mutation.reached(target, items["user_port.py:core/ReplaceBinaryOperator_Mul_Div:0"], covered)
+    assert mutation.reached(target, items["user_port.py:core/ReplaceComparisonOperator_Gt_GtE:0"], covered)
+
+
 def test_bad_targets_name_what_is_wrong(tmp_path, user_port):
     with pytest.raises(ValueError, match="--factory is needed for module 'user_port'"):
         Target.resolve("user_port", str(user_port))
