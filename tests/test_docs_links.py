@@ -39,3 +39,27 @@ def test_named_repository_paths_exist(page: Path) -> None:
         if not (ROOT / path).exists():
             missing.append(path)
     assert not missing, f"{_relative(page)} names paths that do not exist: {missing}"
+
+
+SECTION_CITATION = re.compile(r'(docs/[\w/]+\.md)`{0,2}(?:[,;] ?\(?| \()"([A-Za-z][^"]{0,60})"')
+CITING_FILES = sorted(
+    [*PAGES, *(ROOT / "cprop_ref").rglob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "problems").rglob("*.py")]
+)
+
+
+def _headers(page: Path) -> list[str]:
+    return [line.lstrip("#").strip().lower() for line in page.read_text().splitlines() if line.startswith("#")]
+
+
+def test_cited_sections_exist() -> None:
+    """A docstring, comment or page that cites a section of a page (the page's path, a comma and
+    the section's name in double quotes) names a heading of that page; the heading may go on
+    after the name, as "One step of CProp (`cprop_ref/scale.py`)" does."""
+    missing = []
+    for path in CITING_FILES:
+        for page, cited in SECTION_CITATION.findall(path.read_text()):
+            section = " ".join(cited.split())  # a name broken over two lines of a docstring
+            target = ROOT / page
+            if not target.exists() or not any(h.startswith(section.lower()) for h in _headers(target)):
+                missing.append(f"{path.relative_to(ROOT)}: {page}, {section!r}")
+    assert not missing, "cited sections that do not exist:\n" + "\n".join(missing)
