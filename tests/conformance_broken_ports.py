@@ -15,7 +15,6 @@ import torch
 
 from cprop_ref.conformance.torch_adapter import TorchPort
 from cprop_ref.torch import CPropAdam, CPropSGD
-from cprop_ref.torch.base import gradients_to_apply
 from cprop_ref.torch.functional import BFT_CUBIC, cdf, scale_update, standardized_mean, statistics_dtype
 from cprop_ref.torch.sgd import sgd_direction
 
@@ -149,7 +148,7 @@ scale_before_momentum = broken_port(ScaleBeforeMomentum)
 adam_statistics_after_weight_decay = broken_port(AdamStatisticsAfterWeightDecay)
 
 
-# -- Valid alternatives: ports that compute CProp in another legitimate way (issue 12, item 4, 7).
+# -- Valid alternatives: ports that compute CProp in another legitimate way.
 # The harness must pass them: their differences from the reference are rounding, within the
 # derived bounds.
 
@@ -278,16 +277,15 @@ lerp_keeping_infinities = broken_port(LerpKeepingInfinities)
 plain_lerp = broken_port(PlainLerp)
 
 
-# -- Broken ports for the blind spots of issue 12.
+# -- Broken ports for the harness's former blind spots.
 
 
 class StatisticsIn16Bits(CPropSGD):
     """CProp's statistics of float16 / bfloat16 parameters kept in the parameter's 16 bits
     (rounded after every step) instead of float32."""
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        for p, grad, hp in gradients_to_apply(self.param_groups, self._check_groups(), "StatisticsIn16Bits"):
+    def _step_single(self, items):
+        for p, grad, hp in items:
             dtype = statistics_dtype(p.dtype)
             state = self.state[p]
             p.copy_(self._step_tensor(p.to(dtype), grad.to(dtype), state, hp))
@@ -300,9 +298,8 @@ class LostNonContiguousUpdate(CPropSGD):
     """Writes the new parameter through ``p.reshape(-1)``: for a non-contiguous parameter (a
     transposed weight, a strided slice) that is a copy, and the update is lost."""
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        for p, grad, hp in gradients_to_apply(self.param_groups, self._check_groups(), "LostNonContiguousUpdate"):
+    def _step_single(self, items):
+        for p, grad, hp in items:
             dtype = statistics_dtype(p.dtype)
             new = self._step_tensor(p.to(dtype), grad.to(dtype), self.state[p], hp)
             p.reshape(-1).copy_(new.reshape(-1))

@@ -1,5 +1,5 @@
-"""The harness's blind spots closed (issue 12) and its strength where the mutants of the torch
-port hid (issue 18, items 3 to 5): subnormal floors without false alarms, valid alternative
+"""The harness's former blind spots, and its strength where mutants of the torch port used to
+hide: subnormal floors without false alarms, valid alternative
 ports passing, 16-bit statistics, memory layouts, resume through the port's own state_dict,
 edges caught under any seed, reports that show every distinct mismatch, crashes, hangs and
 malformed read-outs without a traceback from inside the harness."""
@@ -269,3 +269,18 @@ def test_injected_headline_names_the_injected_t():
         "injected", load_port("tests.conformance_broken_ports:bias_correction_dropped_after_500"), max_examples=1
     )
     assert "from the injected state at t = " in str(failure)
+
+
+@pytest.mark.parametrize(
+    "name", ["lossy_state_dict", "lost_non_contiguous_update", "bias_correction_dropped_after_500"]
+)
+def test_the_snippets_of_the_new_checks_reproduce_the_mismatch(name):
+    """The resume check's, a layout's and an injected state's reports carry a snippet that
+    raises the same mismatch on its own."""
+    check, _ = CAUGHT_BY[name]
+    spec = f"tests.conformance_broken_ports:{name}"
+    _, failure = run_check(check, load_port(spec), port_spec=spec, max_examples=1)
+    mismatch = failure.mismatch
+    with pytest.raises(ConformanceMismatch) as again:
+        exec(mismatch.snippet, {})  # noqa: S102 - the harness's own output
+    assert (again.value.mismatch.check, again.value.mismatch.quantity) == (mismatch.check, mismatch.quantity)

@@ -46,6 +46,7 @@ class _Comparer:
         self.make_snippet = make_snippet
         self.unconstrained = 0  # in this case only (the coverage sums over cases)
         self.start_t = 0  # the injected state's step count (injected check), for the headline
+        self.layouts: Sequence[str] | None = None  # the tensors' memory layouts, named in a param's report
 
     def fail(
         self,
@@ -133,6 +134,10 @@ class _Comparer:
                 detail = "NaN on one side only is wrong whatever the rounding"
             elif unconstrained[element]:
                 detail = "unconstrained element"
+            if quantity == "param" and self.layouts is not None and self.layouts[tensor] != "contiguous":
+                note = "; ".join(
+                    x for x in (note, f"the port was handed this tensor in layout {self.layouts[tensor]!r}") if x
+                )
             detail = "; ".join(x for x in (note, detail) if x)
             self.fail(
                 step, tensor, element, quantity, float(p64[element]), float(r64[element]), float(bound[element]), detail
@@ -412,6 +417,7 @@ def _start(
     params = [to_storage(p, config.dtype).copy() for p in params]
     ref = ReferenceRun(config, params)
     _note_config_paths(comparer.coverage, config, layouts)
+    comparer.layouts = layouts
     run = _port_call(comparer, 0, "building the optimizer", lambda: port(config, apply_layouts(params, layouts)))
     _check_run(comparer, run, 0)
     return run, ref
@@ -617,7 +623,11 @@ def check_resume(
         raise ValueError(f"check_resume: resume_at={resume_at} must be in [1, {len(grads) - 1}] for {len(grads)} steps")
 
     def make_snippet(step: int) -> str:
-        stream = "[" + ", ".join("[" + ", ".join(array_literal(g) for g in gs) + "]" for gs in grads[:step]) + "]"
+        stream = (
+            "["
+            + ", ".join("[" + ", ".join(array_literal(g) for g in gs) + "]" for gs in grads[: max(step, resume_at + 1)])
+            + "]"
+        )
         return snippet(
             port_spec,
             config,
