@@ -852,6 +852,8 @@ def run_session(
             _skip_unreached(db, target, json.loads(session._meta()["covered"]))
         limit = timeout if timeout is not None else max(60.0, 10.0 * baseline)
         pending = sample_items(list(db.pending_work_items), sample, seed)
+        # In a random (seeded) order: the mutants finished at any moment are a random sample.
+        random.Random(seed).shuffle(pending)
         say(f"{len(pending)} mutants to run, {jobs} at a time (limit {limit:.0f} s each)")
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(run_job, _job(target, settings, item.mutations[0]), limit): item for item in pending}
