@@ -148,7 +148,7 @@ scale_before_momentum = broken_port(ScaleBeforeMomentum)
 adam_statistics_after_weight_decay = broken_port(AdamStatisticsAfterWeightDecay)
 
 
-# -- Valid alternatives: ports that compute CProp in another legitimate way (issue 12, item 4, 7).
+# -- Valid alternatives: ports that compute CProp in another legitimate way.
 # The harness must pass them: their differences from the reference are rounding, within the
 # derived bounds.
 
@@ -277,7 +277,7 @@ lerp_keeping_infinities = broken_port(LerpKeepingInfinities)
 plain_lerp = broken_port(PlainLerp)
 
 
-# -- Broken ports for the blind spots of issue 12.
+# -- Broken ports for the harness's former blind spots.
 
 
 class StatisticsIn16Bits(CPropSGD):

@@ -1,5 +1,5 @@
-"""The harness's blind spots closed (issue 12) and its strength where the mutants of the torch
-port hid (issue 18, items 3 to 5): subnormal floors without false alarms, valid alternative
+"""The harness's former blind spots, and its strength where mutants of the torch port used to
+hide: subnormal floors without false alarms, valid alternative
 ports passing, 16-bit statistics, memory layouts, resume through the port's own state_dict,
 edges caught under any seed, reports that show every distinct mismatch, crashes, hangs and
 malformed read-outs without a traceback from inside the harness."""

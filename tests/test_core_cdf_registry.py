@@ -18,7 +18,7 @@ import cprop_ref.hyperparams
 from cprop_ref import cdf as cdf_module
 from cprop_ref import tolerance
 from cprop_ref.cdf import CDF_NAMES, CDFS, cdf_function
-from cprop_ref.kernels import dispatch  # noqa: F401  (imported with the four real CDFs registered)
+from cprop_ref.kernels import check_kernel_cdf, dispatch  # noqa: F401  (dispatch: imported with the four real CDFs)
 from cprop_ref.kernels.scale import CDF_CODES, CDF_MARKERS, check_kernel_cdfs, half_conformity, scale_in_place
 from cprop_ref.optim import CPropAdam
 from cprop_ref.scale import CPropStats, conformity_probability, cprop_scale
@@ -72,6 +72,10 @@ def test_kernels_refuse_a_cdf_without_kernel_code() -> None:
     with pytest.raises(NotImplementedError, match="'fake'.*cprop_ref/kernels/scale.py"):
         check_kernel_cdfs(cdf_module.CDF_NAMES)
     check_kernel_cdfs(CDF_NAMES)  # the four real ones pass
+    # The check a constructor can make without importing Numba.
+    with pytest.raises(ValueError, match="invalid cprop_cdf='fake' for backend='numba'"):
+        check_kernel_cdf("cprop_cdf", FAKE)
+    assert [check_kernel_cdf("cdf", name) for name in CDF_NAMES] == list(CDF_NAMES)
     with pytest.raises(ValueError, match="cdf='fake' has no Numba kernel"):
         CDF_CODES[FAKE]
     # The element functions, given a code or a marker one past the last CDF: an error, where

@@ -25,6 +25,7 @@ from cprop_ref.kernels.vector_math import (
     exp_double,
     tanh_half_double,
 )
+from tests.hypothesis_budget import examples
 
 U = 2.0**-53
 mpmath.mp.dps = 40
@@ -67,7 +68,7 @@ def test_exp_double_relative_error_within_its_bound():
     assert np.max(_relative_errors(_map_exp_double(x), x)) <= EXP_DOUBLE_BOUND_U * U
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.floats(EXP_CLAMP, 0.0))
 def test_exp_double_bound_at_drawn_points(x):
     (value,) = _map_exp_double(np.array([x]))

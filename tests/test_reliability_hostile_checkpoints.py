@@ -1,4 +1,4 @@
-"""Checkpoints under hostile use (issue 16, findings 8 to 12).
+"""Checkpoints under hostile use: file kinds, unsaveable values, memory, hostile values, paths.
 
 Loading reads only regular files (a named pipe must not hang), only the entries the
 metadata refers to, within a limit that defaults to what the optimizer's own checkpoint can

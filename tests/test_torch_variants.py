@@ -1,4 +1,4 @@
-"""The torch port's ``foreach`` and ``fused`` variants (issue 14).
+"""The torch port's ``foreach`` and ``fused`` variants.
 
 - ``foreach=True`` performs the eager port's operations on lists: it is the eager port bit
   for bit (every dtype, optimizer, CDF; mixed sizes, a skipped gradient, a changed learning

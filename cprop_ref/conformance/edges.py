@@ -2,7 +2,7 @@
 the seed (hypothesis's explicit phase runs them before the generated ones).
 
 Random draws reach an edge with some probability; a port that is wrong only at that edge is
-then caught only with luck. Every edge class of the spec has a case here, so that each named
+then caught only with luck. Every edge class of ``docs/algorithm.md`` ("Limits and edge cases") has a case here, so that each named
 broken port of the test-suite is caught under any seed (``docs/conformance.md``, "Edges by
 construction"):
 

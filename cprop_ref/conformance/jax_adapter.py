@@ -23,6 +23,8 @@ What the protocol asks and optax does not have, the adapter supplies:
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import pickle
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -78,33 +80,47 @@ _FLUSHED = (
 )
 
 
+def _step_all(tx: optax.GradientTransformation) -> Any:
+    """One step of every tensor, each with its own state; ``present[k]`` false keeps tensor
+    ``k``'s parameter and state as they were (the protocol's ``None`` gradient)."""
+
+    def step(params: list[Any], grads: list[Any], states: list[Any], present: list[Any]) -> Any:
+        new_params, new_states = [], []
+        for p, g, state, has in zip(params, grads, states, present):
+            updates, new_state = tx.update(g, state, p)
+            new_params.append(jnp.where(has, optax.apply_updates(p, updates), p))
+            new_states.append(jax.tree.map(lambda a, b, h=has: jnp.where(h, a, b), new_state, state))
+        return new_params, new_states
+
+    return step
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(config_json: str) -> tuple[optax.GradientTransformation, Any]:
+    """The transformation of a configuration and its jitted step, kept across runs of the same
+    configuration (a resumed run, the golden fixtures' dtypes): jit compiles once per shapes."""
+    tx = build_transformation(PortConfig.from_json(json.loads(config_json)))
+    return tx, jax.jit(_step_all(tx))
+
+
 class JaxRun:
     """A ``cprop_ref.jax`` transformation behind the port protocol, one optax state per tensor."""
 
     def __init__(self, config: PortConfig, params: Sequence[np.ndarray]) -> None:
         self.config = config
-        self.tx = build_transformation(config)
+        self.tx, self._step = _compiled(json.dumps(config.to_json(), sort_keys=True))
         self.dtype = _DTYPES[config.dtype]
         with self._precision():
             self.tensors = [self._to_jax(p) for p in params]
             self.states = [self.tx.init(p) for p in self.tensors]
         self.stepped = [False] * len(self.tensors)
-        self._step = jax.jit(self._step_all)
 
     def _to_jax(self, x: np.ndarray) -> Any:
         """A protocol array as a JAX array of the configuration's dtype (bfloat16 from its carrier, exactly)."""
         return jnp.asarray(np.array(x, copy=True)).astype(self.dtype)
 
     def _precision(self) -> contextlib.AbstractContextManager[Any]:
-        return jax.enable_x64(True) if self.config.dtype == "float64" else contextlib.nullcontext()
-
-    def _step_all(self, params: list[Any], grads: list[Any], states: list[Any], present: list[Any]):
-        new_params, new_states = [], []
-        for p, g, state, has in zip(params, grads, states, present):
-            updates, new_state = self.tx.update(g, state, p)
-            new_params.append(jnp.where(has, optax.apply_updates(p, updates), p))
-            new_states.append(jax.tree.map(lambda a, b, h=has: jnp.where(h, a, b), new_state, state))
-        return new_params, new_states
+        return cprop_jax.enable_x64() if self.config.dtype == "float64" else contextlib.nullcontext()
 
     def step(self, grads: Sequence[np.ndarray | None]) -> None:
         if _subnormal(self.config.dtype, *grads, *self.params()):

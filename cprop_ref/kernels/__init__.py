@@ -26,6 +26,24 @@ def check_backend(value: Any) -> str:
     return str(value)
 
 
+#: The CDFs the kernels evaluate (:mod:`.scale` has their code), in the order of their integer
+#: codes. Written out, not taken from :data:`cprop_ref.cdf.CDF_NAMES`: a CDF registered in the
+#: reference without kernel code is refused, never evaluated as another CDF. Here, so that a
+#: check needs no Numba import.
+KERNEL_CDF_NAMES: tuple[str, ...] = ("normal", "bft", "bfo", "logistic")
+
+
+def check_kernel_cdf(name: str, cdf: Any) -> str:
+    """``cdf`` if the kernels evaluate it, else a ``ValueError`` naming ``name`` and the CDFs
+    they know (a CDF registered in the reference only runs on ``backend="numpy"``)."""
+    if cdf not in KERNEL_CDF_NAMES:
+        raise ValueError(
+            f"invalid {name}={cdf!r} for backend='numba': the kernels know {', '.join(KERNEL_CDF_NAMES)} "
+            "(use backend='numpy', or add its kernel code: docs/algorithm.md, \"Adding a CDF\")"
+        )
+    return str(cdf)
+
+
 def state_buffers(owner: Any) -> list[Any]:
     """The flat state buffers (arenas, :mod:`.flat`) that the kernels update in place for
     ``owner``, an optimizer; none before its first fused step. A gradient sharing memory

@@ -18,6 +18,7 @@ from numba.extending import overload
 
 from ..cdf import BFO_LINEAR, BFT_CUBIC, BFT_LINEAR, CDF_NAMES, LOGISTIC_SLOPE
 from ..scale import bias_correction, degrees_of_freedom
+from . import KERNEL_CDF_NAMES
 from .vector_math import SQRT_HALF, erf_double, erf_float32, tanh_half_double, tanh_half_float32
 from .wide import prefer_wide_vectors
 
@@ -30,11 +31,6 @@ LOGISTIC_SLOPE_F32 = np.float32(LOGISTIC_SLOPE)
 HALF_F32 = np.float32(0.5)
 SQRT_HALF_F32 = np.float32(SQRT_HALF)
 
-#: The CDFs these kernels evaluate, in the order of their integer codes. Written out, not taken
-#: from :data:`cprop_ref.cdf.CDF_NAMES`: a CDF registered in the reference without its element
-#: functions here is refused (:func:`check_kernel_cdfs`), never evaluated as another CDF.
-KERNEL_CDF_NAMES: tuple[str, ...] = ("normal", "bft", "bfo", "logistic")
-
 
 class CdfCodes(dict):
     """``{cdf name: integer code}``; looking up a CDF without kernel code is a ``ValueError``
@@ -42,7 +38,7 @@ class CdfCodes(dict):
 
     def __missing__(self, cdf: object) -> int:
         raise ValueError(
-            f"cdf={cdf!r} has no Numba kernel (cprop_ref/kernels/scale.py knows {', '.join(self)}); "
+            f"cdf={cdf!r} has no Numba kernel (cprop_ref/kernels knows {', '.join(self)}); "
             "use backend='numpy' or add its element functions (docs/algorithm.md, \"Adding a CDF\")"
         )
 
@@ -56,7 +52,8 @@ def check_kernel_cdfs(cdf_names: tuple[str, ...]) -> None:
         raise NotImplementedError(
             f"the Numba kernels have no code for cdf {', '.join(map(repr, missing))} (registered in "
             "cprop_ref/cdf.py): add its float32 and float64 element functions and its branch in "
-            "half_conformity and _conformity_loop to cprop_ref/kernels/scale.py "
+            "half_conformity and _conformity_loop to cprop_ref/kernels/scale.py, its name to "
+            "KERNEL_CDF_NAMES in cprop_ref/kernels/__init__.py "
             '(docs/algorithm.md, "Adding a CDF")'
         )
 
