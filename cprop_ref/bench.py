@@ -16,6 +16,8 @@ Rows (every time is the median over repeated steps, after warm-up steps):
   pages only under ``THP_MEM_ALLOC_ENABLE=1``) and on arrays allocated by NumPy, as the
   CProp rows and the bounds are (NumPy asks the kernel for transparent huge pages for arrays
   of 4 MiB and more, ``madvise``): the same bytes, the same pages, the fair comparison.
+- ``JAX``: the JAX port's jitted ``cprop_adam`` update against a jitted ``optax.adam`` update
+  (when the ``jax`` extra is installed), parameter and state buffers donated.
 - ``many tensors``: the same total split into tensors of mixed sizes, against one tensor: as
   separate arrays, and as views of one buffer (:func:`cprop_ref.kernels.flat.flat_parameters`).
 - ``2 elements``: time per ``step()`` call (the Rosenbrock case), against ``torch.optim.Adam``.
@@ -363,6 +365,54 @@ def bench_single_tensor(table: Table, n: int, args: argparse.Namespace) -> None:
         table.add(group, f"{name} [numpy]", seconds, f"{name} [numba]", note="measured after the interleaved rows")
 
 
+def _jitted_optax_step(tx: Any, grad: Any) -> Callable[[], Any]:
+    """One jitted ``update`` + ``apply_updates`` of ``tx`` on a parameter like ``grad``, the
+    parameter and state buffers donated (updated in place, as an optimizer's step is)."""
+    import jax
+    import optax
+
+    def step(params: Any, state: Any) -> Any:
+        updates, state = tx.update(grad, state, params)
+        return optax.apply_updates(params, updates), state
+
+    compiled = jax.jit(step, donate_argnums=(0, 1))
+    params = jax.numpy.zeros_like(grad)
+    held = [params, tx.init(params)]
+
+    def run() -> None:
+        held[0], held[1] = compiled(held[0], held[1])
+        jax.block_until_ready(held[0])
+
+    return run
+
+
+def bench_jax(table: Table, n: int, args: argparse.Namespace) -> None:
+    """The JAX port's jitted ``cprop_adam`` update against a jitted ``optax.adam`` update, side by
+    side (interleaved), one float32 tensor of ``n`` elements (target: at most 1.5x)."""
+    group = f"2^{args.log2_size} elements, float32, JAX (jitted optax update + apply_updates)"
+    print(f"{group}:")
+    try:
+        import jax
+        import optax
+
+        from . import jax as cprop_jax
+    except ImportError:
+        table.add(group, "optax.adam", None, note="jax/optax not installed (the 'jax' extra): skipped")
+        return
+    grad = jax.numpy.asarray(np.random.default_rng(0).standard_normal(n).astype(np.float32))
+    transformations = {
+        "optax.adam": optax.adam(1e-3),
+        "cprop_ref.jax.cprop_adam bft": cprop_jax.cprop_adam(1e-3),
+        "cprop_ref.jax.cprop_adam normal": cprop_jax.cprop_adam(1e-3, cprop_cdf="normal"),
+        "cprop_ref.jax.adam (torch semantics)": cprop_jax.adam(1e-3),
+    }
+    medians = interleaved_medians({k: _jitted_optax_step(tx, grad) for k, tx in transformations.items()}, args.repeats)
+    note = f"JAX {jax.__version__}, optax {optax.__version__}, {jax.default_backend()}"
+    table.add(group, "optax.adam", medians["optax.adam"], note=note)
+    for name in list(transformations)[1:]:
+        table.add(group, name, medians[name], "optax.adam", note="target <= 1.5x" if "cprop_adam" in name else "")
+
+
 def bench_many_tensors(table: Table, n: int, args: argparse.Namespace) -> None:
     from .kernels.flat import flat_parameters
     from .optim import CPropAdam
@@ -542,6 +592,7 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"cprop-ref bench on {info['processor']}, {info['cpu_count']} CPUs, {info['numba_threads']} Numba threads")
     table = Table()
     bench_single_tensor(table, n, args)
+    bench_jax(table, n, args)
     bench_many_tensors(table, n, args)
     bench_tiny(table, args)
     bench_torch_variants(table, n, args)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+import numpy as np
 
 from .cdf import CDF_NAMES
 
@@ -101,3 +103,34 @@ def check_sgd_group(group: dict[str, Any], where: str) -> None:
             f"{where}: nesterov=True requires momentum > 0 and dampening == 0 "
             f"(got momentum={group['momentum']!r}, dampening={group['dampening']!r})"
         )
+
+
+def check_fits_dtypes(values: dict[str, Any], dtypes: Iterable[np.dtype], where: str) -> None:
+    """Every real hyperparameter in ``values`` (already validated: floats, or tuples of them
+    such as ``betas``) must be a finite number of each compute ``dtype`` it is used in.
+
+    The kernels and the formulas compute in the parameter's precision: ``lr=1e39`` is ``inf``
+    as a float32 and turns finite input into NaN (``inf * 0``). Raises ``ValueError`` naming
+    the hyperparameter, its value and the dtype's largest finite value."""
+    limits = {np.dtype(d): float(np.finfo(d).max) for d in dtypes}
+    if not limits:
+        return
+    dtype, largest = min(limits.items(), key=lambda item: item[1])
+    for name, value in values.items():
+        if isinstance(value, (bool, str)):
+            continue
+        # Scalars, tuples of scalars (betas) and, for per-run hyperparameters, arrays: every
+        # element is checked, the first one past the limit named by its index.
+        elements = np.asarray(value, dtype=object if isinstance(value, tuple) else None)
+        if elements.dtype.kind not in "fiu" and not isinstance(value, tuple):
+            continue
+        flat = elements.reshape(-1)
+        for index, x in enumerate(flat):
+            if isinstance(x, (bool, np.bool_)) or not isinstance(x, (float, np.floating)):
+                continue
+            if abs(float(x)) > largest:
+                label = f"{name}[{index}]" if elements.ndim else name
+                raise ValueError(
+                    f"{where}: invalid {label}={float(x)!r}: not a finite {dtype} (largest {largest:.6g}), "
+                    f"the precision of the parameters it is applied to"
+                )

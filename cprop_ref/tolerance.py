@@ -1,6 +1,6 @@
 """The tolerance policy of every cross-check (backends, ports, golden files).
 
-Two implementations of CProp that follow the spec but round differently can differ by
+Two implementations of CProp that follow ``docs/algorithm.md`` but round differently can differ by
 no more than the bounds derived here (``docs/algorithm.md``, "Tolerance policy", gives
 the derivation). The bounds are *propagated*: an elementwise bound on the error of the
 moments is carried from step to step, and the bound on the scale is derived from it
@@ -47,12 +47,19 @@ def unit_roundoff(dtype: np.dtype | type) -> float:
 
 
 def subnormal_floor(dtype: np.dtype | type) -> float:
-    """Half the smallest subnormal of the compute dtype: the absolute error of one rounding
-    where the relative bound ``u |x|`` no longer holds (gradual underflow)."""
+    """The absolute error of one rounding where the relative bound ``u |x|`` no longer holds
+    (gradual underflow): half the smallest subnormal of the compute dtype.
+
+    The bounds are float64 numbers, and half of float64's smallest subnormal (``2^-1075``) is
+    not one: it rounds to 0, which would make a one-ulp difference between two subnormal
+    results a mismatch. For float64 the floor is therefore the smallest subnormal itself
+    (``2^-1074``), the least float64 bound that admits such a difference.
+    """
     dtype = np.dtype(dtype)
     if dtype == np.float16:
         dtype = np.dtype(np.float32)
-    return float(np.finfo(dtype).smallest_subnormal) / 2.0
+    tiny = float(np.finfo(dtype).smallest_subnormal)
+    return tiny / 2.0 if tiny / 2.0 > 0.0 else tiny
 
 
 def ema_error_bound(
@@ -90,9 +97,22 @@ def cdf_density(z: np.ndarray, cdf: str) -> np.ndarray:
     if cdf == "bft":
         q, dq = BFT_CUBIC * z**3 + BFT_LINEAR * z, 3.0 * BFT_CUBIC * z * z + BFT_LINEAR
     else:
-        slope = BFO_LINEAR if cdf == "bfo" else LOGISTIC_SLOPE
+        slope = _logistic_slope(cdf, "cdf_density")
         q, dq = slope * z, slope
     return expit(q) * expit(-q) * dq
+
+
+def _logistic_slope(cdf: str, caller: str) -> float:
+    """The slope of the one-parameter logistic CDFs; ``ValueError`` for a CDF the tolerance
+    policy has no density and tail for (never another CDF's bound)."""
+    if cdf == "bfo":
+        return BFO_LINEAR
+    if cdf == "logistic":
+        return LOGISTIC_SLOPE
+    raise ValueError(
+        f"{caller}: unknown cdf={cdf!r}: the tolerance policy knows normal, bft, bfo, logistic "
+        '(add its density and tail to cprop_ref/tolerance.py, docs/algorithm.md "Adding a CDF")'
+    )
 
 
 def cdf_tail(z: np.ndarray, cdf: str) -> np.ndarray:
@@ -103,8 +123,7 @@ def cdf_tail(z: np.ndarray, cdf: str) -> np.ndarray:
         return ndtr(-z)
     if cdf == "bft":
         return expit(-(BFT_CUBIC * z**3 + BFT_LINEAR * z))
-    slope = BFO_LINEAR if cdf == "bfo" else LOGISTIC_SLOPE
-    return expit(-slope * z)
+    return expit(-_logistic_slope(cdf, "cdf_tail") * z)
 
 
 def scale_tolerance(

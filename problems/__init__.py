@@ -13,9 +13,11 @@ from .nqm import NoisyQuadraticModel
 from .quadratic import IllConditionedQuadratic, NoisyQuadratic
 from .quadratic_deep import QuadraticDeep
 from .registry import PROBLEMS, describe_problems, make_problem, parse_options, problem_class
+from .streams import RunStreams
 
 __all__ = [
     "Problem",
+    "RunStreams",
     "Rosenbrock",
     "Beale",
     "Branin",

@@ -29,6 +29,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .streams import RunStreams
+
 
 @dataclass(frozen=True, kw_only=True)
 class Problem:
@@ -93,13 +95,20 @@ class Problem:
 
     # -- the public, checked interface ---------------------------------------------------
 
-    def initial_points(self, runs: int, rng: np.random.Generator) -> np.ndarray:
-        """``runs`` start points, shape ``(runs, dim)``: the default start, repeated.
+    def start_point(self, run_seed: int) -> np.ndarray:
+        """The start of the run with seed ``run_seed``, shape ``(dim,)``: the default start.
 
-        Problems whose start is random (the MLP's weights) draw it from ``rng``.
+        Problems whose start is random (the MLP's weights) draw it from ``run_seed`` and
+        their own options, so a run's start depends on its seed alone (not on the batch).
         """
-        del rng  # deterministic start
-        return np.tile(self.default_start(), (check_positive_int("runs", runs), 1))
+        check_positive_int("run_seed", run_seed, minimum=0)
+        return self.default_start()
+
+    def initial_points(self, runs: int, rng: np.random.Generator) -> np.ndarray:
+        """``runs`` start points, shape ``(runs, dim)``: :meth:`start_point` of ``runs``
+        seeds drawn from ``rng`` (the default start, repeated, for deterministic starts)."""
+        seeds = rng.integers(0, 2**63 - 1, size=check_positive_int("runs", runs))
+        return np.stack([self.start_point(int(s)) for s in seeds])
 
     def value(self, x: np.ndarray) -> np.ndarray:
         """``f(x)`` for every point: shape ``x.shape[:-1]``."""
@@ -119,11 +128,15 @@ class Problem:
     def _value_and_gradient(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._value(x), self._gradient(x)
 
-    def stochastic_gradient(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """An unbiased estimate of ``gradient(x)`` under the problem's noise model."""
+    def stochastic_gradient(self, x: np.ndarray, rng: np.random.Generator | RunStreams) -> np.ndarray:
+        """An unbiased estimate of ``gradient(x)`` under the problem's noise model.
+
+        ``rng``: a ``numpy.random.Generator``, or a :class:`~problems.streams.RunStreams`
+        with one stream per row of ``x`` (``x.shape == (runs, dim)``), which makes row ``i``
+        of the noise depend on run ``i``'s seed alone."""
         x = self.check_point(x)
-        if not isinstance(rng, np.random.Generator):
-            raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        if not isinstance(rng, (np.random.Generator, RunStreams)):
+            raise ValueError(f"rng must be a numpy.random.Generator or a RunStreams, got {type(rng).__name__}")
         g = np.asarray(self._sample_gradient(x, rng), dtype=x.dtype)
         if self.noise > 0.0:
             g = g + self.noise * rng.standard_normal(x.shape, dtype=x.dtype)

@@ -45,8 +45,8 @@ class DigitsMLP(Problem):
     tanh rather than ReLU keeps the loss smooth, so finite differences check the gradient
     everywhere. ``value``/``gradient`` use the first ``samples`` images (the training set);
     the mini-batch gradient averages ``batch_size`` of them drawn with replacement.
-    Start: Glorot-uniform weights, zero biases, drawn from ``init_seed``
-    (``initial_points`` draws one such start per run). The minimum is unknown.
+    Start: Glorot-uniform weights, zero biases, drawn from ``init_seed`` and the run's seed
+    (:meth:`start_point`). The minimum is unknown.
     """
 
     hidden: int = 32
@@ -96,9 +96,13 @@ class DigitsMLP(Problem):
             start += size
         return out
 
-    def initial_points(self, runs: int, rng: np.random.Generator) -> np.ndarray:
-        """Glorot-uniform weights ``U(-sqrt(6 / (fan_in + fan_out)), +...)``, zero biases."""
-        x = np.zeros((check_positive_int("runs", runs), self.dim))
+    def start_point(self, run_seed: int) -> np.ndarray:
+        """Glorot-uniform weights ``U(-sqrt(6 / (fan_in + fan_out)), +...)``, zero biases,
+        drawn from ``numpy.random.default_rng([init_seed, run_seed])``: ``init_seed`` picks
+        the family of starts, the run's seed one start in it."""
+        check_positive_int("run_seed", run_seed, minimum=0)
+        rng = np.random.default_rng([self.init_seed, int(run_seed)])
+        x = np.zeros(self.dim)
         w1, _, w2, _ = self.unpack(x)
         for w in (w1, w2):
             limit = np.sqrt(6.0 / sum(w.shape[-2:]))
@@ -106,7 +110,8 @@ class DigitsMLP(Problem):
         return x
 
     def default_start(self) -> np.ndarray:
-        return self.initial_points(1, np.random.default_rng(self.init_seed))[0]
+        """The start of the run with seed 0 (see :meth:`start_point`)."""
+        return self.start_point(0)
 
     def _forward(
         self, x: np.ndarray, inputs: np.ndarray, onehot: np.ndarray

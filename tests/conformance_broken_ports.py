@@ -1,4 +1,4 @@
-"""Deliberately broken variants of cprop-ref's torch port, one bug each (issue 4, item 8).
+"""Deliberately broken variants of cprop-ref's torch port, one bug each, that the harness must catch.
 
 Each is a small subclass of :class:`cprop_ref.torch.CPropSGD` (the CProp-Adam one of
 :class:`cprop_ref.torch.CPropAdam`) that overrides one step of the algorithm, wrapped as a
@@ -8,13 +8,15 @@ catch every one with a report naming the quantity that differs.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from cprop_ref.conformance.torch_adapter import TorchPort
 from cprop_ref.torch import CPropAdam, CPropSGD
-from cprop_ref.torch.functional import BFT_CUBIC, cdf, standardized_mean
+from cprop_ref.torch.functional import BFT_CUBIC, cdf, scale_update, standardized_mean, statistics_dtype
+from cprop_ref.torch.sgd import sgd_direction
 
 
 def scale_variant(
@@ -28,7 +30,7 @@ def scale_variant(
     bft_cubic: float = BFT_CUBIC,
     clamp: bool = True,
 ) -> torch.Tensor:
-    """The spec's scale with one of four knobs turned the wrong way."""
+    """The scale of ``docs/algorithm.md`` with one of four knobs turned the wrong way."""
     beta, c, eps, name = hp["cprop_beta"], hp["cprop_c"], hp["cprop_eps"], hp["cprop_cdf"]
     b = 1.0 - beta**t
     m_hat, v_hat = (m / b, v / b) if bias_correct else (m, v)
@@ -144,3 +146,212 @@ step_off_by_one = broken_port(StepOffByOne)
 moments_after_scale = broken_port(MomentsAfterScale)
 scale_before_momentum = broken_port(ScaleBeforeMomentum)
 adam_statistics_after_weight_decay = broken_port(AdamStatisticsAfterWeightDecay)
+
+
+# -- Valid alternatives: ports that compute CProp in another legitimate way.
+# The harness must pass them: their differences from the reference are rounding, within the
+# derived bounds.
+
+
+def _fused_ema_(x: torch.Tensor, y: torch.Tensor, beta: float) -> None:
+    """``x <- beta x + (1 - beta) y`` with torch's fused ``add_(alpha=)`` (one kernel, FMA where
+    the CPU vectorises it); ``beta = 0`` keeps no memory (``0 * inf`` would be NaN)."""
+    if beta == 0.0:
+        x.copy_(y)
+        return
+    x.mul_(beta).add_(y, alpha=1.0 - beta)
+
+
+def _fused_square_ema_(x: torch.Tensor, y: torch.Tensor, beta: float) -> None:
+    """``x <- beta x + (1 - beta) y^2`` with ``addcmul_``: the square is never rounded alone."""
+    if beta == 0.0:
+        x.copy_(y * y)
+        return
+    x.mul_(beta).addcmul_(y, y, value=1.0 - beta)
+
+
+def _lerp_keeping_infinities_(x: torch.Tensor, y: torch.Tensor, beta: float) -> None:
+    """``x <- lerp(x, y, 1 - beta)`` (``x + (1 - beta)(y - x)``), with the weighted sum where an
+    operand is infinite: ``lerp`` would give ``inf - inf = NaN`` after a square overflowed."""
+    if beta == 0.0:
+        x.copy_(y)
+        return
+    weighted = x * beta + y * (1.0 - beta)
+    x.copy_(torch.where(torch.isinf(x) | torch.isinf(y), weighted, torch.lerp(x, y, 1.0 - beta)))
+
+
+def _plain_lerp_(x: torch.Tensor, y: torch.Tensor, beta: float) -> None:
+    if beta == 0.0:
+        x.copy_(y)
+        return
+    x.lerp_(y, 1.0 - beta)
+
+
+class _StatisticsVariant(CPropSGD):
+    """CPropSGD with CProp's statistics updated by ``ema_`` (``m``) and ``square_ema_`` (``v``)."""
+
+    ema_ = staticmethod(_fused_ema_)
+    square_ema_ = staticmethod(_fused_square_ema_)
+
+    def _update_and_scale(self, m, v, g, state, hp):
+        self.ema_(m, g, hp["cprop_beta"])
+        self.square_ema_(v, g, hp["cprop_beta"])
+        state["step"] = state.get("step", 0) + 1
+        return self._scale(m, v, state["step"], hp)
+
+
+class FusedOpsSGD(_StatisticsVariant):
+    """Valid: statistics with ``add_(alpha=)`` / ``addcmul_`` and the update ``p.add_(d * s, alpha=-lr)``."""
+
+    def _new_param(self, p, g, s, state, hp):
+        d, buf = sgd_direction(p, g, state.get("momentum_buffer"), hp)
+        if buf is not None:
+            state["momentum_buffer"] = buf
+        return p.clone().add_(scale_update(d, s), alpha=-hp["lr"])
+
+
+class LerpKeepingInfinities(_StatisticsVariant):
+    """Valid: EMAs in ``lerp`` form, written to keep IEEE infinities."""
+
+    ema_ = staticmethod(_lerp_keeping_infinities_)
+
+    @staticmethod
+    def square_ema_(x, y, beta):
+        _lerp_keeping_infinities_(x, y * y, beta)
+
+
+class PlainLerp(_StatisticsVariant):
+    """Broken: EMAs in plain ``lerp`` form: after a square overflows, ``inf - inf = NaN``."""
+
+    ema_ = staticmethod(_plain_lerp_)
+
+    @staticmethod
+    def square_ema_(x, y, beta):
+        _plain_lerp_(x, y * y, beta)
+
+
+class FusedOpsAdam(CPropAdam):
+    """Valid: CProp-Adam as torch's own Adam writes it: ``mul_().add_(alpha=)``, ``addcmul_``,
+    the step ``addcdiv`` and the scaled update ``addcmul``."""
+
+    def _new_param(self, p, g, state, hp):
+        if hp["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = torch.zeros_like(state["exp_avg_sq"])
+        allowed_m, allowed_v = self.sharing_allowed(hp)
+        if "cprop_m" not in state and not allowed_m:
+            state["cprop_m"] = state["exp_avg"].clone()
+        if "cprop_v" not in state and not allowed_v:
+            state["cprop_v"] = state["exp_avg_sq"].clone()
+        d = g + hp["weight_decay"] * p if hp["weight_decay"] != 0.0 else g
+        beta1, beta2 = hp["betas"]
+        # Adam's own moments as torch's Adam writes them: no beta = 0 case (0 * inf is NaN
+        # there, in torch and in the reference alike)
+        state["exp_avg"].mul_(beta1).add_(d, alpha=1.0 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(d, d, value=1.0 - beta2)
+        if hp["amsgrad"]:
+            torch.maximum(state["max_exp_avg_sq"], state["exp_avg_sq"], out=state["max_exp_avg_sq"])
+        state["step"] += 1
+        t = state["step"]
+        beta = hp["cprop_beta"]
+        if "cprop_m" in state:
+            _fused_ema_(state["cprop_m"], g, beta)
+        if "cprop_v" in state:
+            _fused_square_ema_(state["cprop_v"], g, beta)
+        m, v, _ = self._cprop_view(p, state)
+        s = self._scale(m, v, t, hp)
+        second = state["max_exp_avg_sq"] if hp["amsgrad"] else state["exp_avg_sq"]
+        denom = (second.sqrt() / math.sqrt(1.0 - beta2**t)).add_(hp["eps"])
+        delta = torch.zeros_like(p).addcdiv_(state["exp_avg"], denom, value=-hp["lr"] / (1.0 - beta1**t))
+        return p.clone().addcmul_(scale_update(delta, s), torch.ones_like(s))
+
+
+VALID = {
+    "fused ops (CPropSGD)": FusedOpsSGD,
+    "fused ops (CPropAdam)": FusedOpsAdam,
+    "lerp keeping infinities": LerpKeepingInfinities,
+}
+
+fused_ops_sgd = broken_port(FusedOpsSGD)
+fused_ops_adam = broken_port(FusedOpsAdam)
+lerp_keeping_infinities = broken_port(LerpKeepingInfinities)
+plain_lerp = broken_port(PlainLerp)
+
+
+# -- Broken ports for the harness's former blind spots.
+
+
+class StatisticsIn16Bits(CPropSGD):
+    """CProp's statistics of float16 / bfloat16 parameters kept in the parameter's 16 bits
+    (rounded after every step) instead of float32."""
+
+    def _step_single(self, items):
+        for p, grad, hp in items:
+            dtype = statistics_dtype(p.dtype)
+            state = self.state[p]
+            p.copy_(self._step_tensor(p.to(dtype), grad.to(dtype), state, hp))
+            if p.dtype != dtype:
+                for key in ("cprop_m", "cprop_v"):
+                    state[key].copy_(state[key].to(p.dtype))
+
+
+class LostNonContiguousUpdate(CPropSGD):
+    """Writes the new parameter through ``p.reshape(-1)``: for a non-contiguous parameter (a
+    transposed weight, a strided slice) that is a copy, and the update is lost."""
+
+    def _step_single(self, items):
+        for p, grad, hp in items:
+            dtype = statistics_dtype(p.dtype)
+            new = self._step_tensor(p.to(dtype), grad.to(dtype), self.state[p], hp)
+            p.reshape(-1).copy_(new.reshape(-1))
+
+
+statistics_in_16_bits = broken_port(StatisticsIn16Bits)
+lost_non_contiguous_update = broken_port(LostNonContiguousUpdate)
+
+
+class LossyStateDict(CPropSGD):
+    """``state_dict()`` leaves CProp's statistics out (only the step count and the momentum
+    buffer are saved): after a resume the statistics start again from zero."""
+
+    def state_dict(self):
+        sd = super().state_dict()
+        for entry in sd["state"].values():
+            entry.pop("cprop_m", None)
+            entry.pop("cprop_v", None)
+        return sd
+
+
+lossy_state_dict = broken_port(LossyStateDict)
+
+
+class NoBetaZeroCase(CPropSGD):
+    """``beta = 0`` without its special case: ``0 * v + g^2`` gives ``0 * inf = NaN`` once a
+    square has overflowed."""
+
+    def _update_and_scale(self, m, v, g, state, hp):
+        beta = hp["cprop_beta"]
+        m.mul_(beta).add_(g * (1.0 - beta))
+        v.mul_(beta).add_(g * g * (1.0 - beta))
+        state["step"] = state.get("step", 0) + 1
+        return self._scale(m, v, state["step"], hp)
+
+
+class BiasCorrectionDroppedAfter500(CPropSGD):
+    """Drops the bias correction once ``t > 500`` (thinking ``1 - beta^t`` is 1 by then)."""
+
+    def _scale(self, m, v, t, hp):
+        return super()._scale(m, v, t, hp) if t <= 500 else scale_variant(m, v, t, hp, bias_correct=False)
+
+
+class DampeningOnFirstStep(CPropSGD):
+    """Momentum's first step takes the dampening too (torch's buffer starts as ``d``, undamped)."""
+
+    def _new_param(self, p, g, s, state, hp):
+        if hp["momentum"] != 0.0 and "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p)  # then buf = (1 - dampening) d
+        return super()._new_param(p, g, s, state, hp)
+
+
+no_beta_zero_case = broken_port(NoBetaZeroCase)
+bias_correction_dropped_after_500 = broken_port(BiasCorrectionDroppedAfter500)
+dampening_on_first_step = broken_port(DampeningOnFirstStep)

@@ -22,7 +22,7 @@ def test_reference_reproduces_the_versioned_fixtures_bit_for_bit():
     intended change of the reference, regenerate with ``cprop-ref golden --out tests/golden/conformance``
     and say why in the commit."""
     cases = read_fixtures(FIXTURES)
-    assert len(cases) == 20
+    assert len(cases) == 30
     for case in cases:
         fresh = recompute(case)
         assert set(fresh) == set(case.arrays), case.name
@@ -49,7 +49,7 @@ def test_fixtures_cover_every_optimizer_cdf_and_dtype():
     configs = [case.config for case in read_fixtures(FIXTURES)]
     assert {c.name for c in configs} == {"CPropSGD", "CPropAdam", "CProp(SGD)", "CProp(Adam)", "CProp(AdamW)"}
     assert {c.cprop()["cdf"] for c in configs} == {"normal", "bft", "bfo", "logistic"}
-    assert {c.dtype for c in configs} == {"float32", "float64"}
+    assert {c.dtype for c in configs} == {"float32", "float64", "float16"}
 
 
 def test_the_fixtures_catch_a_wrong_port():
@@ -72,7 +72,7 @@ def test_the_fixtures_catch_a_wrong_port():
 
 def test_golden_command_writes_a_readable_set(tmp_path, capsys):
     assert main(["golden", "--out", str(tmp_path / "fx")]) == 0
-    assert "wrote 21 files" in capsys.readouterr().out
+    assert "wrote 31 files" in capsys.readouterr().out
     written = read_fixtures(tmp_path / "fx")
     stored = read_fixtures(FIXTURES)
     assert [c.name for c in written] == [c.name for c in stored]

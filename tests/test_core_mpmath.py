@@ -1,6 +1,6 @@
-"""The NumPy scale against an independent evaluation of the spec in 50-digit arithmetic (mpmath).
+"""The NumPy scale against an independent evaluation of its definition in 50-digit arithmetic (mpmath).
 
-The state ``(m, v, t)`` is taken as exact (its float values); mpmath evaluates the spec's
+The state ``(m, v, t)`` is taken as exact (its float values); mpmath evaluates the
 formulas on it with no rounding that matters. The NumPy result, computed in the state's dtype,
 may differ only by the rounding of one evaluation, whose effect on ``s`` is bounded by the
 tolerance policy (``cprop_ref.tolerance.scale_tolerance`` with zero error in the state): it
@@ -33,13 +33,16 @@ def mp_cdf(z: mpmath.mpf, cdf: str) -> mpmath.mpf:
         q = mpmath.mpf("0.07056") * z**3 + mpmath.mpf("1.5976") * z
     elif cdf == "bfo":
         q = mpmath.mpf("1.702") * z
-    else:
+    elif cdf == "logistic":
         q = z * mpmath.pi / mpmath.sqrt(3)
+    else:  # a new CDF needs its own 50-digit definition here, not another CDF's
+        raise ValueError(f"mp_cdf: no 50-digit definition of cdf={cdf!r}")
     return 1 / (1 + mpmath.exp(-q))
 
 
 def mp_scale(m: float, v: float, t: int, beta: float, c: float, eps: float, cdf: str) -> float:
-    """The spec's formulas, verbatim, in 50-digit arithmetic (n - 1 = 0: zero variance, exactly)."""
+    """The formulas of ``docs/algorithm.md`` ("One step of CProp"), verbatim, in 50-digit
+    arithmetic (n - 1 = 0: zero variance, exactly)."""
     beta_, m_, v_ = mpmath.mpf(beta), mpmath.mpf(m), mpmath.mpf(v)
     b = 1 - beta_**t
     m_hat, v_hat = m_ / b, v_ / b

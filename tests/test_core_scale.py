@@ -1,4 +1,5 @@
-"""Properties of the CProp scale (spec, "One step" and "Notes that follow from the formulas")."""
+"""Properties of the CProp scale (``docs/algorithm.md``, "One step of CProp", "The four CDFs" and
+"Limits and edge cases")."""
 
 from __future__ import annotations
 

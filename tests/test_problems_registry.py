@@ -120,7 +120,10 @@ def test_mlp_initial_points_differ_per_run_and_follow_the_rng():
     b = problem.initial_points(3, np.random.default_rng(1))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a[0], a[1])
-    np.testing.assert_array_equal(problem.default_start(), problem.initial_points(1, np.random.default_rng(0))[0])
+    np.testing.assert_array_equal(problem.default_start(), problem.start_point(0))
+    assert not np.array_equal(
+        problem.start_point(0), make_problem("digits-mlp", hidden=5, samples=20, init_seed=5).start_point(0)
+    )
     assert 0.0 <= float(problem.accuracy(a[0])) <= 1.0
 
 

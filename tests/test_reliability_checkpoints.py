@@ -1,4 +1,4 @@
-"""Deliverable 3 of issue 6 (well-formed checkpoints that do not fit): a checkpoint for a
+"""Well-formed checkpoints that do not fit the optimizer: a checkpoint for a
 different optimizer, a different number of parameters, other shapes or dtypes, or with
 an invalid hyperparameter gets a ``ValueError`` that says what is wrong, and the
 optimizer is unchanged. Also: a checkpoint round trip is exact, and a failed save

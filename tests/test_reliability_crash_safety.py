@@ -1,4 +1,4 @@
-"""Deliverable 2 of issue 6: a process killed with SIGKILL at any moment of a save leaves
+"""Crash safety of saves: a process killed with SIGKILL at any moment of a save leaves
 the previous checkpoint or the new one, complete, never a truncated or mixed file.
 
 The saving processes are real (forked by ``tests/crash_saver.py``, itself a subprocess)

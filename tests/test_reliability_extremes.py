@@ -1,4 +1,4 @@
-"""Deliverable 5 of issue 6: extremes. From finite input, on both backends:
+"""Extremes. From finite input, on both backends:
 
 - no NaN (in parameters, state or scale), and the scale stays in [0, 1];
 - no floating-point warning or error escapes a step, even under ``np.seterr(all="raise")``

@@ -1,4 +1,4 @@
-"""Deliverable 3 of issue 6 (files): loading a damaged or hostile file gives a clear
+"""Damaged and hostile checkpoint files: loading a damaged or hostile file gives a clear
 ``CheckpointError`` naming the file, never unpickles or executes anything, and leaves the
 optimizer it was loaded into unchanged, byte for byte.
 

@@ -1,4 +1,4 @@
-"""Deliverable 1 of issue 6: the non-finite gradient policy of every optimizer.
+"""The non-finite gradient policy of every optimizer.
 
 - ``raise`` (default): a NaN or infinite gradient raises ``ValueError`` naming the
   parameter (index, group, index in the group) and the first offending element in C
@@ -7,7 +7,7 @@
   exactly as if the skipped one had been given ``None``.
 - ``propagate``: the formulas are applied as they are. Checked against torch for the
   base optimizers (same NaN / inf positions and signs) and against a direct
-  transcription of the spec for CProp.
+  transcription of ``docs/algorithm.md`` for CProp.
 
 Bad inputs tried (``docs/reliability.md``): the exhaustive grid below is
 9 optimizers x 3 dtypes x 3 values (NaN, +inf, -inf) x 3 positions = 243 steps for
@@ -207,7 +207,7 @@ def test_propagate_matches_torch_on_nonfinite_gradients(kind, backend):
 
 
 def _spec_cprop_scale(m, v, t, beta, c, eps):
-    """The spec's "One step" for the ``normal`` CDF, written out directly (float64)."""
+    """``docs/algorithm.md``, "One step of CProp", for the ``normal`` CDF, written out directly (float64)."""
     import math
 
     from scipy.special import erfc
@@ -223,7 +223,7 @@ def _spec_cprop_scale(m, v, t, beta, c, eps):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("wrapped", [False, True], ids=["CPropSGD", "CProp(SGD)"])
 def test_propagate_follows_the_spec_on_nonfinite_gradients(wrapped, backend):
-    """CProp-SGD (momentum) and the wrapper against the spec's formulas written out here.
+    """CProp-SGD (momentum) and the wrapper against the formulas of ``docs/algorithm.md`` written out here.
 
     The NaN / inf pattern must be identical; finite elements agree to ``rtol = 1e-12``
     (float64: the erfc and the EMAs round differently in the two transcriptions, a few

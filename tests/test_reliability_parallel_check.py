@@ -1,4 +1,4 @@
-"""The finiteness check of the multi-threaded launch (issue 6 deliverable 1 on issue 3's path).
+"""The finiteness check of the multi-threaded launch: the non-finite gradient policy holds there too.
 
 Steps over more than ``dispatch.PARALLEL_THRESHOLD`` elements run on several threads, and the
 kernels check every gradient for NaN and inf in parallel (``pointers.chunks_finite_parallel``)

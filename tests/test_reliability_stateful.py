@@ -1,4 +1,4 @@
-"""Deliverable 4 of issue 6: any interleaving of steps (with skipped parameters), saves and
+"""Any interleaving of steps (with skipped parameters), saves and
 loads, refused calls and hyperparameter changes leaves the optimizer exactly where an
 uninterrupted run would be.
 

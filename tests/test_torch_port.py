@@ -1,4 +1,4 @@
-"""The PyTorch port (issue 4, item 7): it passes the whole conformance harness in float32
+"""The PyTorch port: it passes the whole conformance harness in float32
 and float64, on the CPU and (when one is present) on CUDA; all four CDFs; 16-bit
 parameters keep float32 statistics and give no NaN on zero gradients; ``state_dict``
 round-trips; bad hyperparameters raise ``ValueError`` naming them; without a GPU, device

@@ -40,6 +40,7 @@ from ..tolerance import (
     unit_roundoff,
 )
 from .config import PortConfig
+from .dtypes import HALF_DTYPES, compute_dtype, largest, storage_floor, storage_roundoff
 
 #: Each rounding is counted on both sides: the reference rounds as much as the port does, and
 #: the two roundings of one operation can go opposite ways (a port that computes in float64
@@ -67,12 +68,26 @@ def quotient_error(num: np.ndarray, num_bound: np.ndarray, den: np.ndarray, den_
 
 
 class TensorBounds:
-    """Error bounds of one tensor's port state against the reference's."""
+    """Error bounds of one tensor's port state against the reference's.
 
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.u = unit_roundoff(dtype)
-        self.tiny = subnormal_floor(dtype)
-        self.cprop = CPropErrorBounds(shape, dtype)
+    ``u`` / ``tiny``: one rounding in the compute dtype (float32 for 16-bit parameters);
+    ``p_u`` / ``p_tiny`` / ``p_max``: one rounding into the parameter's own format;
+    ``base_u`` / ``base_tiny`` / ``base_max``: one rounding inside the base optimizer, which
+    for the wrapper around a framework's optimizer (torch.optim.Adam ...) with 16-bit
+    parameters is the parameter's format: torch keeps its state and computes in it.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: str, base_in_storage: bool = False) -> None:
+        compute = compute_dtype(dtype)
+        self.u = unit_roundoff(compute)
+        self.tiny = subnormal_floor(compute)
+        self.p_u, self.p_tiny, self.p_max = storage_roundoff(dtype), storage_floor(dtype), largest(dtype)
+        self.base_in_storage = base_in_storage
+        if base_in_storage:
+            self.base_u, self.base_tiny, self.base_max = self.p_u, self.p_tiny, self.p_max
+        else:
+            self.base_u, self.base_tiny, self.base_max = self.u, self.tiny, float(np.finfo(compute).max)
+        self.cprop = CPropErrorBounds(shape, compute)
         zero = np.zeros(shape)
         self.param = zero.copy()
         self.buf = zero.copy()
@@ -81,6 +96,12 @@ class TensorBounds:
         self.vmax = zero.copy()
         #: Bound on the scale after the tensor's latest step (1: ill-conditioned).
         self.scale = np.ones(shape)
+        #: Elements where the wrapped framework optimizer's own EMA in ``lerp`` form overflows
+        #: (``|d - m| > max``) where the reference's weighted sum does not: from there on the
+        #: parameter is the framework's business (:func:`base_overflow`), counted, not compared.
+        self.base_overflow = np.zeros(shape, dtype=bool)
+        #: The base optimizer's step ``|after - before|`` of the latest step (reference values).
+        self.base_step = zero.copy()
 
 
 class RunBounds:
@@ -88,7 +109,8 @@ class RunBounds:
 
     def __init__(self, config: PortConfig, shapes: list[tuple[int, ...]]) -> None:
         self.config = config
-        self.tensors = [TensorBounds(shape, config.np_dtype) for shape in shapes]
+        base_in_storage = config.optimizer == "CProp" and config.dtype in HALF_DTYPES
+        self.tensors = [TensorBounds(shape, config.dtype, base_in_storage) for shape in shapes]
 
     # Overflowing squares (gradients near the dtype's range) make some bounds inf or NaN; a NaN
     # bound is an unknown one and becomes inf: the element is counted, not compared.
@@ -132,11 +154,20 @@ class RunBounds:
             update_bound = self._sgd(tb, p, g, e_g, state_before, s, scale_bound)
         else:
             update_bound = self._adam(tb, p, g, e_g, state_before, state_after, s, scale_bound)
-        rounding = BOTH_SIDES * u * np.abs(p_new)
+        # The final rounding into the parameter's format (for 16-bit parameters: from float32).
+        rounding = BOTH_SIDES * (tb.p_u * np.abs(p_new) + tb.p_tiny)
         if cfg.optimizer == "CProp":
             # the base optimizer's own write (|p|), after - before and its product with s (|p_new - p|)
             rounding = rounding + BOTH_SIDES * u * (np.abs(p) + 2.0 * np.abs(p_new - p))
-        tb.param = np.nan_to_num(update_bound + rounding, nan=np.inf)
+            if cfg.dtype in HALF_DTYPES:
+                # the base writes ``after`` in 16 bits; its rounding reaches p_new times s
+                rounding = rounding + BOTH_SIDES * (tb.p_u * (np.abs(p) + tb.base_step) + tb.p_tiny) * s
+        bound = update_bound + rounding
+        # Range, not rounding: a parameter within its bound of the format's largest value may
+        # round to inf on one side only.
+        bound = np.where(np.abs(p_new) + bound >= tb.p_max, np.inf, bound)
+        bound = np.where(tb.base_overflow, np.inf, bound)
+        tb.param = np.nan_to_num(bound, nan=np.inf, posinf=np.inf)
         return {"cprop_m": tb.cprop.m_bound, "cprop_v": tb.cprop.v_bound, "scale": scale_bound, "param": tb.param}
 
     def _sgd(
@@ -150,7 +181,7 @@ class RunBounds:
         ds: np.ndarray,
     ) -> np.ndarray:
         """Bound on the parameter after ``p - lr (d s)``, excluding the final rounding."""
-        hp, u = self.config.base_update(), tb.u
+        hp, u = self.config.base_update(), tb.base_u
         lr, wd = hp["lr"], hp.get("weight_decay", 0.0)
         momentum, dampening = hp.get("momentum", 0.0), hp.get("dampening", 0.0)
         d0 = g + wd * p
@@ -174,7 +205,12 @@ class RunBounds:
             else:
                 d, e_d = buf, tb.buf
         step = lr * np.abs(d)
-        return tb.param + step * ds + lr * e_d * (s + ds) + BOTH_SIDES * 2.0 * u * step * s
+        tb.base_step = step
+        if tb.base_in_storage:  # torch.optim.SGD in 16 bits: a direction past 65504 is inf (lr = 0: NaN)
+            tb.base_overflow |= (np.abs(d) + e_d >= tb.base_max) | (np.abs(d0) + e_d0 >= tb.base_max)
+        bound = tb.param + step * ds + lr * e_d * (s + ds) + BOTH_SIDES * 2.0 * (u * step + tb.base_tiny) * s
+        # the base's direction past its format's range is inf on one side only (range, not rounding)
+        return np.where(np.maximum(np.abs(d) + e_d, step) >= tb.base_max, np.inf, bound)
 
     def _adam(
         self,
@@ -188,7 +224,7 @@ class RunBounds:
         ds: np.ndarray,
     ) -> np.ndarray:
         """Bound on the parameter after ``p + delta s`` (AdamW: ``p (1 - lr wd) + delta s``)."""
-        cfg, u = self.config, tb.u
+        cfg, u = self.config, tb.base_u
         hp = cfg.base_update()
         lr, wd, eps = hp["lr"], hp.get("weight_decay", 0.0), hp.get("eps", 1e-8)
         beta1, beta2 = hp.get("betas", (0.9, 0.999))
@@ -206,8 +242,10 @@ class RunBounds:
             e_d0 = e_g + wd * tb.param + (2.0 * u * (np.abs(wd * p) + np.abs(d0)) if wd != 0.0 else 0.0)
         m1_prev = _f64(before.get("exp_avg", zeros))
         v2_prev = _f64(before.get("exp_avg_sq", zeros))
-        tb.m1 = ema_error_bound(tb.m1, m1_prev, d0, beta1, u, EMA_ROUNDINGS, tb.tiny) + (1.0 - beta1) * e_d0
-        tb.v2 = ema_error_bound(tb.v2, v2_prev, d0 * d0, beta2, u, EMA_ROUNDINGS + SQUARE_ROUNDINGS, tb.tiny) + (
+        if cfg.optimizer == "CProp" and beta1 != 1.0:
+            tb.base_overflow |= np.abs(d0 - m1_prev) > tb.base_max
+        tb.m1 = ema_error_bound(tb.m1, m1_prev, d0, beta1, u, EMA_ROUNDINGS, tb.base_tiny) + (1.0 - beta1) * e_d0
+        tb.v2 = ema_error_bound(tb.v2, v2_prev, d0 * d0, beta2, u, EMA_ROUNDINGS + SQUARE_ROUNDINGS, tb.base_tiny) + (
             1.0 - beta2
         ) * (2.0 * np.abs(d0) * e_d0 + e_d0 * e_d0)
         m1 = _f64(after["exp_avg"])
@@ -221,8 +259,20 @@ class RunBounds:
         bc2 = math.sqrt(1.0 - beta2**t)
         root = np.sqrt(second)
         den = root / bc2 + eps
-        e_den = (sqrt_error(second, e_second) + BOTH_SIDES * u * root) / bc2 + BOTH_SIDES * 2.0 * u * den
+        # + eps rounds in the base's format: in float16 an eps of 1e-8 is below half its subnormal
+        e_den = (sqrt_error(second, e_second) + BOTH_SIDES * u * root) / bc2 + BOTH_SIDES * 2.0 * (
+            u * den + tb.base_tiny
+        )
+        if cfg.optimizer == "CProp" and cfg.dtype in HALF_DTYPES:
+            # torch.optim's Adam in 16 bits: d^2 or v past 65504, or a denominator that rounds
+            # to 0 (eps = 1e-8 is below float16's half subnormal), gives inf or 0/0 there
+            tb.base_overflow |= (d0 * d0 >= tb.base_max) | (second + e_second >= tb.base_max) | (den <= e_den)
         ratio = m1 / den
-        e_delta = step_size * quotient_error(m1, tb.m1, den, e_den) + BOTH_SIDES * 2.0 * u * step_size * np.abs(ratio)
+        e_delta = step_size * quotient_error(m1, tb.m1, den, e_den) + BOTH_SIDES * 2.0 * (
+            u * step_size * np.abs(ratio) + tb.base_tiny
+        )
         delta = step_size * np.abs(ratio)
+        # a quotient or step within its bound of the base's largest value may be inf on one side only
+        e_delta = np.where(np.maximum(np.abs(ratio), delta) + e_delta >= tb.base_max, np.inf, e_delta)
+        tb.base_step = delta + (lr * wd * np.abs(p) if cfg.decoupled_weight_decay else 0.0)
         return e_p + delta * ds + e_delta * (s + ds) + BOTH_SIDES * u * delta * s

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .checks import check_closed_loop, check_injected_step, check_open_loop
+from .checks import check_closed_loop, check_injected_step, check_open_loop, check_resume
 from .config import PortConfig
 from .report import Coverage
 
@@ -19,9 +19,12 @@ class OpenLoopCase:
     config: PortConfig
     params: list[np.ndarray]
     grads: list[list[np.ndarray | None]]
+    layouts: list[str] | None = None
 
     def run(self, port: Any, port_spec: str | None = None, coverage: Coverage | None = None) -> Coverage:
-        return check_open_loop(port, self.config, self.params, self.grads, port_spec=port_spec, coverage=coverage)
+        return check_open_loop(
+            port, self.config, self.params, self.grads, layouts=self.layouts, port_spec=port_spec, coverage=coverage
+        )
 
 
 @dataclass
@@ -32,10 +35,18 @@ class InjectedCase:
     params: list[np.ndarray]
     states: list[dict[str, Any]]
     grads: list[np.ndarray | None]
+    layouts: list[str] | None = None
 
     def run(self, port: Any, port_spec: str | None = None, coverage: Coverage | None = None) -> Coverage:
         return check_injected_step(
-            port, self.config, self.params, self.states, self.grads, port_spec=port_spec, coverage=coverage
+            port,
+            self.config,
+            self.params,
+            self.states,
+            self.grads,
+            layouts=self.layouts,
+            port_spec=port_spec,
+            coverage=coverage,
         )
 
 
@@ -51,4 +62,27 @@ class ClosedLoopCase:
     def run(self, port: Any, port_spec: str | None = None, coverage: Coverage | None = None) -> Coverage:
         return check_closed_loop(
             port, self.config, self.start, self.curvature, self.noises, port_spec=port_spec, coverage=coverage
+        )
+
+
+@dataclass
+class ResumeCase:
+    """An open-loop stream with a save / restore through the port's own mechanism after ``resume_at`` steps."""
+
+    config: PortConfig
+    params: list[np.ndarray]
+    grads: list[list[np.ndarray | None]]
+    resume_at: int
+    layouts: list[str] | None = None
+
+    def run(self, port: Any, port_spec: str | None = None, coverage: Coverage | None = None) -> Coverage:
+        return check_resume(
+            port,
+            self.config,
+            self.params,
+            self.grads,
+            self.resume_at,
+            layouts=self.layouts,
+            port_spec=port_spec,
+            coverage=coverage,
         )

@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import DTYPES
+from .dtypes import DTYPES
+from .suite import CHECKS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,15 +25,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--examples", type=int, default=100, help="hypothesis examples per check (default 100)")
     verify.add_argument(
         "--checks",
-        default="open_loop,injected,closed_loop",
-        help="comma-separated checks to run (default open_loop,injected,closed_loop)",
+        default=",".join(CHECKS),
+        help=f"comma-separated checks to run (default {','.join(CHECKS)})",
     )
-    verify.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated dtypes (default float32,float64)")
+    verify.add_argument(
+        "--dtypes", default=",".join(DTYPES), help=f"comma-separated dtypes (default {','.join(DTYPES)})"
+    )
     verify.add_argument("--fixtures", default=None, help="also check the golden fixtures in this directory")
     verify.add_argument(
         "--random", action="store_true", help="draw fresh random examples (default: derandomized, reproducible)"
     )
     verify.add_argument("--report", default=None, help="also write the report to this file")
+    verify.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="search for every distinct mismatch (up to 20 per check; default: the first 3 per check)",
+    )
+    verify.add_argument(
+        "--time-limit",
+        type=float,
+        default=60.0,
+        help="seconds one call into the port may take before it is reported as hanging (default 60)",
+    )
     verify.set_defaults(func=run_verify)
 
 
@@ -58,6 +72,8 @@ def run_verify(args: argparse.Namespace) -> int:
     from . import load_port
     from .suite import CHECKS, run_suite
 
+    if not args.time_limit > 0:
+        raise SystemExit(f"cprop-ref verify: invalid --time-limit={args.time_limit}: must be > 0 seconds")
     if args.examples < 1:
         raise SystemExit(f"cprop-ref verify: invalid --examples={args.examples}: must be >= 1")
     checks = _split(args.checks, CHECKS, "--checks")
@@ -82,6 +98,8 @@ def run_verify(args: argparse.Namespace) -> int:
             dtypes=dtypes,
             fixtures=args.fixtures,
             progress=lambda line: print(line, file=sys.stderr),
+            max_mismatches=20 if args.keep_going else 3,
+            time_limit=args.time_limit,
         )
     except ImportError as err:  # hypothesis (the test extra) is missing
         print(f"cprop-ref verify: {err}", file=sys.stderr)

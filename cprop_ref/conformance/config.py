@@ -1,6 +1,6 @@
 """What the harness asks a port to build: an optimizer configuration.
 
-A :class:`PortConfig` names one of the five CProp optimizers of the spec, its
+A :class:`PortConfig` names one of the five CProp optimizers of ``docs/algorithm.md``, its
 hyperparameters (the authors' names) and the dtype of the parameters:
 
 ============  ==============================  =============================================
@@ -16,6 +16,7 @@ CProp         ``"SGD"``, ``"Adam"``,          hyperparams: beta, c, eps, cdf (th
 
 Configurations are plain data: :meth:`PortConfig.to_json` / :meth:`PortConfig.from_json`
 round-trip them through the golden fixtures' manifest and the reproduction snippets.
+``dtype`` is one of :data:`.dtypes.DTYPES` (float32, float64, float16, bfloat16).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from .dtypes import DTYPES, carrier
+
 OPTIMIZERS: tuple[str, ...] = ("CPropSGD", "CPropAdam", "CProp")
 BASE_OPTIMIZERS: tuple[str, ...] = ("SGD", "Adam", "AdamW")
-DTYPES: tuple[str, ...] = ("float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,14 @@ class PortConfig:
             raise ValueError(f"PortConfig: base={self.base!r} must be given exactly when optimizer='CProp'")
         if self.base is not None and self.base not in BASE_OPTIMIZERS:
             raise ValueError(f"PortConfig: invalid base={self.base!r}: one of {', '.join(BASE_OPTIMIZERS)}")
-        if self.dtype not in DTYPES + ("float16",):
-            raise ValueError(f"PortConfig: invalid dtype={self.dtype!r}: one of float16, {', '.join(DTYPES)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"PortConfig: invalid dtype={self.dtype!r}: one of {', '.join(DTYPES)}")
 
     @property
     def np_dtype(self) -> np.dtype:
-        return np.dtype(self.dtype)
+        """The NumPy dtype of the protocol's arrays: the dtype itself, float32 for bfloat16
+        (NumPy has none; the values are exactly bfloat16's, :mod:`.dtypes`)."""
+        return carrier(self.dtype)
 
     @property
     def name(self) -> str:

@@ -20,9 +20,9 @@ import numpy as np
 
 from .. import __version__
 from .bounds import RunBounds
-from .checks import _Comparer, _port_call, _start
+from .checks import _Comparer, _port_call, _read_outs, _start
 from .config import PortConfig
-from .protocol import optional
+from .dtypes import compute_dtype
 from .reference import ReferenceRun
 from .report import Coverage
 
@@ -39,18 +39,19 @@ LAYOUT: dict[str, str] = {
     "grad{k}_present": "(S,) bool: whether the tensor receives a gradient at that step (else None / no step)",
     "param{k}": "(S, *shape) dtype: expected parameter after each step",
     "param{k}_tol": "(S, *shape) float64: bound on |port - expected| of the parameter (inf: do not compare)",
-    "scale{k}": "(S, *shape) dtype: expected scale after each step (NaN before the tensor's first gradient)",
+    "scale{k}": "(S, *shape) stats dtype (float32 for float16 parameters, else dtype): expected scale after each step (NaN before the tensor's first gradient)",
     "scale{k}_tol": "(S, *shape) float64: bound on the scale's error; 1 means ill-conditioned: count, do not compare",
-    "cprop_m{k}": "(S, *shape) dtype: expected CProp m after each step (0 before the first gradient)",
+    "cprop_m{k}": "(S, *shape) stats dtype: expected CProp m after each step (0 before the first gradient)",
     "cprop_m{k}_tol": "(S, *shape) float64: bound on m's error",
-    "cprop_v{k}": "(S, *shape) dtype: expected CProp v after each step",
+    "cprop_v{k}": "(S, *shape) stats dtype: expected CProp v after each step",
     "cprop_v{k}_tol": "(S, *shape) float64: bound on v's error",
     "step{k}": "(S,) int64: CProp's step count t of the tensor after each step",
 }
 
 
 def fixture_configs() -> list[tuple[str, PortConfig]]:
-    """The fixed cases: names and configurations (both dtypes each)."""
+    """The fixed cases: names and configurations (float32, float64 and float16 each; bfloat16
+    has no NPZ type, and its rules are float16's with another rounding)."""
     sgd = dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False)
     adam = dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False)
 
@@ -70,14 +71,16 @@ def fixture_configs() -> list[tuple[str, PortConfig]]:
         ("wrapper_adamw_bft_large_c", PortConfig("CProp", cp(c=100.0, prefix=""), base="AdamW", base_hyperparams={**adam, "weight_decay": 0.1})),
     ]  # fmt: skip
     out = []
-    for name, config in base:
-        for dtype in ("float32", "float64"):
-            out.append(
-                (
-                    f"{name}_{dtype}",
-                    PortConfig(config.optimizer, config.hyperparams, dtype, config.base, config.base_hyperparams),
+    # float16 cases come after the others, so the older cases keep their inputs (index seeds them)
+    for dtypes in (("float32", "float64"), ("float16",)):
+        for name, config in base:
+            for dtype in dtypes:
+                out.append(
+                    (
+                        f"{name}_{dtype}",
+                        PortConfig(config.optimizer, config.hyperparams, dtype, config.base, config.base_hyperparams),
+                    )
                 )
-            )
     return out
 
 
@@ -112,12 +115,13 @@ def record(config: PortConfig, params: list[np.ndarray], grads: list[list[np.nda
     for k, p in enumerate(params):
         shape = (steps, *p.shape)
         arrays[f"param{k}_initial"] = np.array(p, dtype=dtype, copy=True)
+        stats = compute_dtype(config.dtype)  # CProp's statistics: float32 for float16 parameters
         arrays[f"grad{k}"] = np.zeros(shape, dtype)
         arrays[f"grad{k}_present"] = np.zeros(steps, bool)
         for name in ("param", "cprop_m", "cprop_v"):
-            arrays[f"{name}{k}"] = np.zeros(shape, dtype)
+            arrays[f"{name}{k}"] = np.zeros(shape, dtype if name == "param" else stats)
             arrays[f"{name}{k}_tol"] = np.zeros(shape)
-        arrays[f"scale{k}"] = np.full(shape, np.nan, dtype)
+        arrays[f"scale{k}"] = np.full(shape, np.nan, stats)
         arrays[f"scale{k}_tol"] = np.ones(shape)
         arrays[f"step{k}"] = np.zeros(steps, np.int64)
     for i, gs in enumerate(grads):
@@ -261,10 +265,7 @@ def check_case(
     for i, gs in enumerate(grads):
         step = i + 1
         _port_call(comparer, step, "step(grads)", lambda gs=gs: run.step(gs))
-        port_params = _port_call(comparer, step, "params()", run.params)
-        read_scales, read_state = optional(run, "scales"), optional(run, "cprop_state")
-        port_scales = _port_call(comparer, step, "scales()", read_scales) if read_scales else None
-        port_state = _port_call(comparer, step, "cprop_state()", read_state) if read_state else None
+        port_params, port_scales, port_state = _read_outs(comparer, step, run, [p.shape for p in params], case.config)
         for k in range(case.tensors):
             if port_state is None or a[f"step{k}"][i] == 0 or port_state[k] is None:
                 continue

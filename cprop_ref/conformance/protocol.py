@@ -22,6 +22,19 @@ and a method that returns ``None`` counts as absent):
 
 A port that does not implement a configuration raises :class:`Unsupported` from the
 factory; the harness counts and reports those instead of failing.
+
+**Layouts.** The parameters (and gradients) may come in any memory layout: transposed,
+strided slices of a larger buffer, several parameters that are views of one buffer, a 4-d
+channels-last tensor, 0-d, empty. A port whose framework has such layouts should build its
+parameters with the same one: :func:`copy_keeping_layout` copies the arrays keeping strides
+and shared buffers (``torch.from_numpy`` of its results keeps both). The harness compares
+values only, so a port that copies into contiguous storage still passes; one that loses or
+misplaces the update of a non-contiguous parameter fails.
+
+**Resume** (optional): ``save()`` returns the port's own serialised state (bytes, e.g.
+``torch.save`` of ``state_dict()``) and ``restore(data)`` loads it into the run, which the
+harness builds afresh from the same configuration and the current parameters; see
+:func:`cprop_ref.conformance.checks.check_resume`.
 """
 
 from __future__ import annotations
@@ -54,6 +67,30 @@ class Port(Protocol):
     """``port(config, params) -> PortRun``."""
 
     def __call__(self, config: PortConfig, params: Sequence[np.ndarray]) -> PortRun: ...
+
+
+def copy_keeping_layout(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Copies of ``arrays`` with their strides, offsets and shared buffers: arrays that are views
+    of one buffer are views of one new copy of it."""
+    copies: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    out = []
+    for a in arrays:
+        base = a
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        if id(base) not in copies:
+            copies[id(base)] = (base, np.array(base, copy=True, order="K"))
+        original, copy = copies[id(base)]
+        if original.size == 0 or a.size == 0:
+            out.append(np.array(a, copy=True))
+            continue
+        flat = copy.reshape(-1) if copy.flags.c_contiguous else np.ascontiguousarray(copy).reshape(-1)
+        offset = (a.__array_interface__["data"][0] - original.__array_interface__["data"][0]) // a.itemsize
+        if not copy.flags.c_contiguous or not original.flags.c_contiguous:
+            out.append(np.array(a, copy=True))  # an unusual base: a plain copy
+            continue
+        out.append(np.lib.stride_tricks.as_strided(flat[offset:], shape=a.shape, strides=a.strides))
+    return out
 
 
 def optional(run: Any, name: str) -> Any:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import io
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from .. import SGD, Adam, AdamW, CProp, CPropAdam, CPropSGD
+from .. import SGD, Adam, AdamW, CProp, CPropAdam, CPropSGD, checkpoint
 from .config import PortConfig
+from .dtypes import round_to_bfloat16
 
 _BASES = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
 _SPECIALISED = {"CPropSGD": CPropSGD, "CPropAdam": CPropAdam}
@@ -41,9 +43,26 @@ class ReferenceRun:
 
     def step(self, grads: Sequence[np.ndarray | None]) -> None:
         self.optimizer.step(list(grads))
+        if self.config.dtype == "bfloat16":
+            # NumPy has no bfloat16: the reference steps float32 parameters (its statistics are
+            # float32, as for float16) and rounds each once to bfloat16 after the step.
+            for p in self._params:
+                p[...] = round_to_bfloat16(p)
 
     def params(self) -> list[np.ndarray]:
         return [p.copy() for p in self._params]
+
+    def save(self) -> bytes:
+        """The optimizer's ``state_dict()`` as cprop-ref's checkpoint entries in an ``.npz`` (bytes)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **checkpoint.encode(self.optimizer.state_dict()))
+        return buffer.getvalue()
+
+    def restore(self, data: bytes) -> None:
+        """``load_state_dict`` of what :meth:`save` wrote."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            entries = {key: npz[key] for key in npz.files}
+        self.optimizer.load_state_dict(checkpoint.decode(entries, "the saved state"))
 
     def scales(self) -> list[np.ndarray | None]:
         return [None if s is None else np.array(s, copy=True) for s in self.optimizer.scales()]

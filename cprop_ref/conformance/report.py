@@ -15,14 +15,20 @@ from typing import Any
 import numpy as np
 
 from .config import PortConfig
+from .dtypes import compute_dtype
 
 
-def ulp_error(port: float, reference: float, dtype: np.dtype) -> float:
-    """``|port - reference|`` in units of the spacing of ``dtype`` at the reference value."""
+def ulp_error(port: float, reference: float, dtype: np.dtype | str) -> float:
+    """``|port - reference|`` in units of the spacing of ``dtype`` at the reference value
+    (``"bfloat16"``: float32's spacing times 2^16, its 8-bit significand)."""
     if not (math.isfinite(port) and math.isfinite(reference)):
         return math.inf if port != reference else 0.0
-    spacing = float(np.spacing(np.abs(np.asarray(reference, dtype=dtype))))
-    tiny = float(np.finfo(dtype).smallest_subnormal)
+    widen = 1.0
+    if dtype == "bfloat16":
+        dtype, widen = np.dtype(np.float32), 2.0**16
+    dtype = np.dtype(dtype)
+    spacing = float(np.spacing(np.abs(np.asarray(reference, dtype=dtype)))) * widen
+    tiny = float(np.finfo(dtype).smallest_subnormal) * widen
     return abs(port - reference) / max(spacing, tiny)
 
 
@@ -50,6 +56,22 @@ class Mismatch:
     detail: str = ""
     snippet: str = ""
     unconstrained: int = 0
+    #: The port's own traceback of a crash (quantity ``exception``), innermost frames last.
+    trace: str = ""
+    #: The injected state's step count (injected check), 0 otherwise.
+    start_t: int = 0
+
+    @property
+    def signature(self) -> tuple[str, str]:
+        """What groups mismatches: a value's quantity and the optimizer family (``CProp(Adam)``);
+        a crash by the call and exception type, a malformed read-out by the read-out, whatever
+        the optimizer (one broken feature crashes every family it reaches)."""
+        if self.quantity == "exception":
+            call, _, rest = self.detail.partition(": ")
+            return (f"crash in {call}: {rest.partition(':')[0]}", "any optimizer")
+        if self.quantity == "read-out":
+            return (f"malformed {self.detail.partition(' is malformed')[0]}", "any optimizer")
+        return (self.quantity, self.config.name)
 
     @property
     def abs_error(self) -> float:
@@ -58,21 +80,31 @@ class Mismatch:
         return abs(self.port_value - self.reference_value)
 
     def format(self) -> str:
-        dtype = self.config.np_dtype
-        lines = [
-            f"MISMATCH in check '{self.check}': {self.quantity} of tensor {self.tensor}, element {self.element}, "
-            f"after step {self.step}",
-            f"  configuration : {self.config.describe()}",
-        ]
+        # CProp's statistics and scale live in the compute dtype (float32 for 16-bit parameters)
+        dtype = self.config.dtype if self.quantity == "param" else compute_dtype(self.config.dtype)
+        when = f"after step {self.step}"
+        if self.start_t:
+            when += f" from the injected state at t = {self.start_t} (CProp's t is {self.start_t + self.step} there)"
+        if self.quantity == "exception":
+            headline = f"CRASH in check '{self.check}' {when}: the port raised"
+        elif self.quantity == "read-out":
+            headline = f"MALFORMED READ-OUT in check '{self.check}' {when}"
+        else:
+            headline = f"MISMATCH in check '{self.check}': {self.quantity} of tensor {self.tensor}, element {self.element}, {when}"
+        lines = [headline, f"  configuration : {self.config.describe()}"]
         if self.quantity == "exception":
             lines.append(f"  the port raised: {self.detail}")
+            if self.trace:
+                lines += ["  in the port:", *("    " + line for line in self.trace.splitlines())]
+        elif self.quantity == "read-out":
+            lines.append(f"  {self.detail}")
         else:
             lines += [
                 f"  port          : {self.port_value!r}",
                 f"  reference     : {self.reference_value!r}",
                 f"  abs error     : {self.abs_error:.6g}   (bound {self.bound:.6g})",
                 f"  rel error     : {relative_error(self.port_value, self.reference_value):.6g}",
-                f"  ulp error     : {ulp_error(self.port_value, self.reference_value, dtype):.6g} ulp of {dtype}",
+                f"  ulp error     : {ulp_error(self.port_value, self.reference_value, dtype):.6g} ulp of {np.dtype(dtype) if dtype != 'bfloat16' else dtype}",
             ]
             if self.detail:
                 lines.append(f"  note          : {self.detail}")
@@ -99,11 +131,20 @@ class Coverage:
     ill-conditioned scale elements counted instead, configurations the port declined."""
 
     examples: int = 0
+    #: The edge cases by construction that ran (:mod:`.edges`), besides the generated ``examples``.
+    edge_examples: int = 0
     steps: int = 0
     compared: dict[str, int] = field(default_factory=dict)
     unconstrained: int = 0
     unsupported: dict[str, int] = field(default_factory=dict)
     configurations: set[str] = field(default_factory=set)
+    #: Parameter elements that differ where the wrapped framework optimizer's own arithmetic
+    #: overflowed and the reference's did not (``docs/conformance.md``, "Base optimizers").
+    base_differences: int = 0
+    #: Cases that failed again in a way already reported (by signature), while searching for others.
+    seen_again: dict[tuple[str, ...], int] = field(default_factory=dict)
+    #: The code-path switches (``checks.PATH_SWITCHES``) the cases exercised.
+    paths: set[str] = field(default_factory=set)
 
     def add_compared(self, quantity: str, count: int) -> None:
         self.compared[quantity] = self.compared.get(quantity, 0) + count
@@ -130,12 +171,32 @@ class SuiteReport:
         for name, cov in self.coverage.items():
             compared = ", ".join(f"{q} {n}" for q, n in sorted(cov.compared.items())) or "nothing"
             lines.append(
-                f"  {name:<12} {cov.examples} examples, {cov.steps} steps, {len(cov.configurations)} optimizer "
+                f"  {name:<12} {cov.examples} examples + {cov.edge_examples} edge cases, {cov.steps} steps, {len(cov.configurations)} optimizer "
                 f"configurations; elements compared: {compared}; unconstrained (ill-conditioned) elements counted, not compared: "
                 f"{cov.unconstrained}"
             )
             for reason, n in sorted(cov.unsupported.items()):
                 lines.append(f"  {'':<12} declined by the port {n} times: {reason}")
+            if cov.paths:
+                from .checks import PATH_SWITCHES
+
+                missed = [p for p in PATH_SWITCHES if p not in cov.paths]
+                lines.append(
+                    f"  {'':<12} path switches exercised: {len([p for p in PATH_SWITCHES if p in cov.paths])} of "
+                    f"{len(PATH_SWITCHES)}" + (f"; not exercised: {', '.join(missed)}" if missed else "")
+                )
+            if cov.base_differences:
+                lines.append(
+                    f"  {'':<12} {cov.base_differences} parameter elements differ where the wrapped framework "
+                    "optimizer itself overflowed (not CProp's doing; counted, not compared: docs/conformance.md, "
+                    "'Base optimizers')"
+                )
+        if self.failures:
+            groups = [f"{m.check}: {m.signature[0]} ({m.signature[1]})" for m in self.failures]
+            lines += ["", f"{len(self.failures)} distinct mismatches (by check, quantity or crash, optimizer):"]
+            for group, m in zip(groups, self.failures):
+                again = self.coverage[m.check].seen_again.get(m.signature, 0) if m.check in self.coverage else 0
+                lines.append(f"  - {group}" + (f"; {again} more failing cases like it" if again else ""))
         for mismatch in self.failures:
             lines += ["", mismatch.format()]
         for error in self.errors:

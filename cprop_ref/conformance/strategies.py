@@ -23,17 +23,25 @@ from hypothesis import strategies as st
 
 from ..cdf import CDF_NAMES
 from ..scale import bias_correction, effective_sample_size
-from .cases import ClosedLoopCase, InjectedCase, OpenLoopCase
-from .config import DTYPES, PortConfig
+from .cases import ClosedLoopCase, InjectedCase, OpenLoopCase, ResumeCase
+from .config import PortConfig
+from .dtypes import DTYPES, HALF_DTYPES, compute_dtype, largest, to_storage
 
 BETAS = (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0 - 1e-7)
 C_VALUES = (0.0, 0.5, 1.0, 3.0, 5.0, 100.0)
 EPS_VALUES = (0.0, 1e-8, 1e-4, 1.0)
-SHAPES: tuple[tuple[int, ...], ...] = ((), (0,), (1,), (3,), (2, 3), (7,), (2, 0, 3), (5, 1))
+SHAPES: tuple[tuple[int, ...], ...] = ((), (0,), (1,), (3,), (2, 3), (7,), (2, 0, 3), (5, 1), (2, 3, 2, 2))
 STREAM_KINDS = ("noise", "constant", "sign_flips", "drift", "zeros", "mixed")
 #: log10 of gradient magnitudes per dtype: subnormal gradients, squares that underflow, squares
 #: that overflow, gradients within a few ulp of the largest finite value (clipped to it).
-MAGNITUDES = {"float32": (-40, -25, -8, -2, 0, 2, 8, 25, 38), "float64": (-310, -170, -8, -2, 0, 2, 8, 170, 306)}
+#: float16: subnormal gradients (below 6.1e-5; 6e-8 is the smallest), squares that underflow
+#: in 16 bits (not in the float32 statistics), gradients near the largest value 65504.
+MAGNITUDES = {
+    "float32": (-40, -25, -8, -2, 0, 2, 8, 25, 38),
+    "float64": (-310, -170, -8, -2, 0, 2, 8, 170, 306),
+    "float16": (-7, -5, -3, 0, 2, 4, 5),
+    "bfloat16": (-40, -25, -8, -2, 0, 2, 8, 25, 38),
+}
 
 
 def _unit_or_edge(draw: Any, edges: tuple[float, ...], low: float, high: float, label: str) -> float:
@@ -58,21 +66,23 @@ def sgd_hyperparams(draw: Any) -> dict[str, Any]:
     momentum = draw(st.sampled_from((0.0, 0.5, 0.9)), label="sgd momentum")
     nesterov = momentum > 0.0 and draw(st.booleans(), label="sgd nesterov")
     dampening = 0.0 if nesterov else draw(st.sampled_from((0.0, 0.1, 1.0)), label="sgd dampening")
-    weight_decay = draw(st.sampled_from((0.0, 1e-2, 0.5)), label="sgd weight_decay")
+    weight_decay = draw(st.sampled_from((0.0, 1e-2, 0.5, 1.0, 2.0)), label="sgd weight_decay")
     return dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
 
 
 @st.composite
 def adam_hyperparams(draw: Any, cprop_beta: float | None = None, decoupled: bool = False) -> dict[str, Any]:
-    """Adam's hyperparameters; ``beta1`` / ``beta2`` equal ``cprop_beta`` often, so that the
-    shared-moment path of CProp-Adam is exercised. Adam's own ``eps`` stays > 0 (with 0 a
+    """Adam's hyperparameters; ``beta1`` / ``beta2`` equal ``cprop_beta`` or ``1 - cprop_beta``
+    often, so that the shared-moment paths of CProp-Adam are exercised both ways. Adam's own ``eps`` stays > 0 (with 0 a
     zero gradient gives 0/0 in Adam itself, before CProp)."""
-    shared = () if cprop_beta is None else (cprop_beta,)
+    # equal to cprop_beta (the shared-moment paths) and to 1 - cprop_beta (a beta / 1 - beta mix-up)
+    shared = () if cprop_beta is None else (cprop_beta, cprop_beta, 1.0 - cprop_beta)
     lr = _unit_or_edge(draw, (0.0, 1e-3, 0.1), 1e-4, 0.5, "adam lr")
     beta1 = draw(st.sampled_from((0.0, 0.5, 0.9, *shared)), label="adam beta1")
     beta2 = draw(st.sampled_from((0.9, 0.999, *shared)), label="adam beta2")
+    beta1, beta2 = min(beta1, 1.0 - 1e-7), min(beta2, 1.0 - 1e-7)  # 1 - 0 is not a decay rate
     eps = draw(st.sampled_from((1e-8, 1e-3)), label="adam eps")
-    wd_values = (0.0, 1e-2, 0.1) if not decoupled else (0.0, 1e-2, 0.5)
+    wd_values = (0.0, 1e-2, 0.1, 1.0, 2.0) if not decoupled else (0.0, 1e-2, 0.5, 1.0)
     weight_decay = draw(st.sampled_from(wd_values), label="adam weight_decay")
     amsgrad = draw(st.booleans(), label="adam amsgrad")
     return dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
@@ -121,12 +131,12 @@ def _stream(rng: np.random.Generator, kind: str, shape: tuple[int, ...], steps: 
 
 @st.composite
 def gradient_streams(
-    draw: Any, dtype: str, max_steps: int = 12, max_tensors: int = 3
+    draw: Any, dtype: str, max_steps: int = 12, max_tensors: int = 3, min_steps: int = 1
 ) -> tuple[list[np.ndarray], list[list[np.ndarray | None]]]:
     """Initial parameters and a gradient stream: ``(params, grads)``, ``grads[i][k]`` or ``None``."""
     n_tensors = draw(st.integers(1, max_tensors), label="number of tensors")
     shapes = [draw(st.sampled_from(SHAPES), label=f"shape of tensor {k}") for k in range(n_tensors)]
-    steps = draw(st.integers(1, max_steps), label="steps")
+    steps = draw(st.integers(min_steps, max_steps), label="steps")
     seed = draw(st.integers(0, 2**32 - 1), label="numpy seed")
     rng = np.random.default_rng(seed)
     params, columns = [], []
@@ -134,19 +144,42 @@ def gradient_streams(
         kind = draw(st.sampled_from(STREAM_KINDS), label=f"stream kind of tensor {k}")
         exponent = draw(st.sampled_from(MAGNITUDES[dtype]), label=f"log10 gradient magnitude of tensor {k}")
         missing = draw(st.sampled_from((0.0, 0.0, 0.3)), label=f"P(no gradient) of tensor {k}")
-        largest = float(np.finfo(dtype).max)
-        grads = np.clip(_stream(rng, kind, shape, steps, 10.0**exponent), -largest, largest).astype(dtype)
+        top = largest(dtype)
+        grads = to_storage(np.clip(_stream(rng, kind, shape, steps, 10.0**exponent), -top, top), dtype)
         present = rng.random(steps) >= missing
-        params.append(np.asarray(rng.standard_normal(shape), dtype=dtype))
+        params.append(to_storage(rng.standard_normal(shape), dtype))
         columns.append([grads[i, ...] if present[i] else None for i in range(steps)])
     return params, [[column[i] for column in columns] for i in range(steps)]
+
+
+def layouts_for(draw: Any, params: list[np.ndarray]) -> list[str] | None:
+    """A memory layout per tensor (:mod:`.layouts`): contiguous half of the time, else one that
+    the tensor's rank allows (shrinks towards all contiguous, ``None``)."""
+    if not draw(st.booleans(), label="non-contiguous layouts"):
+        return None
+    out = []
+    for k, p in enumerate(params):
+        allowed = ["contiguous", "strided", "shared"]
+        allowed += ["transposed"] if p.ndim >= 2 else []
+        allowed += ["channels_last"] if p.ndim == 4 else []
+        out.append(draw(st.sampled_from(allowed), label=f"layout of tensor {k}"))
+    return out
 
 
 @st.composite
 def open_loop_cases(draw: Any, dtypes: tuple[str, ...] = DTYPES, max_steps: int = 12) -> OpenLoopCase:
     config = draw(configs(dtypes), label="configuration")
     params, grads = draw(gradient_streams(config.dtype, max_steps=max_steps), label="stream")
-    return OpenLoopCase(config, params, grads)
+    return OpenLoopCase(config, params, grads, layouts_for(draw, params))
+
+
+@st.composite
+def resume_cases(draw: Any, dtypes: tuple[str, ...] = DTYPES, max_steps: int = 8) -> ResumeCase:
+    """An open-loop stream of 2 to ``max_steps`` steps and the step after which to save and restore."""
+    config = draw(configs(dtypes), label="configuration")
+    params, grads = draw(gradient_streams(config.dtype, max_steps=max_steps, min_steps=2), label="stream")
+    resume_at = draw(st.integers(1, len(grads) - 1), label="resume after step")
+    return ResumeCase(config, params, grads, resume_at, layouts_for(draw, params))
 
 
 def _statistics(
@@ -174,7 +207,14 @@ def injected_cases(draw: Any, dtypes: tuple[str, ...] = DTYPES) -> InjectedCase:
     errors from zero, a variance that is exactly 0), then one gradient."""
     config = draw(configs(dtypes), label="configuration")
     cp, hp = config.cprop(), config.base_update()
-    dtype = config.np_dtype
+    # CProp's statistics (and the port's own base state) live in the compute dtype; a wrapped
+    # framework optimizer keeps its state in the parameter's format (16-bit: rounded to it).
+    dtype = compute_dtype(config.dtype)
+    framework_state = config.optimizer == "CProp" and config.dtype in HALF_DTYPES
+
+    def base_array(x: np.ndarray) -> np.ndarray:
+        return np.asarray(to_storage(x, config.dtype) if framework_state else x, dtype)
+
     params, grads = draw(gradient_streams(config.dtype, max_steps=1), label="parameters and gradient")
     t = draw(st.sampled_from((1, 2, 3, 10, 1000, 10**6)), label="step count t")
     z_target = draw(st.sampled_from((0.0, 1e-8, 0.3, 1.0, 3.0, 30.0, 1e6, np.inf)), label="target |z| of the state")
@@ -191,15 +231,15 @@ def injected_cases(draw: Any, dtypes: tuple[str, ...] = DTYPES) -> InjectedCase:
         state: dict[str, Any] = {"step": t, "cprop_m": np.asarray(m, dtype), "cprop_v": np.asarray(v, dtype)}
         if config.family == "sgd":
             if hp["momentum"] != 0.0 and has_buffer:
-                state["momentum_buffer"] = np.asarray(rng.standard_normal(p.shape), dtype)
+                state["momentum_buffer"] = base_array(rng.standard_normal(p.shape))
         else:
-            exp_avg = state["cprop_m"] if share_m else np.asarray(rng.standard_normal(p.shape), dtype)
-            exp_avg_sq = state["cprop_v"] if share_v else np.asarray(np.abs(rng.standard_normal(p.shape)), dtype)
+            exp_avg = state["cprop_m"] if share_m else base_array(rng.standard_normal(p.shape))
+            exp_avg_sq = state["cprop_v"] if share_v else base_array(np.abs(rng.standard_normal(p.shape)))
             state.update(exp_avg=np.array(exp_avg, copy=True), exp_avg_sq=np.array(exp_avg_sq, copy=True))
             if hp["amsgrad"]:
-                state["max_exp_avg_sq"] = np.asarray(exp_avg_sq * (1.0 + rng.random(p.shape)), dtype)
+                state["max_exp_avg_sq"] = base_array(exp_avg_sq * (1.0 + rng.random(p.shape)))
         states.append(state)
-    return InjectedCase(config, params, states, grads[0])
+    return InjectedCase(config, params, states, grads[0], layouts_for(draw, params))
 
 
 @st.composite
@@ -216,4 +256,4 @@ def closed_loop_cases(draw: Any, dtypes: tuple[str, ...] = DTYPES, max_steps: in
     problem = NoisyQuadratic(dim=dim, condition=condition, noise=noise)
     start = problem.default_start() * draw(st.sampled_from((1.0, -3.0, 1e-3)), label="start scale")
     noises = noise * rng.standard_normal((steps, dim))
-    return ClosedLoopCase(config, np.asarray(start, config.dtype), np.asarray(problem.curvature), noises)
+    return ClosedLoopCase(config, to_storage(start, config.dtype), np.asarray(problem.curvature), noises)

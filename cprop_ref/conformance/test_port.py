@@ -8,7 +8,7 @@ suite does::
 
 ``CPROP_PORT`` defaults to cprop-ref itself (a self-check). ``CPROP_PORT_EXAMPLES``
 (default 50) sets the hypothesis examples per check, ``CPROP_PORT_DTYPES`` (default
-``float32,float64``) the dtypes. A failure prints the harness's full report, with a
+``float32,float64,float16,bfloat16``) the dtypes. A failure prints the harness's full report, with a
 snippet that reproduces it.
 """
 
@@ -19,13 +19,14 @@ import os
 import pytest
 
 from cprop_ref.conformance import load_port
+from cprop_ref.conformance.dtypes import DTYPES as ALL_DTYPES
 from cprop_ref.conformance.golden import check_fixtures, write_fixtures
 from cprop_ref.conformance.report import ConformanceMismatch, Coverage
 from cprop_ref.conformance.suite import CHECKS, run_check
 
 PORT_SPEC = os.environ.get("CPROP_PORT", "cprop_ref.conformance:reference_port")
 EXAMPLES = int(os.environ.get("CPROP_PORT_EXAMPLES", "50"))
-DTYPES = tuple(os.environ.get("CPROP_PORT_DTYPES", "float32,float64").split(","))
+DTYPES = tuple(os.environ.get("CPROP_PORT_DTYPES", ",".join(ALL_DTYPES)).split(","))
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,14 @@ wrapped base optimizer).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .config import PortConfig
-from .protocol import Unsupported
+from .protocol import Unsupported, copy_keeping_layout
 
 try:
     import torch
@@ -25,7 +26,12 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "cprop_ref.conformance.torch_adapter needs PyTorch, the optional 'torch' extra: pip install 'cprop-ref[torch]'"
     ) from err
 
-_TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+_TORCH_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
 
 
 def _cprop_ref_classes() -> dict[str, type]:
@@ -35,7 +41,28 @@ def _cprop_ref_classes() -> dict[str, type]:
 
 
 def _to_numpy(x: Any) -> np.ndarray:
-    return x.detach().to("cpu").numpy().copy()
+    """A copy on the host; bfloat16 (which NumPy lacks) as float32, exactly."""
+    x = x.detach().to("cpu")
+    if x.dtype == torch.bfloat16:
+        x = x.to(torch.float32)
+    return x.numpy().copy()
+
+
+def _from_numpy(x: np.ndarray, dtype: Any, device: Any) -> Any:
+    """A tensor of ``dtype`` on ``device`` from a protocol array (bfloat16 from its float32
+    carrier, exactly), in the array's own memory layout (strides; the conversion to another
+    dtype or device keeps dense layouts such as transposed and channels-last)."""
+    return torch.from_numpy(copy_keeping_layout([np.asarray(x)])[0]).to(device=device, dtype=dtype)
+
+
+def _tensors_keeping_layout(params: Sequence[np.ndarray], dtype: Any, device: Any) -> list[Any]:
+    """The parameters as tensors with the arrays' strides, views of one buffer staying views of
+    one buffer (on the CPU in the arrays' own dtype; elsewhere each is converted alone)."""
+    copies = copy_keeping_layout([np.asarray(p) for p in params])
+    tensors = [torch.from_numpy(c) for c in copies]
+    if all(t.dtype == dtype for t in tensors) and torch.device(device).type == "cpu":
+        return tensors
+    return [t.to(device=device, dtype=dtype) for t in tensors]
 
 
 class TorchRun:
@@ -49,11 +76,21 @@ class TorchRun:
 
     def step(self, grads: Sequence[np.ndarray | None]) -> None:
         for p, g in zip(self.tensors, grads):
-            p.grad = None if g is None else torch.from_numpy(np.array(g, copy=True)).to(self.device)
+            p.grad = None if g is None else _from_numpy(g, p.dtype, p.device)
         self.optimizer.step()
 
     def params(self) -> list[np.ndarray]:
         return [_to_numpy(p) for p in self.tensors]
+
+    def save(self) -> bytes:
+        """The optimizer's ``state_dict()`` serialised with ``torch.save`` (what a user checkpoints)."""
+        buffer = io.BytesIO()
+        torch.save(self.optimizer.state_dict(), buffer)
+        return buffer.getvalue()
+
+    def restore(self, data: bytes) -> None:
+        """``load_state_dict`` of what :meth:`save` wrote, into this freshly built optimizer."""
+        self.optimizer.load_state_dict(torch.load(io.BytesIO(data), weights_only=True))
 
     def scales(self) -> list[np.ndarray | None] | None:
         """The optimizer's ``scales()``; ``None`` (not compared) if it has no such method."""
@@ -77,14 +114,21 @@ class TorchRun:
         def tensor(x: np.ndarray, p: Any) -> Any:
             return torch.from_numpy(np.array(x, copy=True)).to(device=p.device)
 
+        def base_tensor(x: Any, p: Any) -> Any:
+            # torch's own optimizers keep their state in the parameter's dtype (as its
+            # load_state_dict casts it); the harness's values are exact in it
+            return x.to(p.dtype) if x.is_floating_point() else x
+
         for p, st in zip(self.tensors, states):
             arrays = {k: tensor(v, p) for k, v in st.items() if k != "step" and v is not None}
             if cfg.optimizer == "CProp":
                 opt.state[p] = {"step": int(st["step"]), "cprop_m": arrays["cprop_m"], "cprop_v": arrays["cprop_v"]}
                 if cfg.base == "SGD":
-                    base = {"momentum_buffer": arrays["momentum_buffer"]} if "momentum_buffer" in arrays else {}
+                    keys: tuple[str, ...] = ("momentum_buffer",)
                 else:
-                    base = {k: arrays[k] for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if k in arrays}
+                    keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+                base = {k: base_tensor(arrays[k], p) for k in keys if k in arrays}
+                if cfg.base != "SGD":
                     base["step"] = torch.tensor(float(st["step"]), dtype=torch.float32)
                 opt.base_optimizer.state[p] = base
                 continue
@@ -109,10 +153,8 @@ class TorchPort:
         classes = self.classes or _cprop_ref_classes()
         if config.dtype not in _TORCH_DTYPES:
             raise Unsupported(f"dtype {config.dtype}")
-        tensors = [
-            torch.from_numpy(np.array(p, dtype=config.np_dtype, copy=True)).to(self.device).requires_grad_(False)
-            for p in params
-        ]
+        dtype = _TORCH_DTYPES[config.dtype]
+        tensors = _tensors_keeping_layout(params, dtype, self.device)
         if config.optimizer not in classes:
             raise Unsupported(f"no class for {config.optimizer}")
         if config.optimizer == "CProp":

@@ -16,8 +16,10 @@ from typing import Any
 import numba
 import numpy as np
 
+from ..gradients import unaliased
 from . import adam as adam_kernels
 from . import sgd as sgd_kernels
+from . import state_buffers
 from . import wrapper as wrapper_kernels
 from .flat import FlatState, chunk_table, layout_key
 from .scale import CDF_CODES, CPROP_SCALAR_COUNT, cprop_scalars
@@ -138,17 +140,34 @@ def _grad_addresses(grads: Sequence[np.ndarray | None], ks: list[int], keep: lis
     return addresses
 
 
+def frozen(value: Any) -> Any:
+    """What a hyperparameter value is now, as something that cannot change later: lists,
+    tuples and arrays by their contents (an ndarray ``betas`` may be changed in place, and
+    the cache below must see it), with the types of the elements."""
+    kind = type(value)
+    if kind is float or kind is bool or kind is str or kind is int:  # the usual: immutable, cheap
+        return (kind, value)
+    if kind is list or kind is tuple:
+        return (kind, tuple(frozen(v) for v in value))
+    if isinstance(value, np.ndarray):
+        return (kind, value.dtype.str, value.shape, value.tobytes())
+    return (kind, value)
+
+
 def validated_groups(opt: Any) -> list[dict[str, Any]]:
-    """``opt._validated_groups()``, reused while no hyperparameter changed: the values and
-    their types are compared (so ``amsgrad=1`` is still refused), lists by their contents."""
+    """``opt._validated_groups()``, reused while neither a hyperparameter nor the arrays of a
+    group changed: the values are compared with their types (so ``amsgrad=1`` is still
+    refused), lists and arrays by their contents, the parameters by identity."""
     names = opt.hyperparams
     key = []
     for group in opt.param_groups:
-        values = [group[name] for name in names]
-        key.append((group["params"], len(group["params"]), [tuple(v) if type(v) is list else v for v in values]))
-        key.append([type(v) for v in values])
+        try:
+            values = tuple(frozen(group[name]) for name in names)
+        except KeyError:
+            values = None  # a hyperparameter was removed: _validated_groups says which
+        key.append((tuple(group["params"]), values))
     cached = opt.__dict__.get("_kernel_groups")
-    if cached is not None and len(cached[0]) == len(key) and _same_key(cached[0], key):
+    if cached is not None and _same_key(cached[0], key):
         return cached[1]
     groups = opt._validated_groups()
     opt.__dict__["_kernel_groups"] = (key, groups)
@@ -156,11 +175,12 @@ def validated_groups(opt: Any) -> list[dict[str, Any]]:
 
 
 def _same_key(old: list, new: list) -> bool:
-    for a, b in zip(old, new):
-        if type(a) is tuple:
-            if a[0] is not b[0] or a[1] != b[1] or a[2] != b[2]:
-                return False
-        elif a != b:
+    if len(old) != len(new):
+        return False
+    for (old_params, old_values), (new_params, new_values) in zip(old, new):
+        if len(old_params) != len(new_params) or any(a is not b for a, b in zip(old_params, new_params)):
+            return False
+        if new_values is None or old_values != new_values:  # NaN != NaN: such a value is validated again
             return False
     return True
 
@@ -193,6 +213,7 @@ def fused_step(opt: Any, grads: Any) -> tuple[list[dict[str, Any]], list[np.ndar
             return plan.groups, [None]
         # None: the plan no longer applies; False: a non-finite gradient, which the general
         # path below finds again and handles (nothing was written).
+    opt.check_params()
     groups = validated_groups(opt)
     pairs = opt._flat(groups)
     params = [p for p, _ in pairs]
@@ -209,6 +230,9 @@ def fused_step(opt: Any, grads: Any) -> tuple[list[dict[str, Any]], list[np.ndar
         checked = opt.check_grads(grads)
         by_dtype = _by_dtype(params, checked)
         check_finite = False
+    # The kernels read each gradient while they write parameters and state: one that shares
+    # memory with them is copied first (the step uses the values of the call).
+    checked = unaliased(checked, params, state_buffers(opt), opt.__dict__)
     step = _adam_family if opt.kernel_family == "adam" else _sgd_family
     remaining = list(checked)
     opt.__dict__["_kernel_plan"] = None
@@ -216,7 +240,7 @@ def fused_step(opt: Any, grads: Any) -> tuple[list[dict[str, Any]], list[np.ndar
         if not step(opt, pairs, checked, dtype, ks, check_finite):
             # A non-finite gradient, found before anything was written: the full check
             # raises or drops it, and the step runs on what is left.
-            checked = opt.check_grads(grads)
+            checked = unaliased(opt.check_grads(grads), params, state_buffers(opt), opt.__dict__)
             return groups, fused_step_checked(opt, groups, pairs, checked)
         for k in ks:
             remaining[k] = None
@@ -244,8 +268,11 @@ class TinyPlan:
         # the same contents) mean the same validated groups.
         raw = opt.param_groups[0]
         self.raw = tuple(
-            (name, raw[name], tuple(raw[name]) if type(raw[name]) is list else None) for name in opt.hyperparams
+            (name, raw[name], frozen(raw[name]) if isinstance(raw[name], (list, np.ndarray)) else None)
+            for name in opt.hyperparams
         )
+        self.separate_grad: np.ndarray | None = None  # the last gradient found not to share memory
+        self.param_owns_memory = self.param.base is None and bool(self.param.flags.owndata)
         self.hyperparameters = np.array(
             adam_kernels.hyperparameter_row(self.group, float(np.finfo(flat.arena.dtype).max)), dtype=np.float64
         )
@@ -268,12 +295,22 @@ class TinyPlan:
             return None
         raw = opt.param_groups[0]
         for name, value, contents in self.raw:
-            current = raw[name]
-            if current is not value or (contents is not None and tuple(current) != contents):
+            current = raw.get(name)
+            if current is not value or (contents is not None and frozen(current) != contents):
                 return None
         g, p = grads[0], self.param
         if type(g) is not np.ndarray or g.shape != p.shape or g.dtype != p.dtype or not g.flags.c_contiguous:
             return None
+        if not p.flags.writeable:
+            return None  # the general path refuses it, naming the parameter
+        if g is not self.separate_grad and not (self.param_owns_memory and g.base is None and g.flags.owndata):
+            # A gradient sharing memory with the parameter or the state goes the general way
+            # (copied first). Two arrays that own their memory (the usual fresh gradient and
+            # parameter; the arena owns its own) cannot share any; otherwise the byte ranges
+            # decide, once per gradient object (an array's memory never moves).
+            if np.may_share_memory(g, p) or np.may_share_memory(g, self.arena):
+                return None
+            self.separate_grad = g
         group_params = raw["params"]  # the user's list (it may have been replaced)
         state = opt.state[0] if len(opt.state) == 1 else None
         if len(group_params) != 1 or group_params[0] is not p or state is not self.state or len(state) != self.size:

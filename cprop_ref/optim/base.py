@@ -16,8 +16,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .. import checkpoint
-from ..gradients import check_gradients, check_nonfinite_policy, check_parameter, compute_dtype
-from ..hyperparams import Validator
+from ..gradients import (
+    check_gradients,
+    check_nonfinite_policy,
+    check_parameter,
+    compute_dtype,
+    first_overlap,
+    parameters_are_plain,
+)
+from ..hyperparams import Validator, check_fits_dtypes
 from ..kernels import DEFAULT_BACKEND, check_backend
 
 ParamState = dict[str, Any]
@@ -110,12 +117,34 @@ class Optimizer:
             if id(p) in existing:
                 raise ValueError(f"{where}, parameter {j}: this array is already in the optimizer")
             existing.add(id(p))
-        new_group: dict[str, Any] = {"params": params}
-        for name in self.hyperparams:
-            new_group[name] = self._validate(name, group.get(name, self.defaults[name]), where)
-        self._check_group(new_group, where)
+        old = self.params
+        overlap = first_overlap([*old, *params])
+        if overlap is not None:
+            i, j = overlap
+            other = self.param_names()[i] if i < len(old) else f"parameter {i - len(old)} of this group"
+            raise ValueError(
+                f"{where}, parameter {j - len(old)}: shares memory with {other} (overlapping views of one "
+                "array); every parameter needs memory of its own"
+            )
+        values = {name: group.get(name, self.defaults[name]) for name in self.hyperparams}
+        new_group = self._checked_group(params, values, where)
         self.param_groups.append(new_group)
         self.state.extend({} for _ in params)
+
+    def _checked_group(self, params: list[np.ndarray], values: dict[str, Any], where: str) -> dict[str, Any]:
+        """The one check of a group's hyperparameters, at construction, at every step and at a
+        load: each value by its validator (normalised), the cross-hyperparameter rules, and every
+        real value finite in the compute dtype of the group's parameters."""
+        checked: dict[str, Any] = {"params": params}
+        for name in self.hyperparams:
+            checked[name] = self._validate(name, values[name], where)
+        self._check_group(checked, where)
+        check_fits_dtypes(
+            {name: checked[name] for name in self.hyperparams},
+            {compute_dtype(p.dtype) for p in params},
+            where,
+        )
+        return checked
 
     def _validated_groups(self) -> list[dict[str, Any]]:
         """Re-check the groups' hyperparameters (users change ``lr`` and others between
@@ -123,12 +152,19 @@ class Optimizer:
         groups = []
         for index, group in enumerate(self.param_groups):
             where = f"{type(self).__name__} param group {index}"
-            checked = {"params": group["params"]}
-            for name in self.hyperparams:
-                checked[name] = self._validate(name, group[name], where)
-            self._check_group(checked, where)
-            groups.append(checked)
+            missing = [name for name in self.hyperparams if name not in group]
+            if missing:
+                raise ValueError(f"{where}: hyperparameter(s) {missing} were removed from the group")
+            groups.append(self._checked_group(group["params"], group, where))
         return groups
+
+    def check_params(self) -> list[np.ndarray]:
+        """The parameters, checked again as at construction (plain, writeable, of a supported
+        dtype, no memory shared between two, one state entry each, state of the parameter's
+        shape): a step runs this first, since ``param_groups`` may have been edited and an array
+        made read-only since. The full check runs when the list of arrays changed; otherwise only
+        the cheap per-array part. Raises ``ValueError`` naming the parameter; changes nothing."""
+        return check_params_of(self, self.state, type(self).__name__)
 
     @property
     def params(self) -> list[np.ndarray]:
@@ -158,6 +194,7 @@ class Optimizer:
             if not any(g is not None for g in checked):
                 return  # every parameter was stepped by the kernels (or had no gradient)
         else:
+            self.check_params()
             groups = self._validated_groups()
             checked = self.check_grads(grads)
         updates: list[tuple[int, Update]] = []
@@ -230,6 +267,7 @@ class Optimizer:
             raise ValueError(
                 f"{name}.load_state_dict: the state dict is for {state_dict.get('optimizer')!r}, not {name}"
             )
+        refuse_unknown_keys(state_dict, STATE_DICT_KEYS, f"{name}.load_state_dict")
         groups = state_dict.get("param_groups")
         if not isinstance(groups, list) or len(groups) != len(self.param_groups):
             count = len(groups) if isinstance(groups, list) else groups
@@ -243,6 +281,8 @@ class Optimizer:
             raise ValueError(f"{name}.load_state_dict: {count} parameters saved, the optimizer has {len(params)}")
         names = self.param_names()
         for pname, spec, p in zip(names, specs, params):
+            if isinstance(spec, dict):
+                refuse_unknown_keys(spec, ("shape", "dtype"), f"{name}.load_state_dict {pname} spec")
             if (
                 not isinstance(spec, dict)
                 or spec.get("shape") != list(p.shape)  # a list, as state_dict() and JSON give
@@ -264,11 +304,9 @@ class Optimizer:
             missing = set(self.hyperparams) - set(saved)
             if missing:
                 raise ValueError(f"{where}: hyperparameter(s) {sorted(missing)} missing")
-            new_group = {"params": group["params"]}
-            for hp in self.hyperparams:
-                new_group[hp] = self._validate(hp, saved[hp], where)
-            self._check_group(new_group, where)
-            new_groups.append(new_group)
+            refuse_unknown_keys(saved, ("params", *self.hyperparams), where)
+            new_groups.append(self._checked_group(group["params"], saved, where))
+        nonfinite = check_nonfinite_policy(state_dict.get("nonfinite", self.nonfinite))
         saved_state = state_dict.get("state")
         if not isinstance(saved_state, list) or len(saved_state) != len(params):
             raise ValueError(f"{name}.load_state_dict: 'state' must be a list with one entry per parameter")
@@ -276,8 +314,9 @@ class Optimizer:
         for pname, entries, p in zip(names, saved_state, params):
             if not isinstance(entries, dict):
                 raise ValueError(f"{name}.load_state_dict: state of {pname} must be a dict")
-            new_state.append(self._import_state(entries, p, f"{name}.load_state_dict {pname}"))
-        nonfinite = check_nonfinite_policy(state_dict.get("nonfinite", self.nonfinite))
+            state = self._import_state(entries, p, f"{name}.load_state_dict {pname}")
+            check_state_values(state, nonfinite, f"{name}.load_state_dict {pname}")
+            new_state.append(state)
         # Nothing above changed the optimizer; from here on nothing can fail.
         for group, new_group in zip(self.param_groups, new_groups):
             group.update(new_group)
@@ -290,8 +329,17 @@ class Optimizer:
 
     def load(self, path: str | os.PathLike[str], max_bytes: int | None = None) -> None:
         """Load a checkpoint written by :meth:`save`; on any error the optimizer is unchanged. A file whose entries
-        declare more than ``max_bytes`` (default: the physical memory) is refused unread."""
-        self.load_state_dict(checkpoint.load(path, max_bytes=max_bytes))
+        declare more than ``max_bytes`` (default: :meth:`checkpoint_bytes`, what a checkpoint of this optimizer
+        can hold) is refused unread."""
+        limit = self.checkpoint_bytes() if max_bytes is None else max_bytes
+        name = "this optimizer's checkpoint can hold" if max_bytes is None and limit is not None else None
+        self.load_state_dict(checkpoint.load(path, max_bytes=limit, limit_name=name))
+
+    def checkpoint_bytes(self) -> int:
+        """The most a checkpoint of this optimizer can declare: every state array of every
+        parameter (``state_schema``, in the compute dtype) plus a margin for the metadata
+        (:func:`cprop_ref.checkpoint.size_budget`)."""
+        return checkpoint.size_budget(*state_size(self.params, self.state_schema))
 
 
 def _fused_step() -> Any:
@@ -337,3 +385,93 @@ def import_state(entries: dict[str, Any], param: np.ndarray, schema: dict[str, s
                 raise ValueError(f"{where}: state entry {name!r} must be a {param.shape} {dtype} array, got {got}")
             state[name] = np.array(value, copy=True)
     return state
+
+
+#: The top-level keys of an optimizer's state dict.
+STATE_DICT_KEYS: tuple[str, ...] = ("optimizer", "nonfinite", "param_groups", "param_specs", "state")
+#: State entries that are second moments (EMAs of squares): never negative.
+SECOND_MOMENTS: frozenset[str] = frozenset({"exp_avg_sq", "max_exp_avg_sq", "cprop_v"})
+
+
+def refuse_unknown_keys(saved: dict[str, Any], known: Sequence[str], where: str) -> None:
+    """A key a state dict may not hold is refused by name, not silently dropped (a group's
+    ``"learning_rate"`` would otherwise load as if the default were meant)."""
+    unknown = sorted(str(k) for k in saved if k not in known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+
+
+def check_state_values(state: ParamState, nonfinite: str, where: str) -> None:
+    """Values a step from valid input cannot produce, refused by name: NaN anywhere (unless
+    the policy is ``"propagate"``, under which NaN gradients enter the state as they are) and
+    a negative second moment. +-inf can come from finite input (an overflowed square) and
+    is allowed."""
+    for key, value in state.items():
+        if not isinstance(value, np.ndarray):
+            continue
+        if nonfinite != "propagate" and np.isnan(value).any():
+            at = tuple(int(i) for i in np.argwhere(np.isnan(value))[0])
+            raise ValueError(
+                f"{where}: state entry {key!r} holds NaN (element {at}), which no step from finite gradients "
+                f"gives; refused under nonfinite={nonfinite!r}"
+            )
+        if key in SECOND_MOMENTS and (value < 0).any():
+            at = tuple(int(i) for i in np.argwhere(value < 0)[0])
+            raise ValueError(
+                f"{where}: state entry {key!r} is a second moment (an average of squares) but holds "
+                f"{float(value[at])!r} < 0 at element {at}"
+            )
+
+
+def state_size(params: Sequence[np.ndarray], schema: dict[str, str]) -> tuple[int, int]:
+    """Bytes and count of the arrays a full state of ``params`` under ``schema`` holds."""
+    arrays = sum(1 for kind in schema.values() if kind != "count")
+    nbytes = sum(p.size * compute_dtype(p.dtype).itemsize for p in params) * arrays
+    return nbytes, arrays * len(params)
+
+
+def check_params_of(owner: Any, state: list[ParamState], label: str) -> list[np.ndarray]:
+    """The parameters of ``owner`` (an optimizer or the wrapper) checked by :func:`check_param_list`
+    against ``state``; when they are the very arrays of the last full check, only the cheap
+    per-array part runs (an array's memory never moves, so no overlap can have appeared)."""
+    params = flat_params(owner.param_groups)
+    known = owner.__dict__.get("_checked_params")
+    if (
+        known is not None
+        and len(known) == len(params)
+        and all(a is b for a, b in zip(known, params))
+        and parameters_are_plain(params)
+    ):
+        return params
+    check_param_list(params, parameter_names(owner.param_groups), state, label)
+    owner.__dict__["_checked_params"] = params
+    return params
+
+
+def check_param_list(params: list[Any], names: list[str], state: list[ParamState], owner: str) -> None:
+    """Every parameter as :func:`~cprop_ref.gradients.check_parameter` wants it, no two sharing
+    memory, and ``state`` holding one entry per parameter whose arrays fit it. Raises
+    ``ValueError`` naming the parameter."""
+    for p, name in zip(params, names):
+        check_parameter(p, f"{owner} {name}")
+    overlap = first_overlap(params)
+    if overlap is not None:
+        i, j = overlap
+        raise ValueError(
+            f"{owner} {names[j]}: shares memory with {names[i]} (overlapping views of one array); "
+            "every parameter needs memory of its own"
+        )
+    if len(state) != len(params):
+        raise ValueError(
+            f"{owner}: {len(params)} parameters in param_groups but state for {len(state)}: parameters were "
+            "added to or removed from a group's 'params' list; add parameters with add_param_group"
+        )
+    for p, name, entries in zip(params, names, state):
+        dtype = compute_dtype(p.dtype)
+        for key, value in entries.items():
+            if isinstance(value, np.ndarray) and (value.shape != p.shape or value.dtype != dtype):
+                raise ValueError(
+                    f"{owner} {name}: the array is now {p.shape} {p.dtype} but its state entry {key!r} is "
+                    f"{value.shape} {value.dtype}: an array swapped into param_groups must have the shape and "
+                    "dtype of the one it replaces (or start a new optimizer)"
+                )

@@ -68,7 +68,7 @@ class CPropSGD(CPropStatsMixin, SGD):
     """SGD whose update is scaled element-wise by CProp: ``param <- param - lr * (d * s)``.
 
     ``s`` comes from the raw gradient (before weight decay and momentum); ``d`` is SGD's
-    direction. ``cprop_beta``, ``cprop_c``, ``cprop_eps``, ``cprop_cdf`` as in the spec.
+    direction. ``cprop_beta``, ``cprop_c``, ``cprop_eps``, ``cprop_cdf`` as in ``docs/algorithm.md``.
     """
 
     hyperparams: ClassVar[dict[str, Validator]] = {**SGD_HYPERPARAMS, **CPROP_HYPERPARAMS}

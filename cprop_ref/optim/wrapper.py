@@ -9,11 +9,19 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .. import checkpoint
-from ..gradients import check_gradients, check_nonfinite_policy, compute_dtype
-from ..hyperparams import cdf_name, decay_rate, non_negative
-from ..kernels import DEFAULT_BACKEND, check_backend
+from ..gradients import check_gradients, check_nonfinite_policy, compute_dtype, unaliased
+from ..hyperparams import cdf_name, check_fits_dtypes, decay_rate, non_negative
+from ..kernels import DEFAULT_BACKEND, check_backend, state_buffers
 from ..scale import CPropStats, cprop_scale, cprop_step, init_stats
-from .base import flat_params, import_state, parameter_names
+from .base import (
+    check_params_of,
+    check_state_values,
+    flat_params,
+    import_state,
+    parameter_names,
+    refuse_unknown_keys,
+    state_size,
+)
 
 _CPROP_STATE_SCHEMA = {"step": "count", "cprop_m": "array", "cprop_v": "array"}
 
@@ -44,7 +52,7 @@ class CProp:
     """Wrap ``base_optimizer`` so that each of its updates is scaled by CProp:
 
     ``before = param``; the base optimizer steps; ``param <- before + (param - before) * s``,
-    where ``s`` comes from the raw gradients (spec, "CProp wrapper"). ``beta``, ``c``,
+    where ``s`` comes from the raw gradients (``docs/algorithm.md``, "How the scale is applied"). ``beta``, ``c``,
     ``eps`` and ``cdf`` are CProp's hyperparameters; they are attributes and may be changed
     between steps. For plain SGD and Adam this equals :class:`CPropSGD` and
     :class:`CPropAdam` up to rounding. ``backend`` is the wrapper's own (``"numba"``: the
@@ -75,19 +83,25 @@ class CProp:
         self.cdf = cdf
         self.nonfinite = check_nonfinite_policy(nonfinite)
         self.backend = check_backend(backend)
-        self._check_hyperparams()
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
+        check_params_of(self, self.state, "CProp")
+        self._check_hyperparams()
 
-    def _check_hyperparams(self) -> dict[str, Any]:
+    def _check_hyperparams(self, values: dict[str, Any] | None = None, where: str = "CProp") -> dict[str, Any]:
+        """The wrapper's hyperparameters (its attributes, or ``values``) validated as the
+        optimizers validate theirs, each finite in the compute dtype of every parameter."""
+        raw = dict(beta=self.beta, c=self.c, eps=self.eps, cdf=self.cdf) if values is None else values
         try:
-            return dict(
-                beta=decay_rate("beta", self.beta),
-                c=non_negative("c", self.c),
-                eps=non_negative("eps", self.eps),
-                cdf=cdf_name("cdf", self.cdf),
+            checked = dict(
+                beta=decay_rate("beta", raw.get("beta")),
+                c=non_negative("c", raw.get("c")),
+                eps=non_negative("eps", raw.get("eps")),
+                cdf=cdf_name("cdf", raw.get("cdf")),
             )
         except ValueError as err:
-            raise ValueError(f"CProp: {err}") from None
+            raise ValueError(f"{where}: {err}") from None
+        check_fits_dtypes(checked, {compute_dtype(p.dtype) for p in self.params}, where)
+        return checked
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -103,15 +117,21 @@ class CProp:
         return parameter_names(self.param_groups)
 
     def step(self, grads: Sequence[np.ndarray | None]) -> None:
-        hp = self._check_hyperparams()
         params = self.params
         if len(self.state) < len(params):  # the base optimizer gained a parameter group
             self.state.extend({} for _ in range(len(params) - len(self.state)))
+        check_params_of(self, self.state, "CProp")
+        hp = self._check_hyperparams()
         checked = check_gradients(params, self.param_names(), grads, self.nonfinite)
         fused = None
         if check_backend(self.backend) == "numba":
             from ..kernels.dispatch import WrapperStep  # imports Numba on the first fused step only
 
+            # The fused half reads the gradients after the base optimizer's step: one sharing
+            # memory with a parameter or a state buffer (the wrapper's or the base optimizer's)
+            # would have changed by then, so it is copied (the NumPy half reads them before).
+            base_buffers = state_buffers(self.base_optimizer) if hasattr(self.base_optimizer, "__dict__") else []
+            checked = unaliased(checked, params, state_buffers(self) + base_buffers, self.__dict__)
             fused = WrapperStep(self, hp, checked)  # saves the parameters it will update
         new_stats: list[tuple[int, CPropStats, np.ndarray, np.ndarray]] = []
         # As in Optimizer.step: IEEE results (inf on overflow) are the defined ones, and a
@@ -177,18 +197,14 @@ class CProp:
         if not isinstance(state_dict, dict) or state_dict.get("optimizer") != "CProp":
             found = state_dict.get("optimizer") if isinstance(state_dict, dict) else type(state_dict).__name__
             raise ValueError(f"CProp.load_state_dict: the state dict is for {found!r}, not CProp")
+        refuse_unknown_keys(
+            state_dict, ("optimizer", "nonfinite", "hyperparams", "state", "base"), "CProp.load_state_dict"
+        )
         hp = state_dict.get("hyperparams")
         if not isinstance(hp, dict):
             raise ValueError("CProp.load_state_dict: 'hyperparams' missing")
-        try:
-            checked_hp = dict(
-                beta=decay_rate("beta", hp.get("beta")),
-                c=non_negative("c", hp.get("c")),
-                eps=non_negative("eps", hp.get("eps")),
-                cdf=cdf_name("cdf", hp.get("cdf")),
-            )
-        except ValueError as err:
-            raise ValueError(f"CProp.load_state_dict: {err}") from None
+        refuse_unknown_keys(hp, ("beta", "c", "eps", "cdf"), "CProp.load_state_dict hyperparams")
+        checked_hp = self._check_hyperparams(hp, "CProp.load_state_dict")
         nonfinite = check_nonfinite_policy(state_dict.get("nonfinite", self.nonfinite))
         params = self.params
         saved = state_dict.get("state")
@@ -200,7 +216,9 @@ class CProp:
             where = f"CProp.load_state_dict {name}"
             if not isinstance(entries, dict):
                 raise ValueError(f"{where}: state must be a dict")
-            new_state.append(import_state(entries, p, _CPROP_STATE_SCHEMA, where))
+            state = import_state(entries, p, _CPROP_STATE_SCHEMA, where)
+            check_state_values(state, nonfinite, where)
+            new_state.append(state)
         if "base" not in state_dict:
             raise ValueError("CProp.load_state_dict: the base optimizer's state ('base') is missing")
         self.base_optimizer.load_state_dict(state_dict["base"])  # atomic itself; last check that can fail
@@ -219,5 +237,17 @@ class CProp:
 
     def load(self, path: str | os.PathLike[str], max_bytes: int | None = None) -> None:
         """Load a checkpoint written by :meth:`save`; on any error nothing changes. A file whose entries
-        declare more than ``max_bytes`` (default: the physical memory) is refused unread."""
-        self.load_state_dict(checkpoint.load(path, max_bytes=max_bytes))
+        declare more than ``max_bytes`` (default: :meth:`checkpoint_bytes`) is refused unread."""
+        limit = self.checkpoint_bytes() if max_bytes is None else max_bytes
+        name = "this optimizer's checkpoint can hold" if max_bytes is None and limit is not None else None
+        self.load_state_dict(checkpoint.load(path, max_bytes=limit, limit_name=name))
+
+    def checkpoint_bytes(self) -> int | None:
+        """The most a checkpoint of this wrapper can declare: CProp's two arrays per parameter
+        and the base optimizer's own budget (``None``, the module's default limit, if the base
+        optimizer does not say)."""
+        base = getattr(self.base_optimizer, "checkpoint_bytes", None)
+        base_bytes = base() if callable(base) else None
+        if base_bytes is None:
+            return None
+        return base_bytes + checkpoint.size_budget(*state_size(self.params, _CPROP_STATE_SCHEMA), fixed=0)

@@ -1,7 +1,7 @@
 """The PyTorch port of CProp: ``CPropSGD``, ``CPropAdam`` and the ``CProp`` wrapper as
 ``torch.optim.Optimizer`` subclasses, with the hyperparameter names of the authors' package.
 
-Needs the ``torch`` extra (``pip install 'cprop-ref[torch]'``). It follows the spec exactly as
+Needs the ``torch`` extra (``pip install 'cprop-ref[torch]'``). It follows ``docs/algorithm.md`` as
 the NumPy reference does (statistics from the raw gradient, ``n = 1`` gives ``se = eps``, all
 four CDFs saturating without NaN) and passes the conformance harness in float32 and float64;
 float16 and bfloat16 parameters keep CProp's statistics and compute the update in float32.

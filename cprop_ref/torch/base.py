@@ -122,7 +122,7 @@ class CPropOptimizerMixin:
         return state["cprop_m"], state["cprop_v"]
 
     def _scale(self, m: torch.Tensor, v: torch.Tensor, t: int, hp: dict[str, Any]) -> torch.Tensor:
-        """The scale ``s`` from statistics after ``t`` gradients (spec, "One step")."""
+        """The scale ``s`` from statistics after ``t`` gradients (``docs/algorithm.md``, "One step of CProp")."""
         return cprop_scale(
             m, v, t, beta=hp["cprop_beta"], c=hp["cprop_c"], eps=hp["cprop_eps"], cdf_name=hp["cprop_cdf"]
         )

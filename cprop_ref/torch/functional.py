@@ -1,4 +1,4 @@
-"""CProp's statistics and scale on torch tensors (spec, "One step"); pure functions except
+"""CProp's statistics and scale on torch tensors (``docs/algorithm.md``, "One step of CProp"); pure functions except
 the ``_``-suffixed ones, which update their first arguments in place as torch's do.
 
 Hyperparameters are Python floats: torch treats them as weak scalars, so float32 tensors

@@ -115,7 +115,7 @@ UNBOUND = KernelKey("")
 
 
 def cprop_numbers(beta: float, c: float, eps: float, cdf_name: str, t: int) -> dict[str, float]:
-    """CProp's numbers after ``t >= 1`` gradients, in double precision (spec, "One step")."""
+    """CProp's numbers after ``t >= 1`` gradients, in double precision (``docs/algorithm.md``, "One step of CProp")."""
     dof = degrees_of_freedom(beta, t)
     cubic, linear = LOGISTIC_FAMILY.get(cdf_name, (0.0, 0.0))
     return {

@@ -1,4 +1,4 @@
-"""``CProp``: scale the update of any ``torch.optim.Optimizer`` by CProp (spec, "CProp wrapper")."""
+"""``CProp``: scale the update of any ``torch.optim.Optimizer`` by CProp (``docs/algorithm.md``, "How the scale is applied")."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1099 @@
+"""Mutation testing of a port: how strong is the harness? (``cprop-ref mutate``, docs/conformance.md)
+
+Each *mutant* is the port's source with one small change (an operator or comparison swapped,
+a constant moved by one, a condition negated, an in-place call dropped, ...). The harness,
+``verify`` with its defaults, is the test of each mutant: a mutant is *killed* when a check
+reports a mismatch (or the port crashes), and *survives* when the port still passes. The
+score is the share of behaviour-changing mutants killed; a survivor that cannot change any
+output (an *equivalent* mutant) is listed with its reason and is left out of the score.
+
+Built on cosmic-ray (the ``mutation`` extra): its operators find and apply the mutations,
+its session database (SQLite, :class:`cosmic_ray.work_db.WorkDB`) holds every mutant and its
+result, so an interrupted run resumes where it stopped. The runner is ours: each mutant runs
+in a process of its own (forked from a server that imported torch and the harness once), on
+a private copy of the port's source tree into which the mutation is written, with the module name redirected to that copy (:func:`install_module_copy`), so
+the real tree is never touched, even when a run is killed. ``--jobs`` processes run side by
+side.
+
+The target is any port given its module (``cprop_ref.torch``, ``my_port``), the source of
+that module (a package directory or a ``.py`` file; found from the module when omitted) and
+its factory (``MODULE:FACTORY`` as for ``verify``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import random
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: The cosmic-ray operators applied: one replacement per site (the classic selective set:
+#: arithmetic, logical, relational and unary swaps, constants, negated conditions), plus
+#: :class:`DropCallStatement`. Bitwise ``&`` / ``|`` are the port's mask logic.
+OPERATORS: tuple[str, ...] = (
+    "core/ReplaceBinaryOperator_Add_Sub",
+    "core/ReplaceBinaryOperator_Sub_Add",
+    "core/ReplaceBinaryOperator_Mul_Div",
+    "core/ReplaceBinaryOperator_Div_Mul",
+    "core/ReplaceBinaryOperator_Pow_Mul",
+    "core/ReplaceBinaryOperator_BitAnd_BitOr",
+    "core/ReplaceBinaryOperator_BitOr_BitAnd",
+    "core/ReplaceComparisonOperator_Eq_NotEq",
+    "core/ReplaceComparisonOperator_NotEq_Eq",
+    "core/ReplaceComparisonOperator_Lt_LtE",
+    "core/ReplaceComparisonOperator_LtE_Lt",
+    "core/ReplaceComparisonOperator_Gt_GtE",
+    "core/ReplaceComparisonOperator_GtE_Gt",
+    "core/ReplaceComparisonOperator_Is_IsNot",
+    "core/ReplaceComparisonOperator_IsNot_Is",
+    "core/ReplaceUnaryOperator_USub_UAdd",
+    "core/ReplaceUnaryOperator_Delete_Not",
+    "core/AddNot",
+    "core/ReplaceTrueWithFalse",
+    "core/ReplaceFalseWithTrue",
+    "core/ReplaceAndWithOr",
+    "core/ReplaceOrWithAnd",
+    "core/NumberReplacer",
+    "core/ZeroIterationForLoop",
+    "core/RemoveDecorator",
+    "cprop/DropCallStatement",
+)
+
+#: Ports of this project: module -> factory (``cprop-ref mutate cprop_ref.torch`` needs no --factory).
+KNOWN_FACTORIES: dict[str, str] = {
+    "cprop_ref.torch": "cprop_ref.conformance:torch_port",
+    "cprop_ref.jax": "cprop_ref.conformance:jax_port",
+}
+
+
+def _cosmic_ray() -> Any:
+    try:
+        import cosmic_ray.plugins
+    except ImportError as err:
+        raise ImportError(
+            "cprop-ref mutate needs cosmic-ray, the optional 'mutation' extra: pip install 'cprop-ref[mutation]'"
+        ) from err
+    _register_operators(cosmic_ray.plugins)
+    return cosmic_ray
+
+
+# -- operators of our own ---------------------------------------------------------------------
+
+
+def _register_operators(plugins: Any) -> None:
+    """Add the ``cprop/`` operators to cosmic-ray's provider table (in this process)."""
+    if "cprop" in plugins.OPERATOR_PROVIDERS:
+        return
+    import parso
+    from cosmic_ray.operators.operator import Example, Operator
+
+    class DropCallStatement(Operator):
+        """A call whose result is discarded (``x.mul_(b)``, ``torch.maximum(a, b, out=c)``,
+        ``update_(m, g)``) replaced by ``None``: an in-place update that never happens."""
+
+        def mutation_positions(self, node: Any) -> Iterable[tuple[Any, Any]]:
+            if (
+                node.type == "atom_expr"
+                and node.parent is not None
+                and node.parent.type == "simple_stmt"
+                and node.children[-1].type == "trailer"
+                and node.children[-1].children[0].value == "("
+            ):
+                yield (node.start_pos, node.end_pos)
+
+        def mutate(self, node: Any, index: int) -> Any:
+            return parso.python.tree.Keyword("None", node.start_pos, prefix=node.get_first_leaf().prefix)
+
+        @classmethod
+        def examples(cls) -> tuple[Any, ...]:
+            return (Example("x.mul_(b)\n", "None\n"), Example("y = f(x)\n", "y = f(x)\n"))
+
+    plugins.OPERATOR_PROVIDERS["cprop"] = {"DropCallStatement": DropCallStatement}
+
+
+# -- the target and its mutants ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A port to mutate: ``module`` (importable name), ``source`` (its package directory or
+    ``.py`` file) and ``factory`` (``MODULE:FACTORY``, as ``verify`` takes it)."""
+
+    module: str
+    source: str
+    factory: str
+
+    @classmethod
+    def resolve(cls, module: str, source: str | None = None, factory: str | None = None) -> Target:
+        """Fill in ``source`` from the module's location (without importing it) and ``factory``
+        from :data:`KNOWN_FACTORIES`; ``ValueError`` names what is missing."""
+        if factory is None:
+            if module not in KNOWN_FACTORIES:
+                raise ValueError(f"cprop-ref mutate: --factory is needed for module {module!r} (MODULE:FACTORY)")
+            factory = KNOWN_FACTORIES[module]
+        if source is None:
+            try:
+                spec = importlib.util.find_spec(module)
+            except (ImportError, ValueError) as err:
+                raise ValueError(f"cprop-ref mutate: cannot find module {module!r}: {err}") from None
+            if spec is None or spec.origin is None:
+                raise ValueError(f"cprop-ref mutate: cannot find module {module!r}; give its --source")
+            locations = spec.submodule_search_locations
+            source = str(locations[0]) if locations else spec.origin
+        path = Path(source)
+        if path.is_dir() and not (path / "__init__.py").is_file():
+            raise ValueError(f"cprop-ref mutate: --source {source!r} is a directory without __init__.py")
+        if not path.is_dir() and not (path.is_file() and path.suffix == ".py"):
+            raise ValueError(f"cprop-ref mutate: --source {source!r} is neither a package directory nor a .py file")
+        return cls(module=module, source=str(path.resolve()), factory=factory)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.source)
+
+    def files(self) -> list[str]:
+        """The module's ``.py`` files, relative to :attr:`root` (its directory for a single file)."""
+        if self.root.is_dir():
+            return sorted(
+                str(p.relative_to(self.root)) for p in self.root.rglob("*.py") if "__pycache__" not in p.parts
+            )
+        return [self.root.name]
+
+    def file_path(self, relative: str) -> Path:
+        return self.root / relative if self.root.is_dir() else self.root
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How each mutant is tested: the harness's checks, examples and dtypes (``verify``'s defaults)."""
+
+    examples: int
+    checks: tuple[str, ...]
+    dtypes: tuple[str, ...]
+
+    @classmethod
+    def verify_defaults(cls) -> Settings:
+        """What ``cprop-ref verify PORT`` runs, read from its own parser (one source of truth)."""
+        from .commands import _split, register
+        from .config import DTYPES
+        from .suite import CHECKS
+
+        parser = argparse.ArgumentParser()
+        register(parser.add_subparsers(dest="command"))
+        args = parser.parse_args(["verify", "PORT"])
+        return cls(args.examples, _split(args.checks, CHECKS, "--checks"), _split(args.dtypes, DTYPES, "--dtypes"))
+
+
+def _unreachable_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """``(start, end)`` (line, column) of the code no mutant is made in: function signatures
+    (type annotations are never evaluated under ``from __future__ import annotations``; the
+    protocol passes every hyperparameter, so a port's default values are its own API, not
+    something ``verify`` can compare; a bare ``*`` is no multiplication) and annotations of
+    assignments."""
+    import ast
+
+    spans = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            spans.append(((node.lineno, node.col_offset), (node.body[0].lineno, node.body[0].col_offset)))
+        elif isinstance(node, ast.AnnAssign):
+            a = node.annotation
+            spans.append(((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)))
+    return spans
+
+
+def enumerate_mutants(target: Target, operators: Sequence[str] = OPERATORS) -> list[Any]:
+    """Every mutant of ``target`` as cosmic-ray ``WorkItem`` s (``module_path`` relative to the
+    target's root), in file, position and operator order."""
+    cr = _cosmic_ray()
+    from cosmic_ray.ast import ast_nodes, get_ast
+    from cosmic_ray.ast.ast_query import ASTQuery
+    from cosmic_ray.work_item import MutationSpec, WorkItem
+
+    items = []
+    for relative in target.files():
+        code = target.file_path(relative).read_text(encoding="utf-8")
+        spans = _unreachable_spans(code)
+        tree = get_ast(code)
+        for name in operators:
+            operator = cr.plugins.get_operator(name)()
+            positions = [(n, a, b) for n in ast_nodes(tree) for a, b in operator.mutation_positions(n)]
+            for occurrence, (node, start, end) in enumerate(positions):
+                if any(lo <= tuple(start) < hi for lo, hi in spans):
+                    continue
+                spec = MutationSpec(
+                    module_path=relative,
+                    operator_name=name,
+                    occurrence=occurrence,
+                    start_pos=tuple(start),
+                    end_pos=tuple(end),
+                    definition_name=ASTQuery(node).get_definition_name(),
+                )
+                items.append(WorkItem.single(job_id=f"{relative}:{name}:{occurrence}", mutation=spec))
+    return sorted(items, key=_order)
+
+
+def _order(item: Any) -> tuple[Any, ...]:
+    m = item.mutations[0]
+    return (str(m.module_path), tuple(m.start_pos), m.operator_name, m.occurrence)
+
+
+def mutated_source(target: Target, mutation: Any) -> tuple[str, str]:
+    """``(original, mutated)`` source of the file ``mutation`` changes; ``ValueError`` if the
+    mutation no longer applies (the source changed since the session was made)."""
+    cr = _cosmic_ray()
+    from cosmic_ray.mutating import mutate_code
+
+    original = target.file_path(str(mutation.module_path)).read_text(encoding="utf-8")
+    operator = cr.plugins.get_operator(mutation.operator_name)(**(mutation.operator_args or {}))
+    mutated = mutate_code(original, operator, mutation.occurrence)
+    if mutated is None:
+        raise ValueError(
+            f"mutation {mutation.operator_name} #{mutation.occurrence} of {mutation.module_path} no longer applies"
+        )
+    return original, mutated
+
+
+def changed_line(original: str, mutated: str, line: int) -> tuple[str, str]:
+    """Line ``line`` (1-based) before and after, stripped: how a mutant reads in a report
+    (``(line removed)`` after a mutation that removed it, e.g. a decorator)."""
+    before_lines, after_lines = original.splitlines(), mutated.splitlines()
+    before = before_lines[line - 1].strip()
+    if len(after_lines) < len(before_lines):
+        return before, "(line removed)"
+    return before, after_lines[line - 1].strip()
+
+
+# -- running one mutant (in its own process) ---------------------------------------------------
+
+
+class _CopyFinder(importlib.abc.MetaPathFinder):
+    """Finds ``name`` in ``path`` (the copy) instead of where it was installed; its submodules
+    follow through the package's ``__path__``."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name, self.path = name, path
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        if self.path.is_dir():
+            return importlib.util.spec_from_file_location(
+                fullname, self.path / "__init__.py", submodule_search_locations=[str(self.path)]
+            )
+        return importlib.util.spec_from_file_location(fullname, self.path)
+
+
+def install_module_copy(module: str, path: Path) -> None:
+    """From now on, ``import module`` (and its submodules) loads the copy at ``path``."""
+    if any(name == module or name.startswith(module + ".") for name in sys.modules):
+        raise RuntimeError(f"{module} was imported before its mutant could be installed")
+    sys.meta_path.insert(0, _CopyFinder(module, path))
+
+
+def _copy_tree(target: Target, into: Path) -> Path:
+    """A private copy of the target's source under ``into``; returns the copy's root."""
+    if target.root.is_dir():
+        copy = into / target.root.name
+        shutil.copytree(target.root, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    else:
+        copy = into / target.root.name
+        shutil.copy2(target.root, copy)
+    return copy
+
+
+def _first_failure(target: Target, settings: Settings) -> dict[str, Any]:
+    """The harness against the (already installed) port: the first check that fails, if any."""
+    from . import load_port
+    from .suite import run_check
+
+    port = load_port(target.factory)
+    for check in settings.checks:
+        try:
+            _, failure = run_check(
+                check,
+                port,
+                port_spec=target.factory,
+                max_examples=settings.examples,
+                derandomize=True,
+                dtypes=settings.dtypes,
+                shrink=False,  # whether a check fails is all a mutant's outcome needs
+            )
+        except Exception as err:  # verify stopped with a traceback: it did not pass, so this counts
+            detail = f"the harness itself raised {type(err).__name__}: {err}"
+            return {"killed_by": check, "detail": detail, "config": "", "harness_crash": True}
+        if failure is not None:
+            headline = str(failure).splitlines()[0]
+            return {"killed_by": check, "detail": headline, "config": failure.mismatch.config.describe()}
+    return {"killed_by": None, "detail": "", "config": ""}
+
+
+def run_mutant(job: dict[str, Any]) -> dict[str, Any]:
+    """Build the job's mutant in a private copy, import it under the port's module name and run
+    the harness. Runs in a process of its own (:func:`run_job`): modules cannot be un-imported."""
+    target = Target(**job["target"])
+    settings = Settings(job["examples"], tuple(job["checks"]), tuple(job["dtypes"]))
+    sys.dont_write_bytecode = True
+    with tempfile.TemporaryDirectory(prefix="cprop-mutant-") as tmp:
+        copy = _copy_tree(target, Path(tmp))
+        if job.get("mutation") is not None:
+            from cosmic_ray.work_item import MutationSpec
+
+            spec = MutationSpec(**job["mutation"])
+            _, mutated = mutated_source(target, spec)
+            destination = copy / str(spec.module_path) if copy.is_dir() else copy
+            destination.write_text(mutated, encoding="utf-8")
+        install_module_copy(target.module, copy)
+        try:
+            if job.get("record") is not None:
+                return record_outputs(target, job["record"])
+            if job.get("trace"):
+                with _LineTracer(copy) as tracer:
+                    result = _first_failure(target, settings)
+                return {**result, "covered": tracer.lines()}
+            return _first_failure(target, settings)
+        except ImportError as err:
+            return {"killed_by": "import", "detail": f"{type(err).__name__}: {err}", "config": ""}
+
+
+class _LineTracer:
+    """Records the lines of the files under ``root`` that run (``sys.settrace``; only frames of
+    those files get a line tracer, so the rest of the process runs at nearly full speed)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.prefix = str(root if root.is_dir() else root.parent)
+        self.seen: set[tuple[str, int]] = set()
+
+    def _global(self, frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename.startswith(self.prefix):
+            return self._local
+        return None
+
+    def _local(self, frame: Any, event: str, arg: Any) -> Any:
+        if event == "line":
+            self.seen.add((frame.f_code.co_filename, frame.f_lineno))
+        return self._local
+
+    def __enter__(self) -> _LineTracer:
+        sys.settrace(self._global)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.settrace(None)
+
+    def lines(self) -> dict[str, list[int]]:
+        """``{file relative to the root: sorted line numbers}``."""
+        out: dict[str, set[int]] = {}
+        for filename, line in self.seen:
+            path = Path(filename)
+            relative = str(path.relative_to(self.root)) if self.root.is_dir() else path.name
+            out.setdefault(relative, set()).add(line)
+        return {name: sorted(lines) for name, lines in sorted(out.items())}
+
+
+def _statement_starts(source: str) -> dict[int, int]:
+    """``{line: first line of the simple statement (or compound header) it belongs to}``: a
+    mutation inside a multi-line statement runs when the statement does."""
+    import ast
+
+    starts: dict[int, int] = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.stmt):
+            continue
+        body = getattr(node, "body", None)
+        last = body[0].lineno - 1 if isinstance(body, list) and body else node.end_lineno
+        for line in range(node.lineno, (last or node.lineno) + 1):
+            starts.setdefault(line, node.lineno)
+    return starts
+
+
+def reached(target: Target, mutation: Any, covered: dict[str, list[int]]) -> bool:
+    """Whether the unmutated run executed the statement ``mutation`` changes."""
+    relative = str(mutation.module_path)
+    lines = set(covered.get(relative, ()))
+    starts = _statement_starts(target.file_path(relative).read_text(encoding="utf-8"))
+    first, last = mutation.start_pos[0], mutation.end_pos[0]
+    return any(line in lines or starts.get(line, line) in lines for line in range(first, last + 1))
+
+
+def _exit_when_gone(runner: int) -> None:
+    """End this process soon after the runner ``runner`` (a pid) ended, however it ended."""
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(runner, 0)
+        except ProcessLookupError:
+            os._exit(3)
+
+
+def _run_in_child(job: dict[str, Any], result_file: str) -> None:
+    """The body of one job's process (forked from the server, see :func:`run_job`)."""
+    import threading
+
+    started = time.perf_counter()
+    threading.Thread(target=_exit_when_gone, args=(job["runner"],), daemon=True).start()
+    sys.path[:0] = job.get("sys_path", [])
+    if "torch" in sys.modules:  # one thread per mutant: ``--jobs`` mutants share the cores
+        sys.modules["torch"].set_num_threads(1)
+    try:
+        result = run_mutant(job)
+    except Exception as err:  # the runner's own failure, reported as an error, not a kill
+        result = {"outcome": "error", "detail": f"{type(err).__name__}: {err}"}
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    Path(result_file).write_text(json.dumps(result))
+
+
+# -- the session: all mutants, their results, resumable ----------------------------------------
+
+
+@dataclass
+class MutantResult:
+    """One finished mutant, as the report shows it."""
+
+    job_id: str
+    file: str
+    line: int
+    column: int
+    operator: str
+    definition: str | None
+    before: str
+    after: str
+    outcome: str  # "killed", "survived", "timeout", "error"
+    killed_by: str | None = None
+    detail: str = ""
+    seconds: float = 0.0
+    equivalent: str | None = None  # the reason, for a survivor listed as equivalent
+
+    @property
+    def location(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class EquivalentMutant:
+    """A survivor that cannot change any output: where (file, the line before and after the
+    mutation, the operator) and why. Matched by text, so it survives edits elsewhere."""
+
+    file: str
+    operator: str
+    before: str
+    after: str
+    reason: str
+
+    def matches(self, result: MutantResult) -> bool:
+        return (
+            Path(result.file).name == self.file
+            and result.operator == self.operator
+            and result.before == self.before
+            and result.after == self.after
+        )
+
+
+#: The equivalent mutants of the project's torch port (docs/conformance.md, "Mutation testing"),
+#: each re-checked by a differential run in tests/test_conformance_mutation.py.
+_SHARED_M = (
+    "CPropAdam keeps CProp's m in Adam's first moment when they are equal (weight_decay = 0, "
+    "beta1 == cprop_beta); this mutant keeps it privately instead (or the other way round). Both "
+    "take the same update, beta m + (1 - beta) g with the same roundings (at beta = 0 a copy of g "
+    "against 0 * m + g, equal because the first moment of finite gradients is finite), so where "
+    "m is kept changes, its value does not."
+)
+TORCH_EQUIVALENTS: tuple[EquivalentMutant, ...] = (
+    EquivalentMutant("adam.py", "core/AddNot", "if not share_m:", "if not not share_m:", _SHARED_M),
+    EquivalentMutant("adam.py", "core/ReplaceUnaryOperator_Delete_Not", "if not share_m:", "if  share_m:", _SHARED_M),
+    EquivalentMutant(
+        "adam.py",
+        "core/ReplaceUnaryOperator_Delete_Not",
+        'if "cprop_m" not in state and not allowed_m:',
+        'if "cprop_m" not in state and  allowed_m:',
+        _SHARED_M,
+    ),
+)
+
+KNOWN_EQUIVALENTS: dict[str, tuple[EquivalentMutant, ...]] = {"cprop_ref.torch": TORCH_EQUIVALENTS}
+
+
+@dataclass
+class MutationReport:
+    """The outcome of a session: every finished mutant, the pending count and the score."""
+
+    target: Target
+    settings: Settings
+    results: list[MutantResult] = field(default_factory=list)
+    pending: int = 0
+    baseline_seconds: float = 0.0
+
+    @property
+    def killed(self) -> list[MutantResult]:
+        return [r for r in self.results if r.outcome in ("killed", "timeout")]
+
+    @property
+    def survivors(self) -> list[MutantResult]:
+        return [r for r in self.results if r.outcome == "survived"]
+
+    @property
+    def equivalent(self) -> list[MutantResult]:
+        return [r for r in self.survivors if r.equivalent]
+
+    @property
+    def errors(self) -> list[MutantResult]:
+        return [r for r in self.results if r.outcome == "error"]
+
+    @property
+    def not_reached(self) -> list[MutantResult]:
+        """Mutants on lines the unmutated run never executed (not run: this factory cannot kill them)."""
+        return [r for r in self.results if r.outcome == "not reached"]
+
+    @property
+    def changing(self) -> int:
+        """Behaviour-changing mutants run: those run, less the listed equivalent ones and errors."""
+        return len(self.results) - len(self.not_reached) - len(self.equivalent) - len(self.errors)
+
+    @property
+    def score(self) -> float:
+        """Killed / behaviour-changing mutants run."""
+        return len(self.killed) / self.changing if self.changing else 1.0
+
+    def format(self) -> str:
+        by_check: dict[str, int] = {}
+        for r in self.killed:
+            key = r.killed_by or r.outcome
+            if r.detail.startswith("the harness itself raised"):
+                key += " (the harness crashed)"
+            by_check[key] = by_check.get(key, 0) + 1
+        changing = self.changing
+        s = self.settings
+        lines = [
+            f"cprop-ref mutation report: module {self.target.module} ({self.target.source}), "
+            f"port {self.target.factory}",
+            f"  harness       : verify with {s.examples} derandomized examples per check, checks "
+            f"{','.join(s.checks)}, dtypes {','.join(s.dtypes)} (unmutated port: passes in {self.baseline_seconds:.1f} s)",
+            f"  mutants       : {len(self.results) + self.pending} ({len(self.results) - len(self.not_reached)} run, "
+            f"{len(self.not_reached)} on lines the harness never runs through this factory, {self.pending} pending)",
+            f"  killed        : {len(self.killed)} ("
+            + ", ".join(f"{k} {v}" for k, v in sorted(by_check.items(), key=lambda kv: -kv[1]))
+            + ")",
+            f"  survived      : {len(self.survivors)} ({len(self.equivalent)} of them listed as equivalent)",
+        ]
+        if self.errors:
+            lines.append(f"  errors        : {len(self.errors)} (the runner failed; not counted)")
+        lines.append(
+            f"  score         : {len(self.killed)} / {changing} behaviour-changing mutants killed = "
+            f"{100.0 * self.score:.1f}%"
+        )
+        missed = [r for r in self.survivors if not r.equivalent]
+        if missed:
+            lines += ["", "survivors (the harness did not see these changes):"]
+            lines += [f"  {r.location}  {r.operator}  in {r.definition}: `{r.before}` -> `{r.after}`" for r in missed]
+        if self.equivalent:
+            lines += ["", "equivalent survivors (listed, with the reason):"]
+            lines += [
+                f"  {r.location}  {r.operator}: `{r.before}` -> `{r.after}`: {r.equivalent}" for r in self.equivalent
+            ]
+        if self.not_reached:
+            per_file: dict[str, int] = {}
+            for r in self.not_reached:
+                per_file[Path(r.file).name] = per_file.get(Path(r.file).name, 0) + 1
+            lines += ["", "not reached (lines the unmutated run never executed; another factory may reach them):"]
+            lines.append("  " + ", ".join(f"{name} {n}" for name, n in sorted(per_file.items())))
+        if self.errors:
+            lines += ["", "errors:"]
+            lines += [f"  {r.location}  {r.operator}: {r.detail}" for r in self.errors]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": asdict(self.target),
+            "settings": asdict(self.settings),
+            "score": self.score,
+            "behaviour_changing": self.changing,
+            "killed": len(self.killed),
+            "pending": self.pending,
+            "results": [asdict(r) for r in self.results],
+        }
+
+
+class Session:
+    """A mutation-testing session in one SQLite file: cosmic-ray's work database (mutants and
+    results) plus a table of ours holding the target and the settings, so that a later
+    ``run`` resumes the same session (and refuses a different target)."""
+
+    def __init__(self, path: str | os.PathLike[str], target: Target, settings: Settings) -> None:
+        self.path = Path(path)
+        self.target, self.settings = target, settings
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path)
+        db.execute("CREATE TABLE IF NOT EXISTS cprop_ref_session (key TEXT PRIMARY KEY, value TEXT)")
+        return db
+
+    def _meta(self) -> dict[str, str]:
+        db = self._connect()
+        try:
+            return dict(db.execute("SELECT key, value FROM cprop_ref_session").fetchall())
+        finally:
+            db.close()
+
+    def _set_meta(self, **values: str) -> None:
+        db = self._connect()
+        try:
+            with db:
+                db.executemany("INSERT OR REPLACE INTO cprop_ref_session VALUES (?, ?)", list(values.items()))
+        finally:
+            db.close()
+
+    def _described(self) -> str:
+        return json.dumps({"target": asdict(self.target), "settings": asdict(self.settings)}, sort_keys=True)
+
+    def open(self, operators: Sequence[str] = OPERATORS) -> Any:
+        """The work database, created with every mutant on first use; ``ValueError`` if the file
+        holds a session of another target or other settings."""
+        _cosmic_ray()
+        from cosmic_ray.work_db import WorkDB
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        meta = self._meta() if self.path.exists() else {}
+        if "session" in meta and meta["session"] != self._described():
+            raise ValueError(
+                f"cprop-ref mutate: session {str(self.path)!r} holds another target or other settings "
+                f"({meta['session']}); use another --session or --fresh"
+            )
+        db = WorkDB(str(self.path), WorkDB.Mode.create)
+        if "session" not in meta:
+            db.clear()
+            db.add_work_items(enumerate_mutants(self.target, operators))
+            self._set_meta(session=self._described())
+        return db
+
+    def baseline(self) -> float:
+        return float(self._meta().get("baseline_seconds", "nan"))
+
+
+def _job(target: Target, settings: Settings, mutation: Any | None) -> dict[str, Any]:
+    import cprop_ref
+
+    job: dict[str, Any] = {
+        "target": asdict(target),
+        "examples": settings.examples,
+        "checks": list(settings.checks),
+        "dtypes": list(settings.dtypes),
+        "sys_path": [os.getcwd(), str(Path(cprop_ref.__file__).resolve().parent.parent)],
+        "mutation": None,
+        "runner": os.getpid(),
+    }
+    if mutation is not None:
+        job["mutation"] = {
+            "module_path": str(mutation.module_path),
+            "operator_name": mutation.operator_name,
+            "occurrence": mutation.occurrence,
+            "start_pos": list(mutation.start_pos),
+            "end_pos": list(mutation.end_pos),
+            "operator_args": dict(mutation.operator_args or {}),
+            "definition_name": mutation.definition_name,
+        }
+    return job
+
+
+#: Imported once by the fork server, so that each mutant's process starts without paying for
+#: them; never the target (:func:`install_module_copy` refuses a module imported already).
+PRELOAD: tuple[str, ...] = (
+    "numpy",
+    "torch",
+    "hypothesis",
+    "cosmic_ray.mutating",
+    "cprop_ref.conformance.strategies",
+    "cprop_ref.conformance.suite",
+    "cprop_ref.conformance.torch_adapter",
+    "cprop_ref.conformance.mutation",
+)
+
+
+def _fork_server() -> Any:
+    """Each job runs in a process forked from a server that imported :data:`PRELOAD` (a
+    fresh interpreter per mutant would import torch and hypothesis again every time)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([m for m in PRELOAD if importlib.util.find_spec(m.partition(".")[0])])
+    return context
+
+
+def run_job(job: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    """Run one job in a process of its own; killed, ``{"outcome": "timeout"}``, past ``timeout`` s."""
+    with tempfile.TemporaryDirectory(prefix="cprop-mutate-job-") as tmp:
+        result_file = Path(tmp) / "result.json"
+        started = time.perf_counter()
+        process = _fork_server().Process(target=_run_in_child, args=(job, str(result_file)), daemon=True)
+        process.start()
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
+            return {
+                "outcome": "timeout",
+                "killed_by": "timeout",
+                "detail": f"no result within {timeout:.0f} s",
+                "seconds": time.perf_counter() - started,
+            }
+        if not result_file.exists():
+            return {
+                "outcome": "error",
+                "detail": f"the mutant's process ended with exit code {process.exitcode} and no result",
+                "seconds": time.perf_counter() - started,
+            }
+        result = json.loads(result_file.read_text())
+        if result.get("outcome") != "error":
+            result["outcome"] = "survived" if result.get("killed_by") is None else "killed"
+        return result
+
+
+def _mutant_result(target: Target, item: Any, payload: dict[str, Any]) -> MutantResult:
+    m = item.mutations[0]
+    line, column = m.start_pos
+    try:
+        before, after = changed_line(*mutated_source(target, m), line)
+    except ValueError:
+        before, after = "", ""
+    return MutantResult(
+        job_id=item.job_id,
+        file=str(Path(target.source).name if not target.root.is_dir() else Path(target.source) / m.module_path),
+        line=line,
+        column=column,
+        operator=m.operator_name,
+        definition=m.definition_name,
+        before=before,
+        after=after,
+        outcome=payload.get("outcome", "error"),
+        killed_by=payload.get("killed_by"),
+        detail=payload.get("detail", ""),
+        seconds=float(payload.get("seconds", 0.0)),
+    )
+
+
+def _to_work_result(payload: dict[str, Any], diff: str) -> Any:
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+
+    outcome = payload["outcome"]
+    if outcome == "error":
+        return WorkResult(
+            worker_outcome=WorkerOutcome.ABNORMAL,
+            output=json.dumps(payload),
+            test_outcome=TestOutcome.INCOMPETENT,
+            diff=diff,
+        )
+    test = TestOutcome.SURVIVED if outcome == "survived" else TestOutcome.KILLED
+    return WorkResult(worker_outcome=WorkerOutcome.NORMAL, output=json.dumps(payload), test_outcome=test, diff=diff)
+
+
+def _skip_unreached(db: Any, target: Target, covered: dict[str, list[int]]) -> None:
+    """Mark the mutants on lines the unmutated run never executes as skipped (cosmic-ray's
+    outcome for a filtered mutant): this factory cannot kill them, whatever the harness does."""
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    for item in db.pending_work_items:
+        if not reached(target, item.mutations[0], covered):
+            db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output="{}"))
+
+
+def sample_items(items: Sequence[Any], sample: int | None, seed: int = 0) -> list[Any]:
+    """``sample`` of ``items`` drawn with ``seed`` (all of them when ``sample`` is ``None``), in order."""
+    ordered = sorted(items, key=_order)
+    if sample is None or sample >= len(ordered):
+        return ordered
+    return sorted(random.Random(seed).sample(ordered, sample), key=_order)
+
+
+def run_session(
+    session_path: str | os.PathLike[str],
+    target: Target,
+    settings: Settings,
+    *,
+    jobs: int = 1,
+    sample: int | None = None,
+    seed: int = 0,
+    timeout: float | None = None,
+    equivalents: Sequence[EquivalentMutant] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> MutationReport:
+    """Run the pending mutants of the session (``sample`` of them, drawn with ``seed``, when
+    given), ``jobs`` at a time, and report on every finished one. Each result is written to
+    the session as it arrives: stopping the run loses at most the mutants in flight."""
+    if jobs < 1:
+        raise ValueError(f"cprop-ref mutate: invalid jobs={jobs}: must be >= 1")
+    session = Session(session_path, target, settings)
+    db = session.open()
+    say = progress or (lambda line: None)
+    try:
+        baseline = session.baseline()
+        if baseline != baseline:  # NaN: the unmutated port has not been run yet
+            say("running the harness on the unmutated port")
+            payload = run_job({**_job(target, settings, None), "trace": True}, timeout=None)
+            if payload["outcome"] != "survived":
+                raise ValueError(
+                    f"cprop-ref mutate: the unmutated port {target.factory} does not pass the harness "
+                    f"({payload.get('killed_by')}: {payload.get('detail')}); fix it before mutating it"
+                )
+            baseline = float(payload["seconds"])
+            session._set_meta(baseline_seconds=str(baseline), covered=json.dumps(payload["covered"]))
+            _skip_unreached(db, target, json.loads(session._meta()["covered"]))
+        limit = timeout if timeout is not None else max(60.0, 10.0 * baseline)
+        pending = sample_items(list(db.pending_work_items), sample, seed)
+        # In a random (seeded) order: the mutants finished at any moment are a random sample.
+        random.Random(seed).shuffle(pending)
+        say(f"{len(pending)} mutants to run, {jobs} at a time (limit {limit:.0f} s each)")
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(run_job, _job(target, settings, item.mutations[0]), limit): item for item in pending}
+            for n, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+                item = futures[future]
+                payload = future.result()
+                result = _mutant_result(target, item, payload)
+                diff = f"{result.location}: {result.before} -> {result.after}"
+                db.set_result(item.job_id, _to_work_result(payload, diff))
+                say(
+                    f"[{n}/{len(pending)}] {result.outcome:<8} {result.location} {result.operator} "
+                    f"{result.killed_by or ''}"
+                )
+        return load_report(session_path, target, settings, equivalents=equivalents, db=db)
+    finally:
+        db.close()
+
+
+def load_report(
+    session_path: str | os.PathLike[str],
+    target: Target,
+    settings: Settings,
+    *,
+    equivalents: Sequence[EquivalentMutant] | None = None,
+    db: Any = None,
+) -> MutationReport:
+    """The report of every finished mutant of a session (without running anything)."""
+    own = db is None
+    if own:
+        db = Session(session_path, target, settings).open()
+    try:
+        equivalents = KNOWN_EQUIVALENTS.get(target.module, ()) if equivalents is None else equivalents
+        report = MutationReport(target, settings, baseline_seconds=Session(session_path, target, settings).baseline())
+        for item, result in sorted(db.completed_work_items, key=lambda pair: _order(pair[0])):
+            payload = json.loads(result.output or "{}")
+            if result.worker_outcome == "skipped":
+                payload = {"outcome": "not reached"}
+            mutant = _mutant_result(target, item, payload)
+            if mutant.outcome == "survived":
+                mutant.equivalent = next((e.reason for e in equivalents if e.matches(mutant)), None)
+            report.results.append(mutant)
+        report.pending = len(list(db.pending_work_items))
+        return report
+    finally:
+        if own:
+            db.close()
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    mutate = subparsers.add_parser(
+        "mutate",
+        help="mutation testing: mutate a port's source one site at a time and run verify on each mutant",
+    )
+    mutate.add_argument("module", help="the port's module, e.g. cprop_ref.torch or my_port")
+    mutate.add_argument("--factory", default=None, help="MODULE:FACTORY as for verify (known for cprop_ref.torch/jax)")
+    mutate.add_argument("--source", default=None, help="the module's package directory or .py file (default: found)")
+    mutate.add_argument("--session", default=None, help="session database (default mutants-MODULE.sqlite); resumed")
+    mutate.add_argument("--fresh", action="store_true", help="start the session again (drops its results)")
+    mutate.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants run side by side")
+    mutate.add_argument("--sample", type=int, default=None, help="run only this many of the pending mutants")
+    mutate.add_argument("--seed", type=int, default=0, help="seed of --sample's draw (default 0)")
+    mutate.add_argument(
+        "--timeout", type=float, default=None, help="seconds per mutant (default 10x the unmutated run)"
+    )
+    mutate.add_argument(
+        "--examples", type=int, default=None, help="hypothesis examples per check (default: verify's, for the score)"
+    )
+    mutate.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    mutate.set_defaults(func=run_mutate)
+
+
+def run_mutate(args: argparse.Namespace) -> int:
+    """Exit status 0: every behaviour-changing mutant that ran was killed; 1: survivors; 2: bad input."""
+    try:
+        target = Target.resolve(args.module, args.source, args.factory)
+        session = Path(args.session or f"mutants-{args.module}.sqlite")
+        if args.fresh and session.exists():
+            session.unlink()
+        for option, value in (("--jobs", args.jobs), ("--sample", args.sample), ("--timeout", args.timeout)):
+            if value is not None and value <= 0:
+                raise ValueError(f"cprop-ref mutate: invalid {option}={value}: must be > 0")
+        settings = Settings.verify_defaults()
+        if args.examples is not None:
+            if args.examples < 1:
+                raise ValueError(f"cprop-ref mutate: invalid --examples={args.examples}: must be >= 1")
+            settings = Settings(args.examples, settings.checks, settings.dtypes)
+        report = run_session(
+            session,
+            target,
+            settings,
+            jobs=args.jobs,
+            sample=args.sample,
+            seed=args.seed,
+            timeout=args.timeout,
+            progress=lambda line: print(line, file=sys.stderr),
+        )
+    except (ValueError, ImportError) as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    print(report.format())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    return 0 if all(r.equivalent for r in report.survivors) else 1
+
+
+# -- differential re-check of equivalent mutants -----------------------------------------------
+
+
+def record_outputs(target: Target, cases_file: str) -> dict[str, Any]:
+    """Every output of the (installed) port on the pickled cases: after each step the
+    parameters, scales and statistics, or the exception that stopped the case."""
+    import pickle
+
+    import numpy as np
+
+    from . import load_port
+    from .cases import ClosedLoopCase, InjectedCase, OpenLoopCase, ResumeCase
+    from .protocol import optional
+
+    port = load_port(target.factory)
+    cases = pickle.loads(Path(cases_file).read_bytes())
+    outputs: list[list[Any]] = []
+
+    def snapshot(run: Any) -> list[Any]:
+        out = [run.params()]
+        for name in ("scales", "cprop_state"):
+            read = optional(run, name)
+            out.append(read() if read else None)
+        return out
+
+    for case in cases:
+        if not isinstance(case, (OpenLoopCase, ResumeCase, InjectedCase, ClosedLoopCase)):
+            raise TypeError(f"no differential run for {type(case).__name__}")
+        record: list[Any] = []
+        try:
+            if isinstance(case, (OpenLoopCase, ResumeCase)):
+                run = port(case.config, [np.array(p) for p in case.params])
+                record.append(snapshot(run))
+                for i, grads in enumerate(case.grads):
+                    if isinstance(case, ResumeCase) and i == case.resume_at:
+                        save, restore = optional(run, "save"), optional(run, "restore")
+                        if save is not None and restore is not None:  # through the port's own mechanism
+                            data = save()
+                            run = port(case.config, run.params())
+                            optional(run, "restore")(data)
+                    run.step(grads)
+                    record.append(snapshot(run))
+            elif isinstance(case, InjectedCase):
+                run = port(case.config, [np.array(p) for p in case.params])
+                run.load_state([dict(s) for s in case.states])
+                run.step(case.grads)
+                record.append(snapshot(run))
+            elif isinstance(case, ClosedLoopCase):
+                run = port(case.config, [np.array(case.start)])
+                for noise in case.noises:
+                    x = run.params()[0].astype(np.float64)
+                    with np.errstate(all="ignore"):
+                        run.step([(case.curvature * x + noise).astype(case.config.np_dtype)])
+                    record.append(snapshot(run))
+        except Exception as err:  # the same exception on both sides is the same behaviour
+            record.append(("exception", type(err).__name__))
+        outputs.append(record)
+    out_file = Path(cases_file).with_suffix(".outputs.pkl")
+    out_file.write_bytes(pickle.dumps(outputs))
+    return {"killed_by": None, "outputs": str(out_file)}
+
+
+def draw_cases(examples: int, dtypes: Sequence[str], checks: Sequence[str]) -> list[Any]:
+    """``examples`` derandomized cases of each check, drawn from the harness's strategies."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    from .suite import case_strategy
+
+    drawn: list[Any] = []
+    for check in checks:
+
+        @settings(
+            max_examples=examples,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=case_strategy(check, tuple(dtypes)))
+        def collect(case: Any) -> None:
+            drawn.append(case)
+
+        collect()
+    return drawn
+
+
+def first_difference(a: Any, b: Any, where: str = "") -> str | None:
+    """Where two recorded outputs first differ, or ``None``: every value equal (``-0.0 == 0.0``,
+    as the checks compare), NaN where NaN, the same dtypes, shapes and exceptions."""
+    import numpy as np
+
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.dtype != b.dtype or a.shape != b.shape:
+            return f"{where}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
+        same = a == b  # values: the sign of a zero is no part of the reference's promise
+        if a.dtype.kind == "f":
+            same |= np.isnan(a) & np.isnan(b)
+        if not np.all(same):
+            i = tuple(int(k) for k in np.argwhere(~np.asarray(same))[0]) if a.ndim else ()
+            return f"{where}{list(i)}: {a[i]!r} vs {b[i]!r}"
+        return None
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return f"{where}: {len(a)} vs {len(b)} entries"
+        for k, (x, y) in enumerate(zip(a, b)):
+            found = first_difference(x, y, f"{where}[{k}]")
+            if found:
+                return found
+        return None
+    return None if a == b else f"{where}: {a!r} vs {b!r}"
+
+
+def differential_check(
+    target: Target, mutation: Any, cases: Sequence[Any], reference_outputs: Any | None = None
+) -> tuple[str | None, Any]:
+    """Run the unmutated port and the mutant on ``cases`` (each in its own process) and return
+    where their outputs first differ (``None``: identical) and the unmutated outputs (reusable)."""
+    import pickle
+
+    with tempfile.TemporaryDirectory(prefix="cprop-differential-") as tmp:
+        cases_file = Path(tmp) / "cases.pkl"
+        cases_file.write_bytes(pickle.dumps(list(cases)))
+
+        def outputs(m: Any) -> Any:
+            job = _job(target, Settings(1, (), ()), m)
+            job["record"] = str(cases_file)
+            payload = run_job(job, timeout=None)
+            if payload["outcome"] == "error":
+                raise RuntimeError(f"differential run failed: {payload['detail']}")
+            return pickle.loads(Path(payload["outputs"]).read_bytes())
+
+        original = reference_outputs if reference_outputs is not None else outputs(None)
+        return first_difference(original, outputs(mutation), "case"), original
