@@ -309,3 +309,18 @@ def test_the_training_loop_of_docs_jax_md_runs_and_fits():
     state = namespace["state"]
     assert jax.tree.structure(state.scale) == jax.tree.structure(namespace["params"])
     assert int(namespace["t"]) == 500
+
+
+def test_the_bench_times_cprop_adam_beside_optax_adam():
+    """``cprop-ref bench``'s JAX group on a tiny tensor: every row timed, each CProp row as a
+    ratio to the jitted optax.adam update (timings are not asserted)."""
+    import argparse
+
+    from cprop_ref.bench import Table, bench_jax
+
+    table = Table()
+    bench_jax(table, 256, argparse.Namespace(log2_size=8, repeats=2))
+    rows = {row["row"]: row for row in table.rows}
+    assert rows["optax.adam"]["median_s"] > 0
+    for name in ("cprop_ref.jax.cprop_adam bft", "cprop_ref.jax.cprop_adam normal"):
+        assert rows[name]["against"] == "optax.adam" and rows[name]["ratio"] > 0
