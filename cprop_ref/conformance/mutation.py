@@ -522,6 +522,26 @@ TORCH_EQUIVALENTS: tuple[EquivalentMutant, ...] = (
         'if "cprop_m" not in state and  allowed_m:',
         _SHARED_M,
     ),
+    EquivalentMutant(
+        "adam.py",
+        "cprop/DropCallStatement",
+        "self._init_state(p, state, hp)",
+        "None",
+        "CPropAdam._step_tensor creates an empty state before calling _new_param, whose first call, "
+        "_prepare_state, does the same when the state is empty: dropping the first call leaves the "
+        "second to do it, before any arithmetic. (The mutant that drops the second is killed.)",
+    ),
+    EquivalentMutant(
+        "sgd.py",
+        "cprop/DropCallStatement",
+        'check_sgd_group(hp, f"{type(self).__name__} param group {i}")',
+        "None",
+        "Before each step CPropSGD re-checks each group's SGD hyperparameters (Nesterov needs momentum "
+        "> 0 and dampening 0) and raises ValueError for an invalid one; the constructor makes the same "
+        "check, so only a group edited into an invalid state between steps reaches it. The protocol's "
+        "configurations are valid and never edited: for every input it can give, no output changes "
+        "(bad input is the port's own tests' business, not verify's).",
+    ),
 )
 
 KNOWN_EQUIVALENTS: dict[str, tuple[EquivalentMutant, ...]] = {"cprop_ref.torch": TORCH_EQUIVALENTS}
