@@ -22,6 +22,12 @@ Rows (every time is the median over repeated steps, after warm-up steps):
   separate arrays, and as views of one buffer (:func:`cprop_ref.kernels.flat.flat_parameters`).
 - ``2 elements``: time per ``step()`` call (the Rosenbrock case), against ``torch.optim.Adam``.
 - ``compile``: import and first step in a new process, with the Numba cache warm and cold.
+- ``torch port variants``: ``cprop_ref.torch.CPropAdam`` (``bft``) with ``fused=True``
+  against ``torch.optim.Adam(fused=True)`` and with ``foreach=True`` against
+  ``torch.optim.Adam(foreach=True)`` (targets: at most 2x and 1.5x), one tensor and the
+  mixed-size tensors of the many-tensor row, each pair interleaved; and the fused step's
+  first call in a new process (``torch.compile``) with an empty and a warm inductor cache
+  (``TORCHINDUCTOR_CACHE_DIR``). ``--skip-compile`` leaves out the fused rows (they compile).
 
 The table is printed and written as JSON (``--json``).
 """
@@ -56,7 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timed steps per fast row (default 15)")
     parser.add_argument("--numpy-repeats", type=int, default=3, help="timed steps per NumPy-backend row (default 3)")
     parser.add_argument("--tiny-repeats", type=int, default=2000, help="timed steps of the 2-element rows")
-    parser.add_argument("--skip-compile", action="store_true", help="skip the new-process compile rows")
+    parser.add_argument(
+        "--skip-compile", action="store_true", help="skip the new-process compile rows and the torch.compile'd rows"
+    )
     parser.add_argument(
         "--json", default="cprop-bench.json", help="where to write the table (default cprop-bench.json)"
     )
@@ -466,6 +474,74 @@ def bench_tiny(table: Table, args: argparse.Namespace) -> None:
         table.add(group, name, medians[name], reference)
 
 
+def _torch_pair(torch: Any, make: Callable[[list[Any]], Any], grads: list[np.ndarray]) -> Callable[[], Any]:
+    """``make(params).step`` on float32 zeros shaped like ``grads``, their gradients set."""
+    params = [torch.zeros(g.size, requires_grad=True) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = torch.from_numpy(g)
+    return make(params).step
+
+
+def bench_torch_variants(table: Table, n: int, args: argparse.Namespace) -> None:
+    """The torch port's ``fused`` and ``foreach`` CProp-Adam against torch's own Adam with the
+    same option, one float32 tensor of ``n`` elements and ``args.tensors`` of mixed sizes."""
+    torch, port = _torch(), _torch_port()
+    if torch is None or port is None or not hasattr(port, "CPropAdam"):
+        print("torch port variants: torch or cprop_ref.torch not importable: skipped")
+        return
+    torch.set_num_threads(_threads())
+    rng = np.random.default_rng(2)
+    shapes = {"1 tensor": [n], f"{args.tensors} tensors": mixed_sizes(n, args.tensors)}
+    for label, sizes in shapes.items():
+        group = f"torch port variants, 2^{args.log2_size} float32 elements in {label}"
+        print(f"{group}:")
+        grads = [rng.standard_normal(size).astype(np.float32) for size in sizes]
+        for option, target, repeats in (("fused", 2.0, args.repeats), ("foreach", 1.5, max(3, args.repeats // 3))):
+            if option == "fused" and args.skip_compile:
+                table.add(group, "CPropAdam bft (fused=True)", None, note="--skip-compile: torch.compile skipped")
+                continue
+            adam, cprop = f"torch.optim.Adam({option}=True)", f"CPropAdam bft ({option}=True)"
+            steps = {
+                adam: _torch_pair(torch, lambda ps, o=option: torch.optim.Adam(ps, lr=1e-3, **{o: True}), grads),
+                cprop: _torch_pair(torch, lambda ps, o=option: port.CPropAdam(ps, lr=1e-3, **{o: True}), grads),
+            }
+            medians = interleaved_medians(steps, repeats)
+            table.add(group, adam, medians[adam])
+            table.add(group, cprop, medians[cprop], adam, note=f"target <= {target}x")
+
+
+_FIRST_FUSED_STEP = """
+import time
+import torch
+from cprop_ref.torch import CPropAdam
+x = torch.zeros(1 << 16)
+x.grad = torch.ones(1 << 16)
+opt = CPropAdam([x], fused=True)
+start = time.perf_counter()
+opt.step()
+print(time.perf_counter() - start)
+"""
+
+
+def bench_torch_compile(table: Table) -> None:
+    """The fused CProp-Adam's first step in a new process: ``torch.compile`` tracing and
+    building its kernel (empty inductor cache) or loading it (warm cache)."""
+    if _torch() is None or _torch_port() is None:
+        return
+    group = "torch port fused=True: first step in a new process (torch.compile)"
+    print(f"{group}:")
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+        times = []
+        for _ in range(2):
+            out = subprocess.run(
+                [sys.executable, "-c", _FIRST_FUSED_STEP], env=env, capture_output=True, text=True, check=True
+            )
+            times.append(float(out.stdout.split()[-1]))
+    table.add(group, "first step, warm inductor cache", times[1])
+    table.add(group, "first step, empty inductor cache (compiles)", times[0], "first step, warm inductor cache")
+
+
 _FIRST_STEP = """
 import time
 start = time.perf_counter()
@@ -519,8 +595,10 @@ def run_bench(args: argparse.Namespace) -> int:
     bench_jax(table, n, args)
     bench_many_tensors(table, n, args)
     bench_tiny(table, args)
+    bench_torch_variants(table, n, args)
     if not args.skip_compile:
         bench_compile(table)
+        bench_torch_compile(table)
     with open(args.json, "w") as handle:
         json.dump({"machine": info, "size": n, "rows": table.rows}, handle, indent=1)
     print(f"wrote {args.json}")

@@ -1,7 +1,8 @@
 """The four evaluations of the normal CDF that CProp offers.
 
 Each function takes the standardized mean ``z = -m_hat / se`` and returns
-``p = F(0; mean=m_hat, sd=se) = Phi(z)`` or its approximation (spec, "One step").
+``p = F(0; mean=m_hat, sd=se) = Phi(z)`` or its approximation (``docs/algorithm.md``,
+"One step of CProp" and "The four CDFs").
 All are evaluated in the dtype of ``z`` and saturate to exactly 0 or 1 for large
 ``|z|`` (including ``z = +-inf``) without NaN or floating-point warnings:
 ``scipy.special.expit`` and ``scipy.special.ndtr`` are written to do so.
@@ -15,8 +16,6 @@ from collections.abc import Callable
 import numpy as np
 from scipy.special import expit, ndtr
 
-CDF_NAMES: tuple[str, ...] = ("normal", "bft", "bfo", "logistic")
-
 #: Bowling et al. (2009) "best fit two" coefficients.
 BFT_CUBIC = 0.07056
 BFT_LINEAR = 1.5976
@@ -29,7 +28,7 @@ LOGISTIC_SLOPE = math.pi / math.sqrt(3.0)
 def cdf_normal(z: np.ndarray) -> np.ndarray:
     """Exact normal CDF, ``Phi(z) = 0.5 * erfc(-z / sqrt(2))``.
 
-    With ``z = -m_hat / se`` this is the spec's ``0.5 * erfc(m_hat / (se * sqrt(2)))``;
+    With ``z = -m_hat / se`` this is ``0.5 * erfc(m_hat / (se * sqrt(2)))``;
     ``scipy.special.ndtr`` evaluates it without cancellation in either tail.
     """
     return ndtr(z)
@@ -55,9 +54,23 @@ def cdf_logistic(z: np.ndarray) -> np.ndarray:
     return expit(LOGISTIC_SLOPE * z)
 
 
+#: The registry of CDFs: the one place a CDF is added to the reference (``docs/algorithm.md``,
+#: "Adding a CDF" lists the other files a new CDF needs; each of them refuses a CDF it does not
+#: know instead of computing another one's values).
 CDFS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "normal": cdf_normal,
     "bft": cdf_bft,
     "bfo": cdf_bfo,
     "logistic": cdf_logistic,
 }
+
+#: The CDF names, in the registry's order (the kernels' integer codes follow it).
+CDF_NAMES: tuple[str, ...] = tuple(CDFS)
+
+
+def cdf_function(cdf: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The function of the CDF named ``cdf``; ``ValueError`` naming it if it is not registered."""
+    try:
+        return CDFS[cdf]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown cdf={cdf!r}: must be one of {', '.join(CDFS)}") from None

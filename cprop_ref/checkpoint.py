@@ -240,11 +240,11 @@ def default_max_bytes() -> int:
     return DEFAULT_MAX_BYTES if memory is None else min(DEFAULT_MAX_BYTES, memory // 4)
 
 
-def size_budget(array_bytes: int, arrays: int) -> int:
+def size_budget(array_bytes: int, arrays: int, fixed: int = 1 << 20) -> int:
     """What a checkpoint may declare for a state of ``array_bytes`` bytes in ``arrays`` arrays:
     those bytes, plus 1 KiB per array (its ``.npy`` header and its share of the metadata),
-    plus 1 MiB and an eighth for the rest of the metadata."""
-    return array_bytes + array_bytes // 8 + 1024 * arrays + (1 << 20)
+    plus an eighth and ``fixed`` bytes (1 MiB) for the rest of the metadata."""
+    return array_bytes + array_bytes // 8 + 1024 * arrays + fixed
 
 
 def _size_limit(max_bytes: int | None) -> tuple[int, str]:
@@ -290,7 +290,7 @@ def _open_regular(source: str) -> io.BufferedReader:
         raise
 
 
-def load(path: str | os.PathLike[str], max_bytes: int | None = None) -> Any:
+def load(path: str | os.PathLike[str], max_bytes: int | None = None, *, limit_name: str | None = None) -> Any:
     """Read a checkpoint written by :func:`save`; every failure is a :class:`CheckpointError`
     (a ``ValueError``) or an ``OSError`` (``FileNotFoundError`` ...) that names the file.
     Nothing in the file is unpickled, and only a regular file is read (a named pipe or a
@@ -301,7 +301,8 @@ def load(path: str | os.PathLike[str], max_bytes: int | None = None) -> Any:
     of its own state plus a margin): a hostile archive whose entries would decompress to more
     (a "zip bomb") is refused unread, and so is an entry the metadata does not refer to.
     """
-    limit, limit_name = _size_limit(max_bytes)
+    limit, default_name = _size_limit(max_bytes)
+    limit_name = limit_name or default_name
     source = os.fsdecode(os.fspath(path))
     with _open_regular(source) as handle:
         signature = handle.read(len(_ZIP_SIGNATURES[0]))
@@ -330,8 +331,11 @@ def _read_entries(handle: io.BufferedReader, source: str, limit: int, limit_name
             if meta_member in names:
                 # Only the entries the metadata refers to are read: any other (an extra gigabyte
                 # beside a valid checkpoint) is refused before it is decompressed.
-                with archive.open(meta_member) as member:
-                    meta = np.lib.format.read_array(member, allow_pickle=False)
+                try:
+                    with archive.open(meta_member) as member:
+                        meta = np.lib.format.read_array(member, allow_pickle=False)
+                except Exception:  # unreadable metadata: refused below, with the reason
+                    meta = None
                 if isinstance(meta, np.ndarray) and meta.ndim == 0 and meta.dtype.kind == "U":
                     wanted = {key + ".npy" for key in _referenced(str(meta[()]), source)} | {meta_member}
                     extra = sorted(set(names) - wanted)

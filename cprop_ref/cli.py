@@ -43,6 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = [DEFAULT_COMMAND, *argv]
+    elif not argv[0].startswith("-") and argv[0] not in _commands(parser):
+        if not _is_problem(argv[0]):
+            from problems import PROBLEMS
+
+            parser.error(
+                f"{argv[0]!r} is neither a command ({', '.join(sorted(_commands(parser)))}) "
+                f"nor a problem ({', '.join(PROBLEMS)})"
+            )
+        argv = [DEFAULT_COMMAND, *argv]  # `cprop-ref rosenbrock`: the main job on that problem
     args = parser.parse_args(argv)
     try:
         status = int(args.func(args) or 0)
@@ -53,6 +62,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except (ValueError, OSError) as err:
+        # A user's input that a command did not catch itself: one line, no traceback.
+        print(f"cprop-ref {args.command or DEFAULT_COMMAND}: {err}", file=sys.stderr)
+        return 1
+
+
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
+
+
+def _is_problem(name: str) -> bool:
+    from problems import PROBLEMS
+
+    return name in PROBLEMS
 
 
 if __name__ == "__main__":

@@ -11,9 +11,13 @@ scale over time). With no arguments it runs that command on the built-in default
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -116,6 +120,10 @@ def _number(value: float | None) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:.4e}"
 
 
+#: The optimizer column is at least this wide; longer labels widen it (the rows stay aligned).
+LABEL_WIDTH = 24
+
+
 def format_table(histories: Sequence[History], target: float | None, minimum: float | None = None) -> str:
     """The comparison table. Losses are means over the runs that did not diverge (with the
     standard deviation over them when there are several; a note counts the others); with a known ``minimum`` they are shown as the gap
@@ -124,8 +132,9 @@ def format_table(histories: Sequence[History], target: float | None, minimum: fl
     offset = 0.0 if minimum is None else minimum
     final_name, best_name = ("final loss", "best loss") if minimum is None else ("final - min", "best - min")
     spread = " (+- sd over runs)" if several else ""
+    width = max([LABEL_WIDTH, *(len(h.optimizer) for h in histories)])
     header = (
-        f"{'optimizer':<24} {'lr':>8} {final_name:>11}{spread} "
+        f"{'optimizer':<{width}} {'lr':>8} {final_name:>11}{spread} "
         f"{best_name:>11} {'steps to target':>15} {'mean scale':>10} {'wall [s]':>8}"
     )
     lines = [header, "-" * len(header)]
@@ -136,12 +145,17 @@ def format_table(histories: Sequence[History], target: float | None, minimum: fl
         if several:
             final += f" (+- {kept.std(ddof=1):.2e})" if kept.size > 1 else " (+- -)"
         reached = h.steps_to_target(target) if target is not None else None
-        reached_text = "-" if target is None else (str(reached) if reached is not None else f"> {h.steps}")
+        if target is None:
+            reached_text = "-"
+        elif reached is not None:
+            reached_text = str(reached)
+        else:  # every run diverged: "> N" would claim N steps run without reaching the target
+            reached_text = f"> {h.steps}" if h.finished.any() else "diverged"
         finished_scale = h.mean_scale[h.finished] if h.mean_scale is not None else np.empty(0)
         scale = f"{float(finished_scale.mean()):.3f}" if finished_scale.size else "-"
         lr = f"{h.lr:g}" if h.lr is not None else "-"
         lines.append(
-            f"{h.optimizer:<24} {lr:>8} {final:>{11 + len(spread)}} {_number(float(mean_loss.min() - offset)):>11} "
+            f"{h.optimizer:<{width}} {lr:>8} {final:>{11 + len(spread)}} {_number(float(mean_loss.min() - offset)):>11} "
             f"{reached_text:>15} {scale:>10} {h.wall_time:>8.2f}"
         )
     for h in histories:
@@ -150,20 +164,86 @@ def format_table(histories: Sequence[History], target: float | None, minimum: fl
     return "\n".join(lines)
 
 
+def identical_runs(histories: Sequence[History]) -> bool:
+    """Whether every history's runs are copies of each other (a noise-free problem that starts
+    every run at the same point): then ``--runs`` only repeats the same numbers."""
+    return all(h.runs > 1 and bool(np.all(h.loss == h.loss[:, :1])) for h in histories) and bool(histories)
+
+
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"cprop-ref compare: {message}")
+
+
+def _warn(message: str) -> None:
+    print(f"cprop-ref compare: warning: {message}", file=sys.stderr)
+
+
+def check_out_dir(out: str, prefix: str) -> Path:
+    """The plot folder, created now (before any run) so that a bad ``--out`` or ``--prefix``
+    fails at once, naming itself."""
+    if not prefix or prefix in (".", "..") or "/" in prefix or os.sep in prefix:
+        raise ValueError(f"invalid --prefix={prefix!r}: a file name prefix, without a folder separator")
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {out!r} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {out!r}: cannot create the folder ({err.strerror or err})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out!r}: the folder is not writeable")
+    return folder
+
+
+def check_specs(problem: Problem, specs: Sequence[OptimizerSpec]) -> list[str]:
+    """Build every optimizer once on a scratch point, so that a bad hyperparameter anywhere
+    in ``--optimizers`` is refused before the first run; return warnings for settings that
+    make a run pointless (``lr=0``, ``c=0``)."""
+    warnings = []
+    for spec in specs:
+        try:
+            opt: Any = spec.build([np.zeros(problem.dim)], problem.default_lr.get(spec.family))
+        except ValueError as err:
+            message = str(err)
+            prefix = f"optimizer {spec.label!r}"
+            raise ValueError(message if message.startswith(prefix) else f"{prefix}: {message}") from None
+        group = opt.param_groups[0]
+        if group.get("lr") == 0.0:
+            warnings.append(f"{spec.label}: lr=0, its parameters never move")
+        c = group.get("cprop_c", getattr(opt, "c", None))
+        if c == 0.0:
+            warnings.append(f"{spec.label}: c=0, every CProp scale is 0 and its parameters never move")
+    return warnings
+
+
 def run_compare(args: argparse.Namespace) -> int:
+    # Everything is checked before the first run (and before the header is printed): a bad
+    # spec late in --optimizers, a bad --out or --prefix must not cost the runs before it.
     try:
         if args.steps < 1:
             raise ValueError(f"invalid --steps={args.steps}: must be >= 1")
         if args.runs < 1:
             raise ValueError(f"invalid --runs={args.runs}: must be >= 1")
+        if args.seed < 0:
+            raise ValueError(f"invalid --seed={args.seed}: must be >= 0")
+        if args.target is not None and not math.isfinite(args.target):
+            raise ValueError(f"invalid --target={args.target}: must be a finite loss")
+        for option, value in (("--lr-sgd", args.lr_sgd), ("--lr-adam", args.lr_adam)):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"invalid {option}={value}: must be a finite number >= 0")
         problem = make_problem(args.problem, **parse_options(args.problem, args.options))
         specs = optimizer_specs(args.optimizers, args.lr_sgd, args.lr_adam)
+        warnings = check_specs(problem, specs)
+        out_dir = None
         if not args.no_plots:
             from .compare_plots import pyplot
 
             pyplot()  # fail before running if matplotlib is missing
+            out_dir = check_out_dir(args.out, args.prefix if args.prefix is not None else problem.name)
     except (ValueError, ImportError) as err:
-        raise SystemExit(f"cprop-ref compare: {err}") from None
+        raise _fail(str(err)) from None
+    for warning in warnings:
+        _warn(warning)
     target = args.target if args.target is not None else problem.target_loss()
     minimum = "unknown" if problem.minimum is None else f"{problem.minimum:.6g}"
     print(f"{problem.name}: {problem.describe()}; dim={problem.dim}, minimum={minimum}")
@@ -174,11 +254,19 @@ def run_compare(args: argparse.Namespace) -> int:
     try:
         histories = compare(problem, specs, args.steps, seed=args.seed, runs=args.runs, progress=args.progress)
     except ValueError as err:
-        raise SystemExit(f"cprop-ref compare: {err}") from None
+        raise _fail(str(err)) from None
     print(format_table(histories, target, problem.minimum))
-    if not args.no_plots:
+    if args.runs > 1 and identical_runs(histories):
+        print(
+            f"note: the {args.runs} runs of each optimizer are identical ({problem.name} as set has no gradient "
+            "noise and starts every run at the same point); --runs adds nothing here (try --set noise=0.1)"
+        )
+    if out_dir is not None:
         from .compare_plots import write_plots
 
-        written = write_plots(histories, problem, Path(args.out), args.prefix or problem.name, target)
+        try:
+            written = write_plots(histories, problem, out_dir, args.prefix or problem.name, target)
+        except OSError as err:
+            raise _fail(f"cannot write the plots into {str(out_dir)!r} ({err.strerror or err})") from None
         print("plots: " + ", ".join(str(p) for p in written))
     return 0

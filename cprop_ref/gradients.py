@@ -1,4 +1,12 @@
-"""Checking a step's gradients against the parameters before anything changes."""
+"""The one place that checks the arrays a step may touch, before anything changes.
+
+Parameters (:func:`check_parameter`, :func:`parameters_are_plain`, :func:`first_overlap`):
+plain ``numpy.ndarray``, writeable, float16/32/64, no memory shared between two. Gradients
+(:func:`check_gradients`): plain ``ndarray`` of the parameter's shape and dtype, finite under
+the policy. Aliasing (:func:`unaliased`): a gradient that may share memory with a parameter
+or the state is copied before the kernels run. The optimizers run these at construction
+and at every step; hyperparameters are checked in :mod:`cprop_ref.hyperparams`.
+"""
 
 from __future__ import annotations
 

@@ -117,13 +117,20 @@ def check_fits_dtypes(values: dict[str, Any], dtypes: Iterable[np.dtype], where:
         return
     dtype, largest = min(limits.items(), key=lambda item: item[1])
     for name, value in values.items():
-        if isinstance(value, bool) or isinstance(value, str):
+        if isinstance(value, (bool, str)):
             continue
-        elements = value if isinstance(value, tuple) else (value,)
-        for index, x in enumerate(elements):
-            if isinstance(x, float) and abs(x) > largest:
-                label = f"{name}[{index}]" if isinstance(value, tuple) else name
+        # Scalars, tuples of scalars (betas) and, for per-run hyperparameters, arrays: every
+        # element is checked, the first one past the limit named by its index.
+        elements = np.asarray(value, dtype=object if isinstance(value, tuple) else None)
+        if elements.dtype.kind not in "fiu" and not isinstance(value, tuple):
+            continue
+        flat = elements.reshape(-1)
+        for index, x in enumerate(flat):
+            if isinstance(x, (bool, np.bool_)) or not isinstance(x, (float, np.floating)):
+                continue
+            if abs(float(x)) > largest:
+                label = f"{name}[{index}]" if elements.ndim else name
                 raise ValueError(
-                    f"{where}: invalid {label}={x!r}: not a finite {dtype} (largest {largest:.6g}), "
+                    f"{where}: invalid {label}={float(x)!r}: not a finite {dtype} (largest {largest:.6g}), "
                     f"the precision of the parameters it is applied to"
                 )

@@ -1,4 +1,4 @@
-"""CProp statistics and scale: the functional core (spec, "One step").
+"""CProp statistics and scale: the functional core (``docs/algorithm.md``, "One step of CProp").
 
 Every function here is pure: it takes arrays and scalars and returns new arrays.
 Arithmetic runs in the dtype of the statistics (float32 or float64); the scalar
@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .cdf import CDFS
+from .cdf import cdf_function
 
 
 class CPropStats(NamedTuple):
@@ -90,10 +90,10 @@ def standard_error(m_hat: np.ndarray, v_hat: np.ndarray, dof: float, eps: float)
     the negative variance that rounding can produce.
 
     ``n - 1 = 0`` (the first step, or every step with ``beta = 0``): one sample has no spread,
-    ``v_hat - m_hat^2`` is 0 in real arithmetic (spec, "Notes"), and that exact value is
-    used, so ``se = eps``. Evaluated in floating point the difference is rounding noise of
-    up to ~4u g^2, which divided by ``n - 1 + eps = eps`` is ~24 g^2 in float32 and makes
-    the first step's scale a matter of rounding luck (and 0/0 when ``eps = 0``).
+    ``v_hat - m_hat^2`` is 0 in real arithmetic, and that exact value is used, so
+    ``se = eps`` (``docs/algorithm.md``, "Limits and edge cases"). Evaluated in floating point
+    the difference is rounding noise of up to ~4u g^2, which divided by ``n - 1 + eps = eps``
+    is ~24 g^2 in float32 and makes the first step's scale a matter of rounding luck (and 0/0 when ``eps = 0``).
 
     Where ``v_hat`` has overflowed to ``inf`` (gradients whose square exceeds the dtype's
     range) the variance is taken as ``inf`` even where ``m_hat^2`` overflowed too
@@ -132,10 +132,13 @@ def standardized_mean(m_hat: np.ndarray, se: np.ndarray) -> np.ndarray:
 
 
 def conformity_probability(z: np.ndarray, cdf: str) -> np.ndarray:
-    """``p = F(0; mean=m_hat, sd=se)``, the probability that the true mean gradient is < 0."""
+    """``p = F(0; mean=m_hat, sd=se)``, the probability that the true mean gradient is < 0.
+
+    ``ValueError`` naming ``cdf`` if it is not one of :data:`cprop_ref.cdf.CDF_NAMES`."""
+    function = cdf_function(cdf)
     # Large |z| overflows inside the CDF (z**3, exp) only where p has saturated to 0 or 1.
     with np.errstate(over="ignore"):
-        return CDFS[cdf](z)
+        return function(z)
 
 
 def scale_from_probability(p: np.ndarray, c: float) -> np.ndarray:

@@ -15,7 +15,6 @@ import torch
 
 from cprop_ref.conformance.torch_adapter import TorchPort
 from cprop_ref.torch import CPropAdam, CPropSGD
-from cprop_ref.torch.base import gradients_to_apply
 from cprop_ref.torch.functional import BFT_CUBIC, cdf, scale_update, standardized_mean, statistics_dtype
 from cprop_ref.torch.sgd import sgd_direction
 
@@ -149,7 +148,7 @@ scale_before_momentum = broken_port(ScaleBeforeMomentum)
 adam_statistics_after_weight_decay = broken_port(AdamStatisticsAfterWeightDecay)
 
 
-# -- Valid alternatives: ports that compute CProp in another legitimate way (issue 12, item 4, 7).
+# -- Valid alternatives: ports that compute CProp in another legitimate way.
 # The harness must pass them: their differences from the reference are rounding, within the
 # derived bounds.
 
@@ -245,8 +244,10 @@ class FusedOpsAdam(CPropAdam):
             state["cprop_v"] = state["exp_avg_sq"].clone()
         d = g + hp["weight_decay"] * p if hp["weight_decay"] != 0.0 else g
         beta1, beta2 = hp["betas"]
-        _fused_ema_(state["exp_avg"], d, beta1)
-        _fused_square_ema_(state["exp_avg_sq"], d, beta2)
+        # Adam's own moments as torch's Adam writes them: no beta = 0 case (0 * inf is NaN
+        # there, in torch and in the reference alike)
+        state["exp_avg"].mul_(beta1).add_(d, alpha=1.0 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(d, d, value=1.0 - beta2)
         if hp["amsgrad"]:
             torch.maximum(state["max_exp_avg_sq"], state["exp_avg_sq"], out=state["max_exp_avg_sq"])
         state["step"] += 1
@@ -276,16 +277,15 @@ lerp_keeping_infinities = broken_port(LerpKeepingInfinities)
 plain_lerp = broken_port(PlainLerp)
 
 
-# -- Broken ports for the blind spots of issue 12.
+# -- Broken ports for the harness's former blind spots.
 
 
 class StatisticsIn16Bits(CPropSGD):
     """CProp's statistics of float16 / bfloat16 parameters kept in the parameter's 16 bits
     (rounded after every step) instead of float32."""
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        for p, grad, hp in gradients_to_apply(self.param_groups, self._check_groups(), "StatisticsIn16Bits"):
+    def _step_single(self, items):
+        for p, grad, hp in items:
             dtype = statistics_dtype(p.dtype)
             state = self.state[p]
             p.copy_(self._step_tensor(p.to(dtype), grad.to(dtype), state, hp))
@@ -298,9 +298,8 @@ class LostNonContiguousUpdate(CPropSGD):
     """Writes the new parameter through ``p.reshape(-1)``: for a non-contiguous parameter (a
     transposed weight, a strided slice) that is a copy, and the update is lost."""
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        for p, grad, hp in gradients_to_apply(self.param_groups, self._check_groups(), "LostNonContiguousUpdate"):
+    def _step_single(self, items):
+        for p, grad, hp in items:
             dtype = statistics_dtype(p.dtype)
             new = self._step_tensor(p.to(dtype), grad.to(dtype), self.state[p], hp)
             p.reshape(-1).copy_(new.reshape(-1))
@@ -323,3 +322,36 @@ class LossyStateDict(CPropSGD):
 
 
 lossy_state_dict = broken_port(LossyStateDict)
+
+
+class NoBetaZeroCase(CPropSGD):
+    """``beta = 0`` without its special case: ``0 * v + g^2`` gives ``0 * inf = NaN`` once a
+    square has overflowed."""
+
+    def _update_and_scale(self, m, v, g, state, hp):
+        beta = hp["cprop_beta"]
+        m.mul_(beta).add_(g * (1.0 - beta))
+        v.mul_(beta).add_(g * g * (1.0 - beta))
+        state["step"] = state.get("step", 0) + 1
+        return self._scale(m, v, state["step"], hp)
+
+
+class BiasCorrectionDroppedAfter500(CPropSGD):
+    """Drops the bias correction once ``t > 500`` (thinking ``1 - beta^t`` is 1 by then)."""
+
+    def _scale(self, m, v, t, hp):
+        return super()._scale(m, v, t, hp) if t <= 500 else scale_variant(m, v, t, hp, bias_correct=False)
+
+
+class DampeningOnFirstStep(CPropSGD):
+    """Momentum's first step takes the dampening too (torch's buffer starts as ``d``, undamped)."""
+
+    def _new_param(self, p, g, s, state, hp):
+        if hp["momentum"] != 0.0 and "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p)  # then buf = (1 - dampening) d
+        return super()._new_param(p, g, s, state, hp)
+
+
+no_beta_zero_case = broken_port(NoBetaZeroCase)
+bias_correction_dropped_after_500 = broken_port(BiasCorrectionDroppedAfter500)
+dampening_on_first_step = broken_port(DampeningOnFirstStep)

@@ -40,6 +40,7 @@ from hypothesis import strategies as st
 from cprop_ref import SGD, Adam, AdamW, CProp, CPropAdam, CPropSGD
 from cprop_ref.cdf import CDF_NAMES
 from cprop_ref.tolerance import scale_tolerance, unit_roundoff
+from tests.hypothesis_budget import examples
 
 KINDS = ("sgd", "adam", "adamw", "cprop_sgd", "cprop_adam", "wrapper_sgd", "wrapper_adam")
 SHAPES = [(), (0,), (1,), (3,), (2, 3), (4, 0), (2500,)]  # (2500,): more than one 2048-element chunk
@@ -199,7 +200,7 @@ def gradients(rng: np.random.Generator, params: list[np.ndarray], step: int) -> 
     return grads
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(
     cfg=configurations(),
     dtype=st.sampled_from([np.float16, np.float32, np.float64]),
@@ -231,7 +232,7 @@ def test_one_step_from_the_same_state_agrees(cfg, dtype, shapes, seed):
             assert np.all(error <= bound), f"step {step} parameter {k}: {error.max()} > {bound[error > bound]}"
 
 
-@settings(max_examples=20)
+@settings(max_examples=examples(20))
 @given(
     cfg=configurations(weight_decay=False),
     dtype=st.sampled_from([np.float32, np.float64]),

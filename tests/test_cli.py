@@ -42,3 +42,14 @@ def test_a_closed_pipe_ends_quietly():
         os.close(write_end)
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
     assert result.returncode == 0
+
+
+def test_a_problem_name_is_the_main_job_on_it_and_a_typo_gets_a_hint():
+    """``cprop-ref rosenbrock`` was argparse's "invalid choice"; it now runs ``compare`` on that
+    problem. A word that is neither a command nor a problem lists both (exit code 2)."""
+    result = run_cli("beale", "--steps", "5", "--no-plots", "--optimizers", "adam")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("beale:")
+    result = run_cli("rosenbrok")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "'rosenbrok' is neither a command (" in result.stderr and "nor a problem (rosenbrock," in result.stderr

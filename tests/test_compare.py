@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import numpy as np
@@ -126,3 +127,104 @@ def test_problems_command_lists_every_problem(capsys):
     names = [line.split()[0] for line in out.splitlines()[1:] if line and not line.startswith(" ")]
     assert names[: len(PROBLEMS)] == list(PROBLEMS)
     assert "0.397887" in out and "batch_size" in out
+
+
+# -- misuse: everything checked before the first run, no traceback, warnings, layout -----------
+
+
+def test_a_problem_name_alone_runs_compare_on_it(capsys):
+    """``cprop-ref rosenbrock`` used to be argparse's "invalid choice"."""
+    assert main(["beale", "--steps", "20", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("beale:") and list(table_rows(out)) == ["sgd", "cprop-sgd", "adam", "cprop-adam"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--optimizers", "sgd,cprop-sgd,adam:lr=-1"], r"optimizer 'adam:lr=-1': Adam: invalid lr=-1.0"),
+        (["--optimizers", "sgd,cprop-adam:beta=1.5"], r"optimizer 'cprop-adam:beta=1.5': .*invalid cprop_beta=1.5"),
+        (["--optimizers", "sgd,cprop-adamw:c=-1"], r"optimizer 'cprop-adamw:c=-1': CProp: invalid c=-1.0"),
+        (["--seed", "-1"], r"invalid --seed=-1"),
+        (["--target", "nan"], r"invalid --target=nan"),
+        (["--target", "inf"], r"invalid --target=inf"),
+        (["--lr-sgd", "nan"], r"invalid --lr-sgd=nan"),
+        (["--prefix", "a/b"], r"invalid --prefix='a/b'"),
+        (["--prefix", ""], r"invalid --prefix=''"),
+    ],
+)
+def test_every_argument_is_checked_before_the_first_run(argv, message, capsys, tmp_path):
+    """A bad spec late in ``--optimizers`` was found only after the earlier ones ran in full,
+    ``--seed -1`` after the header was printed: now nothing is printed and nothing runs."""
+    pytest.importorskip("matplotlib")
+    with pytest.raises(SystemExit, match=message):
+        main(["compare", "beale", "--steps", "5", "--out", str(tmp_path / "plots"), *argv])
+    assert capsys.readouterr().out == ""
+
+
+def test_a_bad_out_folder_is_refused_before_the_runs(tmp_path, capsys):
+    """``--out`` naming a file, or a folder that cannot be made, gave tracebacks after all runs."""
+    pytest.importorskip("matplotlib")
+    a_file = tmp_path / "taken"
+    a_file.write_text("keep me")
+    for out, message in ((a_file, "is a file, not a folder"), (a_file / "sub", "cannot create the folder")):
+        with pytest.raises(SystemExit, match=message):
+            main(["compare", "beale", "--steps", "5", "--out", str(out)])
+        assert capsys.readouterr().out == ""
+    assert a_file.read_text() == "keep me"
+
+
+def test_user_errors_never_print_a_traceback(tmp_path):
+    """The real command line: exit code 1 and one line on stderr."""
+    (tmp_path / "taken").write_text("")
+    for argv in (
+        ["compare", "beale", "--out", str(tmp_path / "taken")],
+        ["beale", "--optimizers", "sgd:lr=-1", "--no-plots"],
+        ["compare", "beale", "--seed", "-1", "--no-plots"],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "cprop_ref.cli", *argv], capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stdout == ""
+
+
+def test_pointless_settings_are_warned_about(capsys):
+    main(["compare", "beale", "--steps", "5", "--no-plots", "--optimizers", "sgd:lr=0,cprop-sgd:c=0,adam"])
+    err = capsys.readouterr().err
+    assert "warning: sgd:lr=0: lr=0, its parameters never move" in err
+    assert "warning: cprop-sgd:c=0: c=0, every CProp scale is 0" in err
+    assert "adam" not in err
+
+
+def test_identical_runs_are_said_to_be_identical(capsys):
+    """``--runs`` on a noise-free problem repeats the same run ("+- 0.00e+00"); with noise the
+    runs differ and nothing is said."""
+    main(["compare", "beale", "--steps", "20", "--runs", "3", "--no-plots", "--optimizers", "sgd,adam"])
+    assert "note: the 3 runs of each optimizer are identical" in capsys.readouterr().out
+    main(["compare", "beale", "--steps", "20", "--runs", "3", "--no-plots", "--set", "noise=0.1"])
+    assert "identical" not in capsys.readouterr().out
+
+
+def test_long_labels_widen_the_column_and_keep_the_rows_aligned():
+    """Labels over 24 characters used to shift their row."""
+    problem = make_problem("quadratic", dim=2)
+    specs = optimizer_specs("sgd:lr=0.1,cprop-sgd:lr=0.1:c=3:beta=0.99:cdf=normal:momentum=0.5")
+    table = format_table(compare(problem, specs, 10), target=1e-3)
+    lines = [line for line in table.splitlines() if not line.startswith("note:")]
+    assert len({len(line) for line in lines}) == 1, table
+    header, rows = lines[0], lines[2:]
+    for column in ("lr", "steps to target", "wall [s]"):
+        end = header.index(column) + len(column)
+        assert all(row[end - 1] != " " and (end == len(row) or row[end] == " ") for row in rows), (column, table)
+
+
+def test_diverged_rows_say_diverged(capsys):
+    """Not "> 3", as if three steps had been run without reaching the target."""
+    main(
+        ["compare", "rosenbrock", "--optimizers", "sgd:lr=100,adam", "--steps", "50", "--target", "1e-3", "--no-plots"]
+    )
+    rows = table_rows(capsys.readouterr().out)
+    assert rows["sgd:lr=100"][4] == "diverged"
+    assert rows["adam"][4:6] == [">", "50"]

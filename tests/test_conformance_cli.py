@@ -51,8 +51,31 @@ def test_verify_unloadable_port_exits_2(capsys):
         (["--examples", "0"], "--examples"),
         (["--checks", "open_loop,nope"], "--checks"),
         (["--dtypes", "int8"], "--dtypes"),
+        (["--time-limit", "0"], "--time-limit"),
     ],
 )
 def test_verify_bad_options_name_themselves(args, message):
     with pytest.raises(SystemExit, match=message):
         main(["verify", "cprop_ref.conformance:reference_port", *args])
+
+
+def test_verify_keep_going_lists_every_distinct_mismatch_in_16_bits(capsys):
+    """A port keeping 16-bit statistics, run in float16 only with --keep-going: the report lists
+    the distinct mismatches (statistics of CPropSGD) and each in full."""
+    status = main(
+        [
+            "verify",
+            "tests.conformance_broken_ports:statistics_in_16_bits",
+            "--examples",
+            "3",
+            "--checks",
+            "open_loop",
+            "--dtypes",
+            "float16",
+            "--keep-going",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "distinct mismatches" in out and "open_loop: cprop_m (CPropSGD)" in out
+    assert "MISMATCH in check 'open_loop': cprop_m" in out and "float16" in out

@@ -1,4 +1,4 @@
-"""The JAX port through the conformance harness (issue 15, item 2): every check in every dtype
+"""The JAX port through the conformance harness: every check in every dtype
 with jit-compiled steps, the golden fixtures (float64 against the NumPy reference within the
 tolerance policy), and what the adapter adds to the protocol (subnormal inputs declined,
 because XLA on the CPU flushes them to zero; resume through a pickled state pytree).

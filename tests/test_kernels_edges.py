@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cprop_ref.kernels.scale import cprop_scalars, standardized, standardized_unguarded
+from tests.hypothesis_budget import examples
 
 DTYPES = [np.float32, np.float64]
 
@@ -42,7 +43,7 @@ def _scalars(dtype: type, beta: float, c: float, eps: float, t: int) -> list:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@settings(max_examples=1000)  # scalar calls, about a second: more draws than the profile's 60
+@settings(max_examples=examples(1000))  # scalar calls, about a second: more draws than the profile's 60
 @given(data=st.data())
 def test_the_unguarded_z_is_the_guarded_one_wherever_it_is_finite(dtype, data):
     beta = data.draw(st.sampled_from([0.0, 0.5, 0.9, 0.999, 0.99999]), label="beta")

@@ -1,7 +1,7 @@
 """The float32-lane exponential, erf and conformities of the kernels, against float64.
 
 For float32 tensors the kernels evaluate every CDF entirely in float32 (``cprop_ref.kernels.vector_math.exp_float32``). The bounds held here are
-derived in ``docs/performance.md`` ("Exponentials at vector speed"), in units of
+derived in ``docs/design/kernels.md`` ("Exponentials at vector speed"), in units of
 ``U32 = 2**-24``:
 
 - ``exp_float32``: relative error <= ``EXP_FLOAT32_BOUND_U`` on [-87, 0] (reduction 0.39,
@@ -48,6 +48,7 @@ from cprop_ref.kernels.vector_math import (
     exp_float32,
     tanh_half_float32,
 )
+from tests.hypothesis_budget import examples
 
 U32 = 2.0**-24
 #: ``max_y y sech(y)^2``: the largest change of ``tanh(q / 2)`` per unit relative change of ``q``.
@@ -106,7 +107,7 @@ def test_exp_float32_relative_error_within_its_bound():
     assert np.max(_exp_relative_error(x)) <= EXP_FLOAT32_BOUND_U * U32
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.floats(float(EXP_CLAMP_F32), 0.0, width=32))
 def test_exp_float32_bound_at_drawn_points(x):
     assert _exp_relative_error(np.array([x], dtype=np.float32))[0] <= EXP_FLOAT32_BOUND_U * U32
@@ -144,7 +145,7 @@ def test_erf_float32_within_its_bound():
     assert special[0] == 1.0 and special[1] == 1.0 and np.isnan(special[2])
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.floats(0.0, 12.0, width=32))
 def test_erf_float32_bound_at_drawn_points(x):
     (value,) = _map_erf_float32(np.array([x], dtype=np.float32))

@@ -28,6 +28,7 @@ from cprop_ref.kernels import adam as adam_kernels
 from cprop_ref.kernels import dispatch
 from cprop_ref.kernels import sgd as sgd_kernels
 from cprop_ref.kernels.scale import CDF_CODES, CDF_MARKERS, cprop_scalars
+from tests.hypothesis_budget import examples
 
 SIZES = [0, 1, 7, 33, 2047, 2048, 2049, 5000]
 #: Long enough for the software-pipelined loop (``adam._cprop_adam_pipeline``): exactly its
@@ -129,7 +130,7 @@ def scalar_row(cfg: dict[str, Any], t: int, dtype: Any) -> np.ndarray:
         return np.array(row, dtype=dtype)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     cfg=configurations(),
     dtype=st.sampled_from([np.float32, np.float64]),
@@ -141,7 +142,7 @@ def test_one_loop_is_the_stages_bit_for_bit(cfg, dtype, n, extreme, seed):
     _assert_one_loop_is_the_stages(cfg, dtype, n, extreme, seed)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     cfg=configurations(),
     dtype=st.sampled_from([np.float32, np.float64]),
@@ -174,18 +175,31 @@ def _assert_one_loop_is_the_stages(
     for t in range(1, 5):
         g = (rng.standard_normal(n) * 10.0 ** rng.integers(-4, 4, n)).astype(dtype)
         g[rng.random(n) < 0.2] = 0.0
-        sc = scalar_row(cfg, t, dtype)
+        scalars = scalar_row(cfg, t, dtype)
         for params, state, (flags, markers) in runs.values():
             with np.errstate(all="ignore"):
-                assert adam_kernels.adam_one(params, g, state, 0, sc, flags, True, *markers)
+                assert adam_kernels.adam_one(params, g, state, 0, scalars, flags, True, *markers)
     (p_one, a_one, _), (p_stages, a_stages, _) = runs.values()
     assert_same_bits(p_one, p_stages, "parameter")
     for row, name in enumerate(adam_kernels.FIELDS):
         assert_same_bits(a_one[row], a_stages[row], name)
 
 
-@pytest.mark.parametrize("cdf", CDF_NAMES)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def _parallel_launch_cases() -> list:
+    """Every dtype x CDF; by default only ``bft`` in each dtype, the rest under ``-m slow``.
+    The parallel launch's own work (runs of chunks per thread, a tensor's chunks merged into one
+    call) is the same code for every CDF, and each CDF's one loop is held to the stages bit for
+    bit by the serial tests above; each parallel kernel variant costs a compilation of its own
+    (about 5 to 10 s of CPU on a cold cache), hence the sweep in the slow set."""
+    cases = []
+    for dtype in (np.float32, np.float64):
+        for cdf in CDF_NAMES:
+            marks = () if cdf == "bft" else (pytest.mark.slow,)
+            cases.append(pytest.param(cdf, dtype, marks=marks, id=f"{np.dtype(dtype).name}-{cdf}"))
+    return cases
+
+
+@pytest.mark.parametrize(("cdf", "dtype"), _parallel_launch_cases())
 def test_many_tensors_through_the_parallel_launch_are_the_stages_bit_for_bit(monkeypatch, cdf, dtype):
     """Three tensors over two threads' runs of chunks (a tensor's chunks merged into one call
     in the one loop), one without a gradient on some steps; the whole state compared."""
@@ -248,7 +262,7 @@ def sgd_configurations(draw: Any) -> dict[str, Any]:
     }
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(
     cfg=sgd_configurations(),
     dtype=st.sampled_from([np.float32, np.float64]),

@@ -10,11 +10,12 @@ from hypothesis import strategies as st
 
 from cprop_ref.kernels import adam as adam_kernels
 from cprop_ref.kernels.scale import cprop_scalars
+from tests.hypothesis_budget import examples
 
 decays = st.one_of(st.sampled_from([0.0, 0.5, 0.9, 0.99, 0.999, 0.9999]), st.floats(0.0, 0.99999))
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(
     lr=st.floats(1e-8, 10.0),
     beta1=decays,

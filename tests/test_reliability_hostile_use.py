@@ -1,4 +1,5 @@
-"""The optimizers under hostile use (issue 16, findings 1 to 7), on both backends.
+"""The optimizers under hostile use, on both backends: read-only, subclassed, overlapping and
+swapped-in arrays, hyperparameters the dtype cannot hold, aliased gradients, in-place changes.
 
 Every refused call must raise ``ValueError`` naming the parameter, group or hyperparameter
 and change nothing: parameters and every state array byte-identical to a deep copy taken
@@ -111,7 +112,7 @@ HUGE = [
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sgd_lr_1e39_on_float32_is_refused_at_construction(backend):
-    """The issue's case: ``[1, 0, -1]`` with gradient ``[0, 0, 1]`` gave ``[nan, nan, -inf]``."""
+    """``[1, 0, -1]`` with gradient ``[0, 0, 1]`` gave ``[nan, nan, -inf]`` when 1e39 was accepted."""
     with pytest.raises(ValueError, match=r"SGD param group 0: invalid lr=1e\+39: not a finite float32"):
         SGD([np.array([1.0, 0.0, -1.0], np.float32)], lr=1e39, backend=backend)
     # float64 holds it, and the result is what IEEE float64 gives: no NaN from finite input.

@@ -2,8 +2,10 @@
 
 A hostile ``.npz`` can declare gigabytes in a few bytes of zip directory (a "zip bomb");
 ``checkpoint.load`` sums the sizes the entries declare *before* decompressing anything and
-refuses more than ``max_bytes`` (by default the machine's physical memory), naming the file,
-the declared size and the limit. The optimizer is unchanged after a refused load.
+refuses more than ``max_bytes``, naming the file, the declared size and the limit. The default
+is what the optimizer's own checkpoint can hold plus a margin (``Optimizer.load``), or for the
+bare ``checkpoint.load`` 1 GiB (a quarter of the physical memory where that is less). The
+optimizer is unchanged after a refused load.
 """
 
 from __future__ import annotations
@@ -57,22 +59,28 @@ def _bomb(path: Path, declared: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_a_declared_size_beyond_the_physical_memory_is_refused_by_default(tmp_path, monkeypatch):
+def test_a_declared_size_beyond_the_default_limit_is_refused(tmp_path, monkeypatch):
     opt, _ = _optimizer()
     path = tmp_path / "bomb.npz"
     opt.save(path)
     _bomb(path, 0xF000_0000)  # 3.75 GiB claimed by a file of a few kilobytes
-    monkeypatch.setattr(checkpoint, "physical_memory", lambda: 2**31)
-    with pytest.raises(CheckpointError, match=r"physical memory \(2147483648 bytes\); nothing was read"):
+    monkeypatch.setattr(checkpoint, "physical_memory", lambda: 2**31)  # a quarter: 512 MiB < 1 GiB
+    with pytest.raises(CheckpointError, match=r"the default limit \(536870912 bytes\); nothing was read"):
         checkpoint.load(path)
+    before = opt.state_dict()
+    with pytest.raises(CheckpointError, match=r"more than this optimizer's checkpoint can hold"):
+        opt.load(path)
+    assert_identical(opt.state_dict(), before)
     # The claim is a lie (the stored entry is intact), so with a limit above it the same file
     # loads: the size check alone refused it above.
     assert isinstance(checkpoint.load(path, max_bytes=2**40), dict)
 
 
-def test_the_default_limit_is_the_physical_memory_where_the_platform_tells():
+def test_the_default_limit_is_1_gib_or_a_quarter_of_the_memory():
     memory = checkpoint.physical_memory()
     assert memory is None or memory > 2**26
+    expected = 1 << 30 if memory is None else min(1 << 30, memory // 4)
+    assert checkpoint.default_max_bytes() == expected
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "10", True])

@@ -23,8 +23,12 @@ def test_sweep_prints_the_table_writes_the_pictures_and_report_redraws_them(tmp_
     store = tmp_path / "s.zarr"
     argv = ["sweep", "rosenbrock", "--optimizers", "sgd,cprop-sgd", "--grid", "lr=1e-4:1e-2:3:log"]
     argv += ["--grid", "c=0.5,2", "--seeds", "2", "--steps", "50", "--set", "noise=1", "--store", str(store)]
-    assert main([*argv, "--out", str(tmp_path / "a"), "--no-progress"]) == 0
-    out = capsys.readouterr().out
+    assert main([*argv, "--out", str(tmp_path / "a"), "--progress", "--chunk-rows", "4"]) == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert (
+        "sweep on rosenbrock" in captured.err and "6/6" in captured.err
+    )  # tqdm over the 6 units: sgd 3 lr blocks, cprop-sgd 3 (lr x both c)
     assert "2 optimizer(s) x 3 lr x 2 cprop_c x 2 seeds = 24 runs of 50 steps" in out
     table = [line for line in out.splitlines() if line.startswith(("sgd ", "cprop-sgd "))]
     assert len(table) == 2 and "cprop_c=" in table[1] and "cprop_c=" not in table[0]

@@ -3,7 +3,9 @@ numbers, and if not, where does it first differ? (``docs/conformance.md``)
 
 - :mod:`.protocol`: the adapter interface every port implements;
 - :mod:`.config`: the optimizer configurations the harness builds;
-- :mod:`.checks`: open loop, injected state, closed loop;
+- :mod:`.checks`: open loop, injected state, closed loop, resume;
+- :mod:`.edges`: the edge cases every run includes; :mod:`.dtypes`, :mod:`.layouts`: 16-bit
+  dtypes and memory layouts;
 - :mod:`.report`: the mismatch report and the coverage summary;
 - :mod:`.strategies`: hypothesis strategies (needs the ``test`` extra);
 - :mod:`.suite`: all checks over generated cases (``cprop-ref verify``);
@@ -15,9 +17,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .checks import check_closed_loop, check_injected_step, check_open_loop
+from .checks import check_closed_loop, check_injected_step, check_open_loop, check_resume
 from .config import PortConfig
-from .protocol import Port, PortRun, Unsupported
+from .protocol import Port, PortRun, Unsupported, copy_keeping_layout
 from .reference import ReferenceRun, reference_port
 from .report import ConformanceMismatch, Coverage, Mismatch, SuiteReport
 
@@ -62,6 +64,8 @@ __all__ = [
     "check_open_loop",
     "check_injected_step",
     "check_closed_loop",
+    "check_resume",
+    "copy_keeping_layout",
     "ConformanceMismatch",
     "Coverage",
     "Mismatch",

@@ -82,6 +82,7 @@ class TensorBounds:
         self.u = unit_roundoff(compute)
         self.tiny = subnormal_floor(compute)
         self.p_u, self.p_tiny, self.p_max = storage_roundoff(dtype), storage_floor(dtype), largest(dtype)
+        self.base_in_storage = base_in_storage
         if base_in_storage:
             self.base_u, self.base_tiny, self.base_max = self.p_u, self.p_tiny, self.p_max
         else:
@@ -205,6 +206,8 @@ class RunBounds:
                 d, e_d = buf, tb.buf
         step = lr * np.abs(d)
         tb.base_step = step
+        if tb.base_in_storage:  # torch.optim.SGD in 16 bits: a direction past 65504 is inf (lr = 0: NaN)
+            tb.base_overflow |= (np.abs(d) + e_d >= tb.base_max) | (np.abs(d0) + e_d0 >= tb.base_max)
         bound = tb.param + step * ds + lr * e_d * (s + ds) + BOTH_SIDES * 2.0 * (u * step + tb.base_tiny) * s
         # the base's direction past its format's range is inf on one side only (range, not rounding)
         return np.where(np.maximum(np.abs(d) + e_d, step) >= tb.base_max, np.inf, bound)

@@ -46,6 +46,7 @@ class _Comparer:
         self.make_snippet = make_snippet
         self.unconstrained = 0  # in this case only (the coverage sums over cases)
         self.start_t = 0  # the injected state's step count (injected check), for the headline
+        self.layouts: Sequence[str] | None = None  # the tensors' memory layouts, named in a param's report
 
     def fail(
         self,
@@ -133,6 +134,10 @@ class _Comparer:
                 detail = "NaN on one side only is wrong whatever the rounding"
             elif unconstrained[element]:
                 detail = "unconstrained element"
+            if quantity == "param" and self.layouts is not None and self.layouts[tensor] != "contiguous":
+                note = "; ".join(
+                    x for x in (note, f"the port was handed this tensor in layout {self.layouts[tensor]!r}") if x
+                )
             detail = "; ".join(x for x in (note, detail) if x)
             self.fail(
                 step, tensor, element, quantity, float(p64[element]), float(r64[element]), float(bound[element]), detail
@@ -197,6 +202,96 @@ def _port_call(comparer: _Comparer, step: int, what: str, fn: Callable[[], Any])
             f"{what}: {type(err).__name__}: {err}",
             trace=trace,
         )
+
+
+#: The code-path switches of a CProp implementation that the coverage report accounts for.
+PATH_SWITCHES: tuple[str, ...] = (
+    "beta = 0 (n = 1 at every step)",
+    "beta near 1 (>= 0.999)",
+    "c = 0",
+    "eps = 0",
+    "cdf normal",
+    "cdf bft",
+    "cdf bfo",
+    "cdf logistic",
+    "momentum with dampening",
+    "Nesterov",
+    "AMSGrad",
+    "weight decay >= 1",
+    "CPropAdam beta1 == cprop_beta (shared m)",
+    "CPropAdam beta2 == cprop_beta (shared v)",
+    "Adam beta == 1 - cprop_beta",
+    "16-bit parameters",
+    "non-contiguous layouts",
+    "t > 1000",
+    "v overflowed to inf",
+    "a variance of exactly 1.0",
+    "scale exactly 0",
+    "scale saturated at 1",
+    "zero gradient",
+    "update overflowed to inf",
+)
+
+
+def _note_config_paths(coverage: Coverage, config: PortConfig, layouts: Sequence[str] | None) -> None:
+    cp, hp = config.cprop(), config.base_update()
+    paths = coverage.paths
+    paths.update(
+        name
+        for name, hit in (
+            ("beta = 0 (n = 1 at every step)", cp["beta"] == 0.0),
+            ("beta near 1 (>= 0.999)", cp["beta"] >= 0.999),
+            ("c = 0", cp["c"] == 0.0),
+            ("eps = 0", cp["eps"] == 0.0),
+            (f"cdf {cp['cdf']}", True),
+            ("momentum with dampening", hp.get("momentum", 0.0) > 0.0 and hp.get("dampening", 0.0) > 0.0),
+            ("Nesterov", bool(hp.get("nesterov", False))),
+            ("AMSGrad", bool(hp.get("amsgrad", False))),
+            ("weight decay >= 1", hp.get("weight_decay", 0.0) >= 1.0),
+            ("16-bit parameters", config.dtype in ("float16", "bfloat16")),
+            ("non-contiguous layouts", layouts is not None and any(x != "contiguous" for x in layouts)),
+        )
+        if hit
+    )
+    if "betas" in hp:
+        beta1, beta2 = hp["betas"]
+        raw = config.optimizer == "CPropAdam" and hp["weight_decay"] == 0.0
+        if raw and beta1 == cp["beta"]:
+            paths.add("CPropAdam beta1 == cprop_beta (shared m)")
+        if raw and beta2 == cp["beta"]:
+            paths.add("CPropAdam beta2 == cprop_beta (shared v)")
+        if 1.0 - cp["beta"] in (beta1, beta2):
+            paths.add("Adam beta == 1 - cprop_beta")
+
+
+@np.errstate(all="ignore")
+def _note_state_paths(
+    coverage: Coverage,
+    config: PortConfig,
+    states: Sequence[dict[str, Any]],
+    scales: Sequence[Any],
+    grads: Grads,
+    before: Sequence[np.ndarray],
+    after: Sequence[np.ndarray],
+) -> None:
+    beta = config.cprop()["beta"]
+    paths = coverage.paths
+    for st, s, g, p0, p1 in zip(states, scales, grads, before, after):
+        if g is None or s is None or not st:
+            continue
+        t = int(st["step"])
+        m, v = np.asarray(st["cprop_m"], np.float64), np.asarray(st["cprop_v"], np.float64)
+        b = 1.0 - beta**t
+        checks = (
+            ("t > 1000", t > 1000),
+            ("v overflowed to inf", bool(np.isinf(v).any())),
+            ("a variance of exactly 1.0", bool(np.any(v / b - (m / b) ** 2 == 1.0))),
+            ("scale exactly 0", bool(np.any(np.asarray(s) == 0.0))),
+            ("scale saturated at 1", bool(np.any(np.asarray(s) == 1.0))),
+            ("zero gradient", bool(np.any(np.asarray(g) == 0.0))),
+            ("update overflowed to inf", bool(np.any(np.isinf(p1) & np.isfinite(p0)))),
+        )
+        paths.update(name for name, hit in checks if hit)
 
 
 def _read_outs(
@@ -275,6 +370,7 @@ def _compare_step(
     ref_scales = ref.scales()
     shapes = [np.shape(p) for p in params_after]
     port_params, port_scales, port_state = _read_outs(comparer, step, run, shapes, bounds.config)
+    _note_state_paths(comparer.coverage, bounds.config, states_after, ref_scales, grads, params_before, params_after)
     # Where the wrapped framework optimizer left its range on an earlier step, the closed loop's
     # gradients (taken at the port's own iterate) are the framework's business too.
     excused_before = [tb.base_overflow.copy() if grad_errors is not None else None for tb in bounds.tensors]
@@ -320,6 +416,8 @@ def _start(
 ) -> tuple[Any, ReferenceRun]:
     params = [to_storage(p, config.dtype).copy() for p in params]
     ref = ReferenceRun(config, params)
+    _note_config_paths(comparer.coverage, config, layouts)
+    comparer.layouts = layouts
     run = _port_call(comparer, 0, "building the optimizer", lambda: port(config, apply_layouts(params, layouts)))
     _check_run(comparer, run, 0)
     return run, ref
@@ -525,7 +623,11 @@ def check_resume(
         raise ValueError(f"check_resume: resume_at={resume_at} must be in [1, {len(grads) - 1}] for {len(grads)} steps")
 
     def make_snippet(step: int) -> str:
-        stream = "[" + ", ".join("[" + ", ".join(array_literal(g) for g in gs) + "]" for gs in grads[:step]) + "]"
+        stream = (
+            "["
+            + ", ".join("[" + ", ".join(array_literal(g) for g in gs) + "]" for gs in grads[: max(step, resume_at + 1)])
+            + "]"
+        )
         return snippet(
             port_spec,
             config,

@@ -13,7 +13,7 @@ NumPy has no bfloat16, so a bfloat16 configuration hands the port float32 arrays
 values are exactly representable in bfloat16 (the port converts them to its bfloat16 type,
 exactly) and expects its parameters back the same way (a bfloat16 value converts to float32
 exactly). CProp's statistics of 16-bit parameters are kept in float32, the *compute dtype*
-(``docs/algorithm.md``, "float16"), and the update is computed in float32 and rounded once
+(``docs/algorithm.md``, "Precision"), and the update is computed in float32 and rounded once
 to the parameter's dtype.
 """
 

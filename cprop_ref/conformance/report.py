@@ -131,6 +131,8 @@ class Coverage:
     ill-conditioned scale elements counted instead, configurations the port declined."""
 
     examples: int = 0
+    #: The edge cases by construction that ran (:mod:`.edges`), besides the generated ``examples``.
+    edge_examples: int = 0
     steps: int = 0
     compared: dict[str, int] = field(default_factory=dict)
     unconstrained: int = 0
@@ -141,6 +143,8 @@ class Coverage:
     base_differences: int = 0
     #: Cases that failed again in a way already reported (by signature), while searching for others.
     seen_again: dict[tuple[str, ...], int] = field(default_factory=dict)
+    #: The code-path switches (``checks.PATH_SWITCHES``) the cases exercised.
+    paths: set[str] = field(default_factory=set)
 
     def add_compared(self, quantity: str, count: int) -> None:
         self.compared[quantity] = self.compared.get(quantity, 0) + count
@@ -167,12 +171,20 @@ class SuiteReport:
         for name, cov in self.coverage.items():
             compared = ", ".join(f"{q} {n}" for q, n in sorted(cov.compared.items())) or "nothing"
             lines.append(
-                f"  {name:<12} {cov.examples} examples, {cov.steps} steps, {len(cov.configurations)} optimizer "
+                f"  {name:<12} {cov.examples} examples + {cov.edge_examples} edge cases, {cov.steps} steps, {len(cov.configurations)} optimizer "
                 f"configurations; elements compared: {compared}; unconstrained (ill-conditioned) elements counted, not compared: "
                 f"{cov.unconstrained}"
             )
             for reason, n in sorted(cov.unsupported.items()):
                 lines.append(f"  {'':<12} declined by the port {n} times: {reason}")
+            if cov.paths:
+                from .checks import PATH_SWITCHES
+
+                missed = [p for p in PATH_SWITCHES if p not in cov.paths]
+                lines.append(
+                    f"  {'':<12} path switches exercised: {len([p for p in PATH_SWITCHES if p in cov.paths])} of "
+                    f"{len(PATH_SWITCHES)}" + (f"; not exercised: {', '.join(missed)}" if missed else "")
+                )
             if cov.base_differences:
                 lines.append(
                     f"  {'':<12} {cov.base_differences} parameter elements differ where the wrapped framework "

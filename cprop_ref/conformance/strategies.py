@@ -66,21 +66,23 @@ def sgd_hyperparams(draw: Any) -> dict[str, Any]:
     momentum = draw(st.sampled_from((0.0, 0.5, 0.9)), label="sgd momentum")
     nesterov = momentum > 0.0 and draw(st.booleans(), label="sgd nesterov")
     dampening = 0.0 if nesterov else draw(st.sampled_from((0.0, 0.1, 1.0)), label="sgd dampening")
-    weight_decay = draw(st.sampled_from((0.0, 1e-2, 0.5)), label="sgd weight_decay")
+    weight_decay = draw(st.sampled_from((0.0, 1e-2, 0.5, 1.0, 2.0)), label="sgd weight_decay")
     return dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
 
 
 @st.composite
 def adam_hyperparams(draw: Any, cprop_beta: float | None = None, decoupled: bool = False) -> dict[str, Any]:
-    """Adam's hyperparameters; ``beta1`` / ``beta2`` equal ``cprop_beta`` often, so that the
-    shared-moment path of CProp-Adam is exercised. Adam's own ``eps`` stays > 0 (with 0 a
+    """Adam's hyperparameters; ``beta1`` / ``beta2`` equal ``cprop_beta`` or ``1 - cprop_beta``
+    often, so that the shared-moment paths of CProp-Adam are exercised both ways. Adam's own ``eps`` stays > 0 (with 0 a
     zero gradient gives 0/0 in Adam itself, before CProp)."""
-    shared = () if cprop_beta is None else (cprop_beta,)
+    # equal to cprop_beta (the shared-moment paths) and to 1 - cprop_beta (a beta / 1 - beta mix-up)
+    shared = () if cprop_beta is None else (cprop_beta, cprop_beta, 1.0 - cprop_beta)
     lr = _unit_or_edge(draw, (0.0, 1e-3, 0.1), 1e-4, 0.5, "adam lr")
     beta1 = draw(st.sampled_from((0.0, 0.5, 0.9, *shared)), label="adam beta1")
     beta2 = draw(st.sampled_from((0.9, 0.999, *shared)), label="adam beta2")
+    beta1, beta2 = min(beta1, 1.0 - 1e-7), min(beta2, 1.0 - 1e-7)  # 1 - 0 is not a decay rate
     eps = draw(st.sampled_from((1e-8, 1e-3)), label="adam eps")
-    wd_values = (0.0, 1e-2, 0.1) if not decoupled else (0.0, 1e-2, 0.5)
+    wd_values = (0.0, 1e-2, 0.1, 1.0, 2.0) if not decoupled else (0.0, 1e-2, 0.5, 1.0)
     weight_decay = draw(st.sampled_from(wd_values), label="adam weight_decay")
     amsgrad = draw(st.booleans(), label="adam amsgrad")
     return dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)

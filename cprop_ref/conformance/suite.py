@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .dtypes import DTYPES
+from .edges import edge_cases
 from .protocol import Unsupported
 from .report import ConformanceMismatch, Coverage, SuiteReport
 
@@ -51,10 +52,11 @@ def run_check(
     max_examples: int = 50,
     derandomize: bool = True,
     dtypes: tuple[str, ...] = DTYPES,
+    seed: int | None = None,
     shrink: bool = True,
 ) -> tuple[Coverage, ConformanceMismatch | None]:
-    """One check over ``max_examples`` generated cases; the first mismatch, if any, shrunk
-    unless ``shrink`` is false."""
+    """One check over ``max_examples`` generated cases (and the edge cases); the first mismatch,
+    if any, shrunk unless ``shrink`` is false (mutation testing needs only whether a check fails)."""
     coverage, failures = run_check_all(
         check,
         port,
@@ -63,6 +65,7 @@ def run_check(
         derandomize=derandomize,
         dtypes=dtypes,
         max_mismatches=1,
+        seed=seed,
         shrink=shrink,
     )
     return coverage, (failures[0] if failures else None)
@@ -77,6 +80,8 @@ def run_check_all(
     derandomize: bool = True,
     dtypes: tuple[str, ...] = DTYPES,
     max_mismatches: int = 3,
+    edges: bool = True,
+    seed: int | None = None,
     shrink: bool = True,
 ) -> tuple[Coverage, list[ConformanceMismatch]]:
     """One check over ``max_examples`` generated cases; up to ``max_mismatches`` distinct
@@ -86,10 +91,13 @@ def run_check_all(
     Distinct means another :attr:`~.report.Mismatch.signature` (quantity or crash, and the
     optimizer family). After each one is found, the search runs again with cases failing the
     same way counted as "seen again" instead of failed, so one crash or one bug cannot mask
-    the others, neither in the search nor in hypothesis's shrinking.
+    the others, neither in the search nor in hypothesis's shrinking. ``edges``: also the
+    explicit edge cases of :mod:`.edges` (run first, in every run). ``seed``: hypothesis's
+    random seed (with ``derandomize=False``), to reproduce a ``--random`` run.
     """
     try:
-        from hypothesis import HealthCheck, Phase, given, settings
+        from hypothesis import HealthCheck, Phase, example, given, settings
+        from hypothesis import seed as hypothesis_seed
     except ImportError as err:
         raise ImportError("the conformance suite needs hypothesis: pip install 'cprop-ref[test]'") from err
 
@@ -98,6 +106,8 @@ def run_check_all(
     found: list[ConformanceMismatch] = []
     known: set[tuple[str, ...]] = set()
     rounds: list[Coverage] = []
+    explicit = edge_cases(check, dtypes) if edges else []
+    edge_ids = {id(case) for case in explicit}
     for round_number in range(max(1, max_mismatches)):
         rounds.append(coverage if round_number == 0 else Coverage())  # coverage: the first search only
 
@@ -114,17 +124,30 @@ def run_check_all(
         @given(case=case_strategy(check, dtypes))
         def run(case: Any) -> None:
             try:
-                run_case(case, port, rounds[-1], port_spec)
+                counted = rounds[-1]
+                before = counted.examples
+                run_case(case, port, counted, port_spec)
+                if id(case) in edge_ids and counted.examples > before:  # counted apart from the generated ones
+                    counted.examples -= 1
+                    counted.edge_examples += 1
             except ConformanceMismatch as err:
                 if err.mismatch.signature not in known:
                     raise
                 coverage.seen_again[err.mismatch.signature] = coverage.seen_again.get(err.mismatch.signature, 0) + 1
+
+        if edges:  # every run includes the edge cases by construction (:mod:`.edges`), whatever the seed
+            for case in explicit:
+                run = example(case=case)(run)
+        if seed is not None and not derandomize:
+            run = hypothesis_seed(seed)(run)
 
         try:
             run()
         except ConformanceMismatch as err:
             found.append(err)
             known.add(err.mismatch.signature)
+            if "PortTimeout" in err.mismatch.signature[0]:
+                break  # a hanging port would cost the time limit on every further case
             continue
         break
     return coverage, found

@@ -5,8 +5,8 @@ of :mod:`.adam` (Adam, AdamW, CProp-Adam), :mod:`.sgd` (SGD, CProp-SGD) and
 :mod:`.wrapper` (the CProp wrapper), with the state of every parameter kept in one
 flat buffer per dtype (:mod:`.flat`); ``backend="numpy"`` runs the readable reference
 in :mod:`cprop_ref.optim`. Both give the same numbers within the tolerance policy
-(``docs/performance.md``). float16 parameters and parameters that are not C-contiguous
-take the NumPy path on either backend.
+(``docs/algorithm.md``, "Tolerance policy"; the design: ``docs/design/kernels.md``). float16
+parameters and parameters that are not C-contiguous take the NumPy path on either backend.
 
 Importing this package does not import Numba; :mod:`.dispatch` does, on the first step.
 """
@@ -24,6 +24,24 @@ def check_backend(value: Any) -> str:
     if value not in BACKENDS:
         raise ValueError(f"invalid backend={value!r}: must be one of {', '.join(BACKENDS)}")
     return str(value)
+
+
+#: The CDFs the kernels evaluate (:mod:`.scale` has their code), in the order of their integer
+#: codes. Written out, not taken from :data:`cprop_ref.cdf.CDF_NAMES`: a CDF registered in the
+#: reference without kernel code is refused, never evaluated as another CDF. Here, so that a
+#: check needs no Numba import.
+KERNEL_CDF_NAMES: tuple[str, ...] = ("normal", "bft", "bfo", "logistic")
+
+
+def check_kernel_cdf(name: str, cdf: Any) -> str:
+    """``cdf`` if the kernels evaluate it, else a ``ValueError`` naming ``name`` and the CDFs
+    they know (a CDF registered in the reference only runs on ``backend="numpy"``)."""
+    if cdf not in KERNEL_CDF_NAMES:
+        raise ValueError(
+            f"invalid {name}={cdf!r} for backend='numba': the kernels know {', '.join(KERNEL_CDF_NAMES)} "
+            "(use backend='numpy', or add its kernel code: docs/algorithm.md, \"Adding a CDF\")"
+        )
+    return str(cdf)
 
 
 def state_buffers(owner: Any) -> list[Any]:

@@ -80,19 +80,19 @@ def adam_scalars(group: dict, t: int, decoupled: bool) -> list[float]:
 
 
 @njit(error_model="numpy", cache=True)
-def _moments_loop(p, g, m1, m2, mx, delta, sc, decoupled_wd, coupled_wd):
+def _moments_loop(p, g, m1, m2, mx, delta, scalars, decoupled_wd, coupled_wd):
     """Weight decay, Adam's moments (and with ``mx`` an array, AMSGrad's running maximum of the
     second moment; ``None`` without AMSGrad, whose code Numba then drops) and the update:
     ``delta[j]`` (the parameter's new value is the decayed parameter plus ``delta``, scaled
     for CProp-Adam)."""
-    beta1, one_minus_beta1 = sc[BETA1], sc[ONE_MINUS_BETA1]
-    beta2, one_minus_beta2 = sc[BETA2], sc[ONE_MINUS_BETA2]
+    beta1, one_minus_beta1 = scalars[BETA1], scalars[ONE_MINUS_BETA1]
+    beta2, one_minus_beta2 = scalars[BETA2], scalars[ONE_MINUS_BETA2]
     wd, decay, neg_step_size, bc2_sqrt, eps = (
-        sc[WEIGHT_DECAY],
-        sc[DECAY_FACTOR],
-        sc[NEG_STEP_SIZE],
-        sc[BC2_SQRT],
-        sc[EPS],
+        scalars[WEIGHT_DECAY],
+        scalars[DECAY_FACTOR],
+        scalars[NEG_STEP_SIZE],
+        scalars[BC2_SQRT],
+        scalars[EPS],
     )
     for j in range(p.size):
         param = p[j] * decay if decoupled_wd else p[j]
@@ -108,11 +108,11 @@ def _moments_loop(p, g, m1, m2, mx, delta, sc, decoupled_wd, coupled_wd):
 
 
 @njit(error_model="numpy", cache=True)
-def cprop_z_loop(g, m_source, v_source, cm, cv, buf, sc, base, private_m, private_v):
+def cprop_z_loop(g, m_source, v_source, cm, cv, buf, scalars, base, private_m, private_v):
     """CProp's private moments (where not shared) and ``z`` into ``buf``; ``m_source`` and
     ``v_source`` are the arrays that hold ``m`` and ``v`` after the update."""
     beta, one_minus_beta, inv_bias, inv_denominator, one_sample, eps, _, _, zero, infinity, largest = cprop_constants(
-        sc, base
+        scalars, base
     )
     if private_m:
         for j in range(g.size):
@@ -127,9 +127,9 @@ def cprop_z_loop(g, m_source, v_source, cm, cv, buf, sc, base, private_m, privat
 
 
 @njit(error_model="numpy", cache=True)
-def scale_loop(buf, count, sc, base, cdf):
+def scale_loop(buf, count, scalars, base, cdf):
     """``z`` in ``buf`` becomes the scale ``s`` (:func:`.scale.scale_in_place`)."""
-    scale_in_place(buf, count, cdf, sc[base + C_TWO_C], sc[base + C_ONE])
+    scale_in_place(buf, count, cdf, scalars[base + C_TWO_C], scalars[base + C_ONE])
 
 
 #: Elements per block of the one loops. The fast path computes ``z`` without the guards for
@@ -140,12 +140,12 @@ NO_EDGE = np.int32(0)
 EDGE = np.int32(1)
 
 
-def part(array, lo, hi):  # pragma: no cover - a stub; Numba calls the overload below
+def slice_or_none(array, lo, hi):  # pragma: no cover - a stub; Numba calls the overload below
     raise NotImplementedError
 
 
-@overload(part)
-def _part(array, lo, hi):
+@overload(slice_or_none)
+def _slice_or_none(array, lo, hi):
     """``array[lo:hi]``, and ``None`` for ``None`` (a moment shared with Adam's)."""
     if isinstance(array, types.NoneType):
         return lambda array, lo, hi: None
@@ -153,7 +153,7 @@ def _part(array, lo, hi):
 
 
 @njit(error_model="numpy", cache=True)
-def _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
+def _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, cv, scalars, coupled_wd):
     """CProp-Adam without AMSGrad in one loop per element, moments to parameter.
 
     ``cm`` / ``cv`` are CProp's private moments, or ``None`` where Adam's moment is shared
@@ -163,7 +163,7 @@ def _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
     (:func:`_moments_loop`, :func:`cprop_z_loop`, :func:`scale_loop` and the update in
     :func:`_chunk`), so the results are the same to the bit; one loop lets the processor
     overlap the memory traffic with the arithmetic, which the stages over a cache-resident
-    chunk cannot (measured in ``docs/performance.md``). A long range runs software-pipelined
+    chunk cannot (measured in ``docs/design/kernels.md``). A long range runs software-pipelined
     (:func:`_cprop_adam_pipeline`) over whole blocks of ``PIPELINE_BLOCK``; the rest, and a
     short range, block by block (``EDGE_BLOCK``): the fast path, then the elements at the
     edges of the range, if the block has any.
@@ -172,30 +172,54 @@ def _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
     if p.size >= PIPELINE_MIN_BLOCKS * PIPELINE_BLOCK:
         done = p.size - p.size % PIPELINE_BLOCK
         _cprop_adam_pipeline(
-            cdf_marker, p[:done], g[:done], m1[:done], m2[:done], part(cm, 0, done), part(cv, 0, done), sc, coupled_wd
+            cdf_marker,
+            p[:done],
+            g[:done],
+            m1[:done],
+            m2[:done],
+            slice_or_none(cm, 0, done),
+            slice_or_none(cv, 0, done),
+            scalars,
+            coupled_wd,
         )
     for lo in range(done, p.size, EDGE_BLOCK):
         hi = min(lo + EDGE_BLOCK, p.size)
         if _cprop_adam_block(
-            cdf_marker, p[lo:hi], g[lo:hi], m1[lo:hi], m2[lo:hi], part(cm, lo, hi), part(cv, lo, hi), sc, coupled_wd
+            cdf_marker,
+            p[lo:hi],
+            g[lo:hi],
+            m1[lo:hi],
+            m2[lo:hi],
+            slice_or_none(cm, lo, hi),
+            slice_or_none(cv, lo, hi),
+            scalars,
+            coupled_wd,
         ):
-            _cprop_adam_edges(cdf_marker, p[lo:hi], m1[lo:hi], m2[lo:hi], part(cm, lo, hi), part(cv, lo, hi), sc)
+            _cprop_adam_edges(
+                cdf_marker,
+                p[lo:hi],
+                m1[lo:hi],
+                m2[lo:hi],
+                slice_or_none(cm, lo, hi),
+                slice_or_none(cv, lo, hi),
+                scalars,
+            )
 
 
 #: Elements per block of the software-pipelined one loop (:func:`_cprop_adam_pipeline`), and
 #: the fewest whole blocks for which a range runs pipelined (its first and last block each do
 #: half their work on idle arrays). 4096 and 8192 measured alike, 2048 and less slower
-#: (``docs/performance.md``).
+#: (``docs/design/kernels.md``).
 PIPELINE_BLOCK = 4096
 PIPELINE_MIN_BLOCKS = 8
 
 
-def idle_or(array, idle):  # pragma: no cover - a stub; Numba calls the overload below
+def idle_in_place_of(array, idle):  # pragma: no cover - a stub; Numba calls the overload below
     raise NotImplementedError
 
 
-@overload(idle_or)
-def _idle_or(array, idle):
+@overload(idle_in_place_of)
+def _idle_in_place_of(array, idle):
     """``idle`` in place of ``array``, and ``None`` for ``None`` (a moment shared with Adam's)."""
     if isinstance(array, types.NoneType):
         return lambda array, idle: None
@@ -203,7 +227,7 @@ def _idle_or(array, idle):
 
 
 @njit(error_model="numpy", cache=True)
-def _cprop_adam_pipeline(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
+def _cprop_adam_pipeline(cdf_marker, p, g, m1, m2, cm, cv, scalars, coupled_wd):
     """:func:`_cprop_adam_loop` over whole blocks of ``PIPELINE_BLOCK``, software-pipelined:
     one loop does the moments, Adam's update and ``z`` of block ``k`` (into a scratch block)
     together with the scale and the parameter of block ``k - 1`` (from the other scratch
@@ -220,32 +244,56 @@ def _cprop_adam_pipeline(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
         lo, hi = k * PIPELINE_BLOCK, (k + 1) * PIPELINE_BLOCK  # block k: its moments and z
         before = lo - PIPELINE_BLOCK  # block k - 1: its scale and parameter
         if k < count:
-            pa, ga, m1a, m2a, cma, cva = p[lo:hi], g[lo:hi], m1[lo:hi], m2[lo:hi], part(cm, lo, hi), part(cv, lo, hi)
+            p_block, g_block, m1_block, m2_block, cm_block, cv_block = (
+                p[lo:hi],
+                g[lo:hi],
+                m1[lo:hi],
+                m2[lo:hi],
+                slice_or_none(cm, lo, hi),
+                slice_or_none(cv, lo, hi),
+            )
         else:
-            pa, ga, m1a, m2a = idle[0], idle[1], idle[2], idle[3]
-            cma, cva = idle_or(cm, idle[4]), idle_or(cv, idle[5])
-        pb = p[before:lo] if k > 0 else idle[0]
+            p_block, g_block, m1_block, m2_block = idle[0], idle[1], idle[2], idle[3]
+            cm_block, cv_block = idle_in_place_of(cm, idle[4]), idle_in_place_of(cv, idle[5])
+        p_previous_block = p[before:lo] if k > 0 else idle[0]
         edges = _cprop_adam_pipeline_pass(
-            cdf_marker, pa, ga, m1a, m2a, cma, cva, scratch[k % 2], pb, scratch[(k + 1) % 2], sc, coupled_wd
+            cdf_marker,
+            p_block,
+            g_block,
+            m1_block,
+            m2_block,
+            cm_block,
+            cv_block,
+            scratch[k % 2],
+            p_previous_block,
+            scratch[(k + 1) % 2],
+            scalars,
+            coupled_wd,
         )
         if k > 0 and edges:
             _cprop_adam_edges(
-                cdf_marker, p[before:lo], m1[before:lo], m2[before:lo], part(cm, before, lo), part(cv, before, lo), sc
+                cdf_marker,
+                p[before:lo],
+                m1[before:lo],
+                m2[before:lo],
+                slice_or_none(cm, before, lo),
+                slice_or_none(cv, before, lo),
+                scalars,
             )
 
 
 @njit(error_model="numpy", cache=True)
-def _cprop_adam_pipeline_pass(cdf_marker, p, g, m1, m2, cm, cv, out, p_before, before, sc, coupled_wd):
+def _cprop_adam_pipeline_pass(cdf_marker, p, g, m1, m2, cm, cv, out, p_before, before, scalars, coupled_wd):
     """One pass of :func:`_cprop_adam_pipeline`: the moments, Adam's update and ``z`` of one
     block (``p`` .. ``cv``) into ``out`` (rows ``z`` and update), and the parameter of the
     block before, ``p_before``, from ``before`` (its ``z`` and update). Returns whether some
     element of the block before has a non-finite ``z``: those keep their parameter for
     :func:`_cprop_adam_edges` (as in :func:`_cprop_adam_block`)."""
     prefer_wide_vectors()
-    beta1, one_minus_beta1 = sc[BETA1], sc[ONE_MINUS_BETA1]
-    beta2, one_minus_beta2 = sc[BETA2], sc[ONE_MINUS_BETA2]
-    wd, neg_step_size, bc2_sqrt, eps = sc[WEIGHT_DECAY], sc[NEG_STEP_SIZE], sc[BC2_SQRT], sc[EPS]
-    constants = cprop_constants(sc, CPROP_BASE)
+    beta1, one_minus_beta1 = scalars[BETA1], scalars[ONE_MINUS_BETA1]
+    beta2, one_minus_beta2 = scalars[BETA2], scalars[ONE_MINUS_BETA2]
+    wd, neg_step_size, bc2_sqrt, eps = scalars[WEIGHT_DECAY], scalars[NEG_STEP_SIZE], scalars[BC2_SQRT], scalars[EPS]
+    constants = cprop_constants(scalars, CPROP_BASE)
     beta, one_minus_beta, inv_bias, inv_denominator, one_sample, cprop_eps, two_c, one, zero, infinity, _ = constants
     z_out, delta_out = out[0], out[1]
     z_before, delta_before = before[0], before[1]
@@ -281,16 +329,16 @@ def _cprop_adam_pipeline_pass(cdf_marker, p, g, m1, m2, cm, cv, out, p_before, b
 
 
 @njit(error_model="numpy", cache=True)
-def _cprop_adam_block(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
+def _cprop_adam_block(cdf_marker, p, g, m1, m2, cm, cv, scalars, coupled_wd):
     """The fast path of :func:`_cprop_adam_loop` over one block: every moment, and the
     parameter of every element whose unguarded ``z`` is finite (there it is the guarded one,
     :func:`.scale.standardized_unguarded`). Returns whether some element's was not: those keep
     their parameter for :func:`_cprop_adam_edges`."""
     prefer_wide_vectors()
-    beta1, one_minus_beta1 = sc[BETA1], sc[ONE_MINUS_BETA1]
-    beta2, one_minus_beta2 = sc[BETA2], sc[ONE_MINUS_BETA2]
-    wd, neg_step_size, bc2_sqrt, eps = sc[WEIGHT_DECAY], sc[NEG_STEP_SIZE], sc[BC2_SQRT], sc[EPS]
-    constants = cprop_constants(sc, CPROP_BASE)
+    beta1, one_minus_beta1 = scalars[BETA1], scalars[ONE_MINUS_BETA1]
+    beta2, one_minus_beta2 = scalars[BETA2], scalars[ONE_MINUS_BETA2]
+    wd, neg_step_size, bc2_sqrt, eps = scalars[WEIGHT_DECAY], scalars[NEG_STEP_SIZE], scalars[BC2_SQRT], scalars[EPS]
+    constants = cprop_constants(scalars, CPROP_BASE)
     beta, one_minus_beta, inv_bias, inv_denominator, one_sample, cprop_eps, two_c, one, zero, infinity, _ = constants
     edges = NO_EDGE
     for j in range(p.size):
@@ -326,14 +374,14 @@ def _cprop_adam_block(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
 
 
 @njit(error_model="numpy", cache=True)
-def _cprop_adam_edges(cdf_marker, p, m1, m2, cm, cv, sc):
+def _cprop_adam_edges(cdf_marker, p, m1, m2, cm, cv, scalars):
     """The parameter's step for the elements of a block that :func:`_cprop_adam_block` left
     (their moments are updated, their parameter is not): Adam's update from the updated
     moments, ``z`` with the guards (:func:`.scale.standardized`), the CDF and the scale, the
     same operations as the fast path and the stages."""
-    neg_step_size, bc2_sqrt, eps = sc[NEG_STEP_SIZE], sc[BC2_SQRT], sc[EPS]
-    constants = cprop_constants(sc, CPROP_BASE)
-    zero = sc[CPROP_BASE + C_ZERO]
+    neg_step_size, bc2_sqrt, eps = scalars[NEG_STEP_SIZE], scalars[BC2_SQRT], scalars[EPS]
+    constants = cprop_constants(scalars, CPROP_BASE)
+    zero = scalars[CPROP_BASE + C_ZERO]
     for j in range(p.size):
         first = m1[j]
         second = m2[j]
@@ -350,28 +398,28 @@ def _cprop_adam_edges(cdf_marker, p, m1, m2, cm, cv, sc):
 # launch needs is ever compiled (:func:`one_loop_variant`).
 
 
-def _cprop_adam_variant(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):  # pragma: no cover
+def _cprop_adam_variant(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, scalars, coupled_wd):  # pragma: no cover
     raise NotImplementedError("a stub: Numba compiles the overload below")
 
 
-def _both_shared(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):  # pragma: no cover
-    _cprop_adam_loop(cdf_marker, p, g, m1, m2, None, None, sc, coupled_wd)
+def _both_shared(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, scalars, coupled_wd):  # pragma: no cover
+    _cprop_adam_loop(cdf_marker, p, g, m1, m2, None, None, scalars, coupled_wd)
 
 
-def _private_m(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):  # pragma: no cover
-    _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, None, sc, coupled_wd)
+def _private_m(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, scalars, coupled_wd):  # pragma: no cover
+    _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, None, scalars, coupled_wd)
 
 
-def _private_v(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):  # pragma: no cover
-    _cprop_adam_loop(cdf_marker, p, g, m1, m2, None, cv, sc, coupled_wd)
+def _private_v(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, scalars, coupled_wd):  # pragma: no cover
+    _cprop_adam_loop(cdf_marker, p, g, m1, m2, None, cv, scalars, coupled_wd)
 
 
-def _both_private(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):  # pragma: no cover
-    _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, cv, sc, coupled_wd)
+def _both_private(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, scalars, coupled_wd):  # pragma: no cover
+    _cprop_adam_loop(cdf_marker, p, g, m1, m2, cm, cv, scalars, coupled_wd)
 
 
 @overload(_cprop_adam_variant)
-def _cprop_adam_variant_by_markers(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, sc, coupled_wd):
+def _cprop_adam_variant_by_markers(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, scalars, coupled_wd):
     private_m = not isinstance(m_marker, types.NoneType)
     private_v = not isinstance(v_marker, types.NoneType)
     return {(False, False): _both_shared, (True, False): _private_m, (False, True): _private_v}.get(
@@ -398,44 +446,44 @@ NO_ONE_LOOP = (None, None, None)
 
 
 @njit(error_model="numpy", cache=True)
-def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, cdf_marker, m_marker, v_marker):
+def _chunk(p, g, arena, offset, lo, hi, scalars, flags, delta, buf, cdf_marker, m_marker, v_marker):
     count = hi - lo
     p = p[lo:hi]
     g = g[lo:hi]
     delta = delta[:count]
     buf = buf[:count]
-    m1 = arena[EXP_AVG, off + lo : off + hi]
-    m2 = arena[EXP_AVG_SQ, off + lo : off + hi]
-    decoupled = fl[DECOUPLED] != 0
-    has_wd = fl[HAS_WEIGHT_DECAY] != 0
+    m1 = arena[EXP_AVG, offset + lo : offset + hi]
+    m2 = arena[EXP_AVG_SQ, offset + lo : offset + hi]
+    decoupled = flags[DECOUPLED] != 0
+    has_wd = flags[HAS_WEIGHT_DECAY] != 0
     decoupled_wd, coupled_wd = has_wd and decoupled, has_wd and not decoupled
-    cdf = fl[CDF]
+    cdf = flags[CDF]
     if cdf_marker is not None:  # a launch with a one-loop variant (one_loop_variant)
-        if fl[ONE_LOOP] != 0:
-            cm = arena[CPROP_M, off + lo : off + hi]
-            cv = arena[CPROP_V, off + lo : off + hi]
-            _cprop_adam_variant(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, sc, coupled_wd)
+        if flags[ONE_LOOP] != 0:
+            cm = arena[CPROP_M, offset + lo : offset + hi]
+            cv = arena[CPROP_V, offset + lo : offset + hi]
+            _cprop_adam_variant(cdf_marker, m_marker, v_marker, p, g, m1, m2, cm, cv, scalars, coupled_wd)
             return
-    if fl[AMSGRAD] != 0:
-        mx = arena[MAX_EXP_AVG_SQ, off + lo : off + hi]
-        _moments_loop(p, g, m1, m2, mx, delta, sc, decoupled_wd, coupled_wd)
+    if flags[AMSGRAD] != 0:
+        mx = arena[MAX_EXP_AVG_SQ, offset + lo : offset + hi]
+        _moments_loop(p, g, m1, m2, mx, delta, scalars, decoupled_wd, coupled_wd)
     else:
-        _moments_loop(p, g, m1, m2, None, delta, sc, decoupled_wd, coupled_wd)
-    if fl[CPROP] != 0:  # CProp-Adam: never decoupled, so the decayed parameter is p itself
-        private_m, private_v = fl[PRIVATE_M] != 0, fl[PRIVATE_V] != 0
-        cm = arena[CPROP_M, off + lo : off + hi]
-        cv = arena[CPROP_V, off + lo : off + hi]
+        _moments_loop(p, g, m1, m2, None, delta, scalars, decoupled_wd, coupled_wd)
+    if flags[CPROP] != 0:  # CProp-Adam: never decoupled, so the decayed parameter is p itself
+        private_m, private_v = flags[PRIVATE_M] != 0, flags[PRIVATE_V] != 0
+        cm = arena[CPROP_M, offset + lo : offset + hi]
+        cv = arena[CPROP_V, offset + lo : offset + hi]
         m_source = cm if private_m else m1
         v_source = cv if private_v else m2
-        cprop_z_loop(g, m_source, v_source, cm, cv, buf, sc, CPROP_BASE, private_m, private_v)
-        scale_loop(buf, count, sc, CPROP_BASE, cdf)
-        zero = sc[CPROP_BASE + C_ZERO]
+        cprop_z_loop(g, m_source, v_source, cm, cv, buf, scalars, CPROP_BASE, private_m, private_v)
+        scale_loop(buf, count, scalars, CPROP_BASE, cdf)
+        zero = scalars[CPROP_BASE + C_ZERO]
         for j in range(count):
             # scale.scale_update: a scale of 0 is no update, also where delta overflowed to inf.
             s = buf[j]
             p[j] = p[j] + (zero if s == zero else delta[j] * s)
     elif decoupled_wd:
-        decay = sc[DECAY_FACTOR]
+        decay = scalars[DECAY_FACTOR]
         for j in range(count):
             p[j] = p[j] * decay + delta[j]
     else:
@@ -444,7 +492,9 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, delta, buf, cdf_marker, m_marker, v
 
 
 @njit(error_model="numpy", cache=True)
-def _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, *variant):
+def _chunks(
+    first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, scalars, flags, *variant
+):
     delta = np.empty(CHUNK, arena.dtype)
     buf = np.empty(CHUNK, arena.dtype)
     c = first
@@ -453,16 +503,16 @@ def _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, ch
         p = array_at(p_addr[k], sizes[k], arena)
         g = array_at(g_addr[k], sizes[k], arena)
         end = c + 1
-        if fl[k][ONE_LOOP] != 0:
+        if flags[k][ONE_LOOP] != 0:
             # One loop needs no scratch: the tensor's consecutive chunks go in one call.
             while end < last and chunk_tensor[end] == k:
                 end += 1
-        _chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[end - 1], sc[k], fl[k], delta, buf, *variant)
+        _chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[end - 1], scalars[k], flags[k], delta, buf, *variant)
         c = end
 
 
 @njit(error_model="numpy", cache=True)
-def adam_one(p, g, arena, off, sc, fl, check_finite, cdf_marker, m_marker, v_marker):
+def adam_one(p, g, arena, offset, scalars, flags, check_finite, cdf_marker, m_marker, v_marker):
     """One step of one small tensor (``p``, ``g`` 1-D) on the calling thread. With
     ``check_finite``, a gradient with a NaN or inf changes nothing and returns False. The
     markers are the launch's one-loop variant (:func:`one_loop_variant`, :data:`NO_ONE_LOOP`)."""
@@ -470,9 +520,11 @@ def adam_one(p, g, arena, off, sc, fl, check_finite, cdf_marker, m_marker, v_mar
         return False
     delta = np.empty(CHUNK, arena.dtype)
     buf = np.empty(CHUNK, arena.dtype)
-    step = p.size if fl[ONE_LOOP] != 0 else CHUNK
+    step = p.size if flags[ONE_LOOP] != 0 else CHUNK
     for lo in range(0, p.size, max(step, 1)):
-        _chunk(p, g, arena, off, lo, min(lo + step, p.size), sc, fl, delta, buf, cdf_marker, m_marker, v_marker)
+        _chunk(
+            p, g, arena, offset, lo, min(lo + step, p.size), scalars, flags, delta, buf, cdf_marker, m_marker, v_marker
+        )
     return True
 
 
@@ -498,24 +550,37 @@ def powers(group: dict, t: int) -> tuple[float, float, float, float]:
 
 
 @njit(error_model="numpy", cache=True)
-def fill_scalars(hp, pw, out, cprop):
+def fill_scalars(hyperparameters, beta_powers, out, cprop):
     """:func:`adam_scalars` (and CProp's) inside Numba, into ``out``, from the hyperparameter
-    row ``hp`` and the powers ``pw`` (:func:`powers`): the same double-precision operations in
-    the same order, rounded once to ``out``'s dtype."""
-    lr, beta1, beta2, wd = hp[HP_LR], hp[HP_BETA1], hp[HP_BETA2], hp[HP_WEIGHT_DECAY]
+    row ``hyperparameters`` (columns ``HP_*``) and the four powers ``beta_powers``
+    (:func:`powers`): the same double-precision operations in the same order, rounded once to
+    ``out``'s dtype."""
+    lr, beta1, beta2, wd = (
+        hyperparameters[HP_LR],
+        hyperparameters[HP_BETA1],
+        hyperparameters[HP_BETA2],
+        hyperparameters[HP_WEIGHT_DECAY],
+    )
     out[LR] = lr
     out[BETA1] = beta1
     out[ONE_MINUS_BETA1] = 1.0 - beta1
     out[BETA2] = beta2
     out[ONE_MINUS_BETA2] = 1.0 - beta2
-    out[EPS] = hp[HP_EPS]
+    out[EPS] = hyperparameters[HP_EPS]
     out[WEIGHT_DECAY] = wd
     out[DECAY_FACTOR] = 1.0 - lr * wd
-    out[NEG_STEP_SIZE] = -(lr / (1.0 - pw[0]))
-    out[BC2_SQRT] = math.sqrt(1.0 - pw[1])
+    out[NEG_STEP_SIZE] = -(lr / (1.0 - beta_powers[0]))
+    out[BC2_SQRT] = math.sqrt(1.0 - beta_powers[1])
     if cprop:
         fill_cprop_scalars(
-            hp[HP_CPROP_BETA], hp[HP_CPROP_C], hp[HP_CPROP_EPS], pw[2], pw[3], hp[HP_LARGEST], out, CPROP_BASE
+            hyperparameters[HP_CPROP_BETA],
+            hyperparameters[HP_CPROP_C],
+            hyperparameters[HP_CPROP_EPS],
+            beta_powers[2],
+            beta_powers[3],
+            hyperparameters[HP_LARGEST],
+            out,
+            CPROP_BASE,
         )
     else:
         out[CPROP_BASE:] = 0.0
@@ -523,26 +588,45 @@ def fill_scalars(hp, pw, out, cprop):
 
 @njit(error_model="numpy", cache=True)
 def adam_one_from_hyperparameters(
-    p, g, arena, off, hp, pw1, pw2, pw3, pw4, fl, check_finite, cdf_marker, m_marker, v_marker
+    p,
+    g,
+    arena,
+    offset,
+    hyperparameters,
+    beta1_power,
+    beta2_power,
+    cprop_beta_power,
+    cprop_beta_power_before,
+    flags,
+    check_finite,
+    cdf_marker,
+    m_marker,
+    v_marker,
 ):
-    """:func:`adam_one` with the scalars computed here from the hyperparameter row ``hp`` and
-    the powers ``pw1..pw4`` (:func:`powers`; the steady-state path of a tiny step: no scalar
-    table in Python)."""
-    sc = np.empty(SCALAR_COUNT, arena.dtype)
-    fill_scalars(hp, (pw1, pw2, pw3, pw4), sc, fl[CPROP] != 0)
-    return adam_one(p, g, arena, off, sc, fl, check_finite, cdf_marker, m_marker, v_marker)
+    """:func:`adam_one` with the scalars computed here from the hyperparameter row
+    ``hyperparameters`` (columns ``HP_*``) and the powers ``beta1**t``, ``beta2**t``,
+    ``cprop_beta**t``, ``cprop_beta**(t-1)`` (:func:`powers`; the steady-state path of a tiny
+    step: no scalar table in Python)."""
+    scalars = np.empty(SCALAR_COUNT, arena.dtype)
+    fill_scalars(
+        hyperparameters,
+        (beta1_power, beta2_power, cprop_beta_power, cprop_beta_power_before),
+        scalars,
+        flags[CPROP] != 0,
+    )
+    return adam_one(p, g, arena, offset, scalars, flags, check_finite, cdf_marker, m_marker, v_marker)
 
 
 @njit(error_model="numpy", cache=True)
 def adam_serial(
-    p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, check_finite, *variant
+    p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, scalars, flags, check_finite, *variant
 ):
     """One step of every listed tensor on the calling thread (small totals); with
     ``check_finite``, any NaN or inf gradient changes nothing and returns False."""
     n = chunk_tensor.size
     if check_finite and not chunks_finite(0, n, g_addr, sizes, arena, chunk_tensor, chunk_lo, chunk_hi):
         return False
-    _chunks(0, n, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, *variant)
+    _chunks(0, n, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, scalars, flags, *variant)
     return True
 
 
@@ -556,8 +640,8 @@ def adam_parallel(
     chunk_tensor,
     chunk_lo,
     chunk_hi,
-    sc,
-    fl,
+    scalars,
+    flags,
     check_finite,
     workers,
     cdf_marker,
@@ -583,8 +667,8 @@ def adam_parallel(
             chunk_tensor,
             chunk_lo,
             chunk_hi,
-            sc,
-            fl,
+            scalars,
+            flags,
             cdf_marker,
             m_marker,
             v_marker,

@@ -144,11 +144,14 @@ def frozen(value: Any) -> Any:
     """What a hyperparameter value is now, as something that cannot change later: lists,
     tuples and arrays by their contents (an ndarray ``betas`` may be changed in place, and
     the cache below must see it), with the types of the elements."""
-    if type(value) in (list, tuple):
-        return (type(value), tuple(frozen(v) for v in value))
+    kind = type(value)
+    if kind is float or kind is bool or kind is str or kind is int:  # the usual: immutable, cheap
+        return (kind, value)
+    if kind is list or kind is tuple:
+        return (kind, tuple(frozen(v) for v in value))
     if isinstance(value, np.ndarray):
-        return (type(value), value.dtype.str, value.shape, value.tobytes())
-    return (type(value), value)
+        return (kind, value.dtype.str, value.shape, value.tobytes())
+    return (kind, value)
 
 
 def validated_groups(opt: Any) -> list[dict[str, Any]]:
@@ -269,6 +272,7 @@ class TinyPlan:
             for name in opt.hyperparams
         )
         self.separate_grad: np.ndarray | None = None  # the last gradient found not to share memory
+        self.param_owns_memory = self.param.base is None and bool(self.param.flags.owndata)
         self.hyperparameters = np.array(
             adam_kernels.hyperparameter_row(self.group, float(np.finfo(flat.arena.dtype).max)), dtype=np.float64
         )
@@ -299,9 +303,11 @@ class TinyPlan:
             return None
         if not p.flags.writeable:
             return None  # the general path refuses it, naming the parameter
-        if g is not self.separate_grad:
+        if g is not self.separate_grad and not (self.param_owns_memory and g.base is None and g.flags.owndata):
             # A gradient sharing memory with the parameter or the state goes the general way
-            # (copied first). An array's memory never moves, so the answer for the same object holds.
+            # (copied first). Two arrays that own their memory (the usual fresh gradient and
+            # parameter; the arena owns its own) cannot share any; otherwise the byte ranges
+            # decide, once per gradient object (an array's memory never moves).
             if np.may_share_memory(g, p) or np.may_share_memory(g, self.arena):
                 return None
             self.separate_grad = g

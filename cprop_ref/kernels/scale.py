@@ -18,6 +18,7 @@ from numba.extending import overload
 
 from ..cdf import BFO_LINEAR, BFT_CUBIC, BFT_LINEAR, CDF_NAMES, LOGISTIC_SLOPE
 from ..scale import bias_correction, degrees_of_freedom
+from . import KERNEL_CDF_NAMES
 from .vector_math import SQRT_HALF, erf_double, erf_float32, tanh_half_double, tanh_half_float32
 from .wide import prefer_wide_vectors
 
@@ -30,8 +31,37 @@ LOGISTIC_SLOPE_F32 = np.float32(LOGISTIC_SLOPE)
 HALF_F32 = np.float32(0.5)
 SQRT_HALF_F32 = np.float32(SQRT_HALF)
 
-#: Integer codes of the CDFs, in ``CDF_NAMES`` order.
-CDF_CODES: dict[str, int] = {name: code for code, name in enumerate(CDF_NAMES)}
+
+class CdfCodes(dict):
+    """``{cdf name: integer code}``; looking up a CDF without kernel code is a ``ValueError``
+    naming it (a plain ``dict`` would raise a bare ``KeyError`` deep inside a step)."""
+
+    def __missing__(self, cdf: object) -> int:
+        raise ValueError(
+            f"cdf={cdf!r} has no Numba kernel (cprop_ref/kernels knows {', '.join(self)}); "
+            "use backend='numpy' or add its element functions (docs/algorithm.md, \"Adding a CDF\")"
+        )
+
+
+def check_kernel_cdfs(cdf_names: tuple[str, ...]) -> None:
+    """Every CDF of ``cdf_names`` (the reference's registry) must have kernel code here:
+    ``NotImplementedError`` naming the ones that do not. Checked when this module is imported,
+    that is before the first step of ``backend="numba"``."""
+    missing = [name for name in cdf_names if name not in KERNEL_CDF_NAMES]
+    if missing:
+        raise NotImplementedError(
+            f"the Numba kernels have no code for cdf {', '.join(map(repr, missing))} (registered in "
+            "cprop_ref/cdf.py): add its float32 and float64 element functions and its branch in "
+            "half_conformity and _conformity_loop to cprop_ref/kernels/scale.py, its name to "
+            "KERNEL_CDF_NAMES in cprop_ref/kernels/__init__.py "
+            '(docs/algorithm.md, "Adding a CDF")'
+        )
+
+
+check_kernel_cdfs(CDF_NAMES)
+
+#: Integer codes of the CDFs, in ``KERNEL_CDF_NAMES`` order.
+CDF_CODES: CdfCodes = CdfCodes({name: code for code, name in enumerate(KERNEL_CDF_NAMES)})
 NORMAL, BFT, BFO, LOGISTIC = (CDF_CODES[name] for name in ("normal", "bft", "bfo", "logistic"))
 
 #: Columns of CProp's scalars in a kernel's scalar table, after the optimizer's own.
@@ -169,7 +199,7 @@ def standardized_unguarded(m, v, inv_bias, inv_denominator, one_sample, eps, zer
 # |F(z) - 1/2| element by element, one function per CDF and precision. |q| is odd in z, so
 # the conformity needs |z| only. For float32 everything runs in float32 lanes (q rounded in
 # float32: relative error <= 5u for bft's cubic, 2u for a slope; the bound in h is derived in
-# docs/performance.md), and so does the normal's erf; for float64 in double precision.
+# docs/design/kernels.md), and so does the normal's erf; for float64 in double precision.
 
 
 @njit(error_model="numpy", cache=True)
@@ -178,7 +208,7 @@ def half_bft_float32(z):
 
     ``q = |z| (C3 z^2 + C1)``: two products fewer than ``C3 |z|^3 + C1 |z|``, the same bound
     on its rounding (relative ``5u``: the constants, ``z^2``, ``C3 z^2``, the sum of two
-    positive terms and the last product; ``docs/performance.md``)."""
+    positive terms and the last product; ``docs/design/kernels.md``)."""
     z = abs(np.float32(z))
     return HALF_F32 * tanh_half_float32(z * (BFT_CUBIC_F32 * (z * z) + BFT_LINEAR_F32))
 
@@ -232,8 +262,8 @@ def half_normal_double(z):
 # vectorises), and stays generic over both precisions. (A kernel that took the CDF as a
 # function argument could not be cached by Numba.)
 
-#: ``CDF_MARKERS[code]``: the marker of the CDF with that code in ``CDF_NAMES``.
-CDF_MARKERS = tuple((0,) * code for code in range(len(CDF_NAMES)))
+#: ``CDF_MARKERS[code]``: the marker of the CDF with that code (:data:`CDF_CODES`).
+CDF_MARKERS = tuple((0,) * code for code in range(len(KERNEL_CDF_NAMES)))
 
 
 def _half_bft(z):  # pragma: no cover - a stub; Numba calls the overload below
@@ -276,26 +306,30 @@ def half_conformity(cdf_marker, z):
         return _half_bfo(z)
     if code == LOGISTIC:
         return _half_logistic(z)
-    return _half_normal(z)
+    if code == NORMAL:
+        return _half_normal(z)
+    # Never the normal's code for a marker it does not know (the code is a constant of the
+    # marker's type, so the compiled loop of a known CDF has no trace of this branch).
+    raise ValueError("half_conformity: a CDF marker without kernel code")
 
 
 @njit(error_model="numpy", cache=True)
-def cprop_constants(sc, base):
+def cprop_constants(scalars, base):
     """CProp's scalars of a kernel's scalar table from column ``base`` (:func:`cprop_scalars`),
     as one tuple in column order: ``beta, 1 - beta, 1 / (1 - beta^t), 1 / (n - 1 + eps),
     one_sample, eps, 2c, 1, 0, inf, largest``."""
     return (
-        sc[base + C_BETA],
-        sc[base + C_ONE_MINUS_BETA],
-        sc[base + C_INV_BIAS],
-        sc[base + C_INV_DENOMINATOR],
-        sc[base + C_ONE_SAMPLE],
-        sc[base + C_EPS],
-        sc[base + C_TWO_C],
-        sc[base + C_ONE],
-        sc[base + C_ZERO],
-        sc[base + C_INFINITY],
-        sc[base + C_LARGEST],
+        scalars[base + C_BETA],
+        scalars[base + C_ONE_MINUS_BETA],
+        scalars[base + C_INV_BIAS],
+        scalars[base + C_INV_DENOMINATOR],
+        scalars[base + C_ONE_SAMPLE],
+        scalars[base + C_EPS],
+        scalars[base + C_TWO_C],
+        scalars[base + C_ONE],
+        scalars[base + C_ZERO],
+        scalars[base + C_INFINITY],
+        scalars[base + C_LARGEST],
     )
 
 
@@ -326,9 +360,11 @@ def _conformity_loop(buffer, count, cdf):
     elif cdf == LOGISTIC:
         for j in range(count):
             buffer[j] = _half_logistic(buffer[j])
-    else:
+    elif cdf == NORMAL:
         for j in range(count):
             buffer[j] = _half_normal(buffer[j])
+    else:
+        raise ValueError("scale_in_place: a CDF code without kernel code")
 
 
 @njit(error_model="numpy", cache=True)

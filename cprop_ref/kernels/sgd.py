@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .adam import CHUNK, EDGE, EDGE_BLOCK, NO_EDGE, cprop_z_loop, part, scale_loop
+from .adam import CHUNK, EDGE, EDGE_BLOCK, NO_EDGE, cprop_z_loop, scale_loop, slice_or_none
 from .pointers import array_at, chunks_finite, chunks_finite_parallel, finite
 from .scale import (
     C_ZERO,
@@ -48,15 +48,15 @@ def sgd_scalars(group: dict) -> list[float]:
 
 
 @njit(error_model="numpy", cache=True)
-def _direction_loop(p, g, direction, sc, has_wd):
-    wd = sc[WEIGHT_DECAY]
+def _direction_loop(p, g, direction, scalars, has_wd):
+    wd = scalars[WEIGHT_DECAY]
     for j in range(p.size):
         direction[j] = g[j] + wd * p[j] if has_wd else g[j]
 
 
 @njit(error_model="numpy", cache=True)
-def _momentum_direction_loop(p, g, buffer, direction, sc, has_wd, first, nesterov):
-    wd, momentum, one_minus_dampening = sc[WEIGHT_DECAY], sc[MOMENTUM], sc[ONE_MINUS_DAMPENING]
+def _momentum_direction_loop(p, g, buffer, direction, scalars, has_wd, first, nesterov):
+    wd, momentum, one_minus_dampening = scalars[WEIGHT_DECAY], scalars[MOMENTUM], scalars[ONE_MINUS_DAMPENING]
     for j in range(p.size):
         d = g[j] + wd * p[j] if has_wd else g[j]
         b = d if first else momentum * buffer[j] + one_minus_dampening * d
@@ -65,7 +65,7 @@ def _momentum_direction_loop(p, g, buffer, direction, sc, has_wd, first, nestero
 
 
 @njit(error_model="numpy", cache=True)
-def _cprop_sgd_loop(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nesterov):
+def _cprop_sgd_loop(cdf_marker, p, g, buffer, cm, cv, scalars, has_wd, first, nesterov):
     """CProp-SGD in one loop per element, gradient to parameter (``buffer`` is ``None``
     without momentum; ``cdf_marker`` names the CDF, :data:`.scale.CDF_MARKERS`). The
     operations and their order are those of the chunked stages (:func:`_direction_loop` or
@@ -74,18 +74,23 @@ def _cprop_sgd_loop(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nestero
     edges of the range redone as in :func:`.adam._cprop_adam_loop`."""
     for lo in range(0, p.size, EDGE_BLOCK):
         hi = min(lo + EDGE_BLOCK, p.size)
-        block = (p[lo:hi], g[lo:hi], part(buffer, lo, hi), cm[lo:hi], cv[lo:hi])
-        if _cprop_sgd_block(cdf_marker, *block, sc, has_wd, first, nesterov):
-            _cprop_sgd_edges(cdf_marker, *block, sc, has_wd, first, nesterov)
+        block = (p[lo:hi], g[lo:hi], slice_or_none(buffer, lo, hi), cm[lo:hi], cv[lo:hi])
+        if _cprop_sgd_block(cdf_marker, *block, scalars, has_wd, first, nesterov):
+            _cprop_sgd_edges(cdf_marker, *block, scalars, has_wd, first, nesterov)
 
 
 @njit(error_model="numpy", cache=True)
-def _cprop_sgd_block(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nesterov):
+def _cprop_sgd_block(cdf_marker, p, g, buffer, cm, cv, scalars, has_wd, first, nesterov):
     """The fast path of :func:`_cprop_sgd_loop` over one block (as :func:`.adam._cprop_adam_block`):
     returns whether some element's unguarded ``z`` was not finite; those keep their parameter."""
     prefer_wide_vectors()
-    lr, wd, momentum, one_minus_dampening = sc[LR], sc[WEIGHT_DECAY], sc[MOMENTUM], sc[ONE_MINUS_DAMPENING]
-    constants = cprop_constants(sc, CPROP_BASE)
+    lr, wd, momentum, one_minus_dampening = (
+        scalars[LR],
+        scalars[WEIGHT_DECAY],
+        scalars[MOMENTUM],
+        scalars[ONE_MINUS_DAMPENING],
+    )
+    constants = cprop_constants(scalars, CPROP_BASE)
     beta, one_minus_beta, inv_bias, inv_denominator, one_sample, cprop_eps, two_c, one, zero, infinity, _ = constants
     edges = NO_EDGE
     for j in range(p.size):
@@ -116,13 +121,13 @@ def _cprop_sgd_block(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nester
 
 
 @njit(error_model="numpy", cache=True)
-def _cprop_sgd_edges(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nesterov):
+def _cprop_sgd_edges(cdf_marker, p, g, buffer, cm, cv, scalars, has_wd, first, nesterov):
     """The parameter's step for the elements of a block that :func:`_cprop_sgd_block` left:
     the direction again from the gradient, the parameter (not yet stepped) and the updated
     momentum buffer, ``z`` with the guards, the same operations as the fast path."""
-    lr, wd, momentum = sc[LR], sc[WEIGHT_DECAY], sc[MOMENTUM]
-    constants = cprop_constants(sc, CPROP_BASE)
-    zero = sc[CPROP_BASE + C_ZERO]
+    lr, wd, momentum = scalars[LR], scalars[WEIGHT_DECAY], scalars[MOMENTUM]
+    constants = cprop_constants(scalars, CPROP_BASE)
+    zero = scalars[CPROP_BASE + C_ZERO]
     for j in range(p.size):
         edge, s = edge_scale(cdf_marker, cm[j], cv[j], constants)
         if not edge:
@@ -137,23 +142,25 @@ def _cprop_sgd_edges(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nester
 
 
 def _cprop_sgd_variant(
-    cdf_marker, momentum_marker, p, g, buffer, cm, cv, sc, has_wd, first, nesterov
+    cdf_marker, momentum_marker, p, g, buffer, cm, cv, scalars, has_wd, first, nesterov
 ):  # pragma: no cover
     raise NotImplementedError("a stub: Numba compiles the overload below")
 
 
 def _without_momentum(
-    cdf_marker, momentum_marker, p, g, buffer, cm, cv, sc, has_wd, first, nesterov
+    cdf_marker, momentum_marker, p, g, buffer, cm, cv, scalars, has_wd, first, nesterov
 ):  # pragma: no cover
-    _cprop_sgd_loop(cdf_marker, p, g, None, cm, cv, sc, has_wd, first, nesterov)
+    _cprop_sgd_loop(cdf_marker, p, g, None, cm, cv, scalars, has_wd, first, nesterov)
 
 
-def _with_momentum(cdf_marker, momentum_marker, p, g, buffer, cm, cv, sc, has_wd, first, nesterov):  # pragma: no cover
-    _cprop_sgd_loop(cdf_marker, p, g, buffer, cm, cv, sc, has_wd, first, nesterov)
+def _with_momentum(
+    cdf_marker, momentum_marker, p, g, buffer, cm, cv, scalars, has_wd, first, nesterov
+):  # pragma: no cover
+    _cprop_sgd_loop(cdf_marker, p, g, buffer, cm, cv, scalars, has_wd, first, nesterov)
 
 
 @overload(_cprop_sgd_variant)
-def _cprop_sgd_variant_by_markers(cdf_marker, momentum_marker, p, g, buffer, cm, cv, sc, has_wd, first, nesterov):
+def _cprop_sgd_variant_by_markers(cdf_marker, momentum_marker, p, g, buffer, cm, cv, scalars, has_wd, first, nesterov):
     # ``momentum_marker``: None without momentum, () with a buffer; only the variant given compiles.
     return _without_momentum if isinstance(momentum_marker, types.NoneType) else _with_momentum
 
@@ -172,41 +179,43 @@ NO_ONE_LOOP = (None, None)
 
 
 @njit(error_model="numpy", cache=True)
-def _chunk(p, g, arena, off, lo, hi, sc, fl, direction, buf, cdf_marker, momentum_marker):
+def _chunk(p, g, arena, offset, lo, hi, scalars, flags, direction, buf, cdf_marker, momentum_marker):
     count = hi - lo
     p = p[lo:hi]
     g = g[lo:hi]
     direction = direction[:count]
     buf = buf[:count]
-    has_wd = fl[HAS_WEIGHT_DECAY] != 0
+    has_wd = flags[HAS_WEIGHT_DECAY] != 0
     if cdf_marker is not None:  # a launch with a one-loop variant (one_loop_variant)
-        if fl[ONE_LOOP] != 0:
+        if flags[ONE_LOOP] != 0:
             _cprop_sgd_variant(
                 cdf_marker,
                 momentum_marker,
                 p,
                 g,
-                arena[MOMENTUM_BUFFER, off + lo : off + hi],
-                arena[CPROP_M, off + lo : off + hi],
-                arena[CPROP_V, off + lo : off + hi],
-                sc,
+                arena[MOMENTUM_BUFFER, offset + lo : offset + hi],
+                arena[CPROP_M, offset + lo : offset + hi],
+                arena[CPROP_V, offset + lo : offset + hi],
+                scalars,
                 has_wd,
-                fl[FIRST_BUFFER] != 0,
-                fl[NESTEROV] != 0,
+                flags[FIRST_BUFFER] != 0,
+                flags[NESTEROV] != 0,
             )
             return
-    if fl[HAS_MOMENTUM] != 0:
-        momentum_buffer = arena[MOMENTUM_BUFFER, off + lo : off + hi]
-        _momentum_direction_loop(p, g, momentum_buffer, direction, sc, has_wd, fl[FIRST_BUFFER] != 0, fl[NESTEROV] != 0)
+    if flags[HAS_MOMENTUM] != 0:
+        momentum_buffer = arena[MOMENTUM_BUFFER, offset + lo : offset + hi]
+        _momentum_direction_loop(
+            p, g, momentum_buffer, direction, scalars, has_wd, flags[FIRST_BUFFER] != 0, flags[NESTEROV] != 0
+        )
     else:
-        _direction_loop(p, g, direction, sc, has_wd)
-    lr = sc[LR]
-    if fl[CPROP] != 0:
-        cm = arena[CPROP_M, off + lo : off + hi]
-        cv = arena[CPROP_V, off + lo : off + hi]
-        cprop_z_loop(g, cm, cv, cm, cv, buf, sc, CPROP_BASE, True, True)
-        scale_loop(buf, count, sc, CPROP_BASE, fl[CDF])
-        zero = sc[CPROP_BASE + C_ZERO]
+        _direction_loop(p, g, direction, scalars, has_wd)
+    lr = scalars[LR]
+    if flags[CPROP] != 0:
+        cm = arena[CPROP_M, offset + lo : offset + hi]
+        cv = arena[CPROP_V, offset + lo : offset + hi]
+        cprop_z_loop(g, cm, cv, cm, cv, buf, scalars, CPROP_BASE, True, True)
+        scale_loop(buf, count, scalars, CPROP_BASE, flags[CDF])
+        zero = scalars[CPROP_BASE + C_ZERO]
         for j in range(count):
             # scale.scale_update: a scale of 0 is no update, also where the direction is inf.
             s = buf[j]
@@ -217,7 +226,9 @@ def _chunk(p, g, arena, off, lo, hi, sc, fl, direction, buf, cdf_marker, momentu
 
 
 @njit(error_model="numpy", cache=True)
-def _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, *variant):
+def _chunks(
+    first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, scalars, flags, *variant
+):
     direction = np.empty(CHUNK, arena.dtype)
     buf = np.empty(CHUNK, arena.dtype)
     c = first
@@ -226,16 +237,16 @@ def _chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, ch
         p = array_at(p_addr[k], sizes[k], arena)
         g = array_at(g_addr[k], sizes[k], arena)
         end = c + 1
-        if fl[k][ONE_LOOP] != 0:
+        if flags[k][ONE_LOOP] != 0:
             # One loop needs no scratch: the tensor's consecutive chunks go in one call.
             while end < last and chunk_tensor[end] == k:
                 end += 1
-        _chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[end - 1], sc[k], fl[k], direction, buf, *variant)
+        _chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[end - 1], scalars[k], flags[k], direction, buf, *variant)
         c = end
 
 
 @njit(error_model="numpy", cache=True)
-def sgd_one(p, g, arena, off, sc, fl, check_finite, cdf_marker, momentum_marker):
+def sgd_one(p, g, arena, offset, scalars, flags, check_finite, cdf_marker, momentum_marker):
     """One step of one small tensor (``p``, ``g`` 1-D) on the calling thread. With
     ``check_finite``, a gradient with a NaN or inf changes nothing and returns False. The
     markers are the launch's one-loop variant (:func:`one_loop_variant`, :data:`NO_ONE_LOOP`)."""
@@ -243,20 +254,24 @@ def sgd_one(p, g, arena, off, sc, fl, check_finite, cdf_marker, momentum_marker)
         return False
     direction = np.empty(CHUNK, arena.dtype)
     buf = np.empty(CHUNK, arena.dtype)
-    step = p.size if fl[ONE_LOOP] != 0 else CHUNK
+    step = p.size if flags[ONE_LOOP] != 0 else CHUNK
     for lo in range(0, p.size, max(step, 1)):
-        _chunk(p, g, arena, off, lo, min(lo + step, p.size), sc, fl, direction, buf, cdf_marker, momentum_marker)
+        _chunk(
+            p, g, arena, offset, lo, min(lo + step, p.size), scalars, flags, direction, buf, cdf_marker, momentum_marker
+        )
     return True
 
 
 @njit(error_model="numpy", cache=True)
-def sgd_serial(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, check_finite, *variant):
+def sgd_serial(
+    p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, scalars, flags, check_finite, *variant
+):
     """One step of every listed tensor on the calling thread (small totals); with
     ``check_finite``, any NaN or inf gradient changes nothing and returns False."""
     n = chunk_tensor.size
     if check_finite and not chunks_finite(0, n, g_addr, sizes, arena, chunk_tensor, chunk_lo, chunk_hi):
         return False
-    _chunks(0, n, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, *variant)
+    _chunks(0, n, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, scalars, flags, *variant)
     return True
 
 
@@ -270,8 +285,8 @@ def sgd_parallel(
     chunk_tensor,
     chunk_lo,
     chunk_hi,
-    sc,
-    fl,
+    scalars,
+    flags,
     check_finite,
     workers,
     cdf_marker,
@@ -296,8 +311,8 @@ def sgd_parallel(
             chunk_tensor,
             chunk_lo,
             chunk_hi,
-            sc,
-            fl,
+            scalars,
+            flags,
             cdf_marker,
             momentum_marker,
         )

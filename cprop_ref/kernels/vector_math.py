@@ -9,7 +9,7 @@ the kernels round the result once to the array dtype; :func:`exp_float32` and
 :func:`tanh_half_float32` work in float32 throughout, twice the lanes per vector, for the
 CDFs of float32 tensors (:func:`erf_float32` for the normal).
 
-Error bounds (derived in ``docs/performance.md``, "Exponentials at vector speed", and
+Error bounds (derived in ``docs/design/kernels.md``, "Exponentials at vector speed", and
 checked against mpmath in ``tests/test_kernels_vector_math.py``), for ``x <= 0``:
 
 - :func:`exp_double` (degree 13): relative error below ``EXP_DOUBLE_BOUND_U`` units of
@@ -61,7 +61,7 @@ EXP_FLOAT32_BOUND_U = 2.6
 #: ``EXP_FLOAT32_BOUND_U / 2`` (the error of ``e``) plus 3 roundings (``1 - e``, ``1 + e``, division).
 TANH_HALF_FLOAT32_BOUND_U = EXP_FLOAT32_BOUND_U / 2.0 + 3.0
 #: Proven absolute error bound of :func:`erf_float32` in units of ``2**-24`` (the larger of
-#: its two branches, 4.15 and 3.41, derived in ``docs/performance.md``).
+#: its two branches, 4.15 and 3.41, derived in ``docs/design/kernels.md``).
 ERF_FLOAT32_BOUND_U = 4.2
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 #: Taylor coefficients of ``erf(x) / x`` in ``x**2``, ``2/sqrt(pi) (-1)^n / (n! (2n + 1))``, float32.
@@ -71,7 +71,7 @@ _ERF_F32_TAYLOR = tuple(
 #: ``erfc(x)`` on [1, 4] as a polynomial of degree 14 in ``t = x - 2.5``, float32, highest power
 #: first: a Chebyshev least-squares fit (6001 Chebyshev points of [1, 4], SciPy's ``erfc``) turned
 #: into powers of ``t`` and rounded to float32. With the rounded coefficients evaluated exactly it
-#: is within 0.17 u32 of ``erfc`` on [1, 4] (``docs/performance.md``).
+#: is within 0.17 u32 of ``erfc`` on [1, 4] (``docs/design/kernels.md``).
 _ERFC_F32_POLYNOMIAL = tuple(
     np.float32(a)
     for a in reversed(
@@ -119,7 +119,7 @@ def _reinterpret(typingctx, value, target):  # pragma: no cover - runs inside Nu
 def horner(coefficients, x):
     """The polynomial with ``coefficients`` (a tuple of one type, the highest power first) at
     ``x``, in Horner's form ``q = q x + c``; with FMA contraction allowed, each step may be one
-    fused multiply-add (the error bounds of ``docs/performance.md`` count two roundings per step,
+    fused multiply-add (the error bounds of ``docs/design/kernels.md`` count two roundings per step,
     which covers both). Numba unrolls the loop over the tuple, so the caller's loop vectorises as
     if the steps were written out."""
     q = coefficients[0]
@@ -168,7 +168,7 @@ def exp_float32(x):
 
     Cody-Waite reduction ``x = k ln2 + r`` in float32 with Cephes' split of ln 2, the Taylor
     polynomial of degree 7 in Horner form, ``2**k`` built from its bits (``k >= -126``: a
-    normal float32). The bound is derived in ``docs/performance.md``.
+    normal float32). The bound is derived in ``docs/design/kernels.md``.
 
     ``k`` is rounded to an integer by adding ``EXP_ROUNDER_F32`` (1.5 * 2**23 + 127): the sum
     lies in [2**23, 2**24), where float32 holds integers only, so it is ``k + 127 + 2**22 + 2**23``

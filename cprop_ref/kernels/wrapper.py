@@ -25,16 +25,16 @@ FIELDS = ("cprop_m", "cprop_v")
 
 
 @njit(error_model="numpy", cache=True)
-def _apply_chunk(p, g, arena, off, lo, hi, sc, fl, buf):
+def _apply_chunk(p, g, arena, offset, lo, hi, scalars, flags, buf):
     count = hi - lo
     p = p[lo:hi]
     g = g[lo:hi]
     buf = buf[:count]
-    cm = arena[CPROP_M, off + lo : off + hi]
-    cv = arena[CPROP_V, off + lo : off + hi]
-    before = arena[BEFORE, off + lo : off + hi]
-    cprop_z_loop(g, cm, cv, cm, cv, buf, sc, CPROP_BASE, True, True)
-    scale_loop(buf, count, sc, CPROP_BASE, fl[CDF])
+    cm = arena[CPROP_M, offset + lo : offset + hi]
+    cv = arena[CPROP_V, offset + lo : offset + hi]
+    before = arena[BEFORE, offset + lo : offset + hi]
+    cprop_z_loop(g, cm, cv, cm, cv, buf, scalars, CPROP_BASE, True, True)
+    scale_loop(buf, count, scalars, CPROP_BASE, flags[CDF])
     for j in range(count):
         b, after, s = before[j], p[j], buf[j]
         # No update, or one scaled by s = 0, leaves the parameter as it was (as the
@@ -43,29 +43,33 @@ def _apply_chunk(p, g, arena, off, lo, hi, sc, fl, buf):
 
 
 @njit(error_model="numpy", cache=True)
-def _apply_chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl):
+def _apply_chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, scalars, flags):
     buf = np.empty(CHUNK, arena.dtype)
     for c in range(first, last):
         k = chunk_tensor[c]
         p = array_at(p_addr[k], sizes[k], arena)
         g = array_at(g_addr[k], sizes[k], arena)
-        _apply_chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[c], sc[k], fl[k], buf)
+        _apply_chunk(p, g, arena, offsets[k], chunk_lo[c], chunk_hi[c], scalars[k], flags[k], buf)
 
 
 @njit(error_model="numpy", cache=True)
-def apply_serial(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl):
+def apply_serial(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, scalars, flags):
     """CProp's step of every listed tensor after the base optimizer's, on the calling thread."""
-    _apply_chunks(0, chunk_tensor.size, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl)
+    _apply_chunks(
+        0, chunk_tensor.size, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, scalars, flags
+    )
 
 
 @njit(error_model="numpy", cache=True, parallel=True)
-def apply_parallel(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl, workers):
+def apply_parallel(p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, scalars, flags, workers):
     """As :func:`apply_serial`, the chunks split into ``workers`` contiguous runs."""
     n = chunk_tensor.size
     for w in prange(workers):
         first = w * n // workers
         last = (w + 1) * n // workers
-        _apply_chunks(first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, sc, fl)
+        _apply_chunks(
+            first, last, p_addr, g_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi, scalars, flags
+        )
 
 
 @njit(error_model="numpy", cache=True)
@@ -73,8 +77,8 @@ def _save_chunks(first, last, p_addr, sizes, offsets, arena, chunk_tensor, chunk
     for c in range(first, last):
         k = chunk_tensor[c]
         p = array_at(p_addr[k], sizes[k], arena)
-        lo, hi, off = chunk_lo[c], chunk_hi[c], offsets[k]
-        arena[BEFORE, off + lo : off + hi] = p[lo:hi]
+        lo, hi, offset = chunk_lo[c], chunk_hi[c], offsets[k]
+        arena[BEFORE, offset + lo : offset + hi] = p[lo:hi]
 
 
 @njit(error_model="numpy", cache=True)

@@ -332,7 +332,8 @@ class Optimizer:
         declare more than ``max_bytes`` (default: :meth:`checkpoint_bytes`, what a checkpoint of this optimizer
         can hold) is refused unread."""
         limit = self.checkpoint_bytes() if max_bytes is None else max_bytes
-        self.load_state_dict(checkpoint.load(path, max_bytes=limit))
+        name = "this optimizer's checkpoint can hold" if max_bytes is None and limit is not None else None
+        self.load_state_dict(checkpoint.load(path, max_bytes=limit, limit_name=name))
 
     def checkpoint_bytes(self) -> int:
         """The most a checkpoint of this optimizer can declare: every state array of every

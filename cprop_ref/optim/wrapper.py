@@ -239,7 +239,8 @@ class CProp:
         """Load a checkpoint written by :meth:`save`; on any error nothing changes. A file whose entries
         declare more than ``max_bytes`` (default: :meth:`checkpoint_bytes`) is refused unread."""
         limit = self.checkpoint_bytes() if max_bytes is None else max_bytes
-        self.load_state_dict(checkpoint.load(path, max_bytes=limit))
+        name = "this optimizer's checkpoint can hold" if max_bytes is None and limit is not None else None
+        self.load_state_dict(checkpoint.load(path, max_bytes=limit, limit_name=name))
 
     def checkpoint_bytes(self) -> int | None:
         """The most a checkpoint of this wrapper can declare: CProp's two arrays per parameter
@@ -249,4 +250,4 @@ class CProp:
         base_bytes = base() if callable(base) else None
         if base_bytes is None:
             return None
-        return base_bytes + checkpoint.size_budget(*state_size(self.params, _CPROP_STATE_SCHEMA))
+        return base_bytes + checkpoint.size_budget(*state_size(self.params, _CPROP_STATE_SCHEMA), fixed=0)

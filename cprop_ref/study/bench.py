@@ -12,6 +12,7 @@ the in-memory size of a 10^4-configuration dataset with its recorded curves.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -26,6 +27,17 @@ from .store import as_dataset, empty_arrays
 
 BENCH_SEEDS = 8
 BENCH_STEPS = 2000
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -60,7 +72,7 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     size = as_dataset(big, empty_arrays(big)).nbytes
     runs = configs * BENCH_SEEDS
-    print(f"machine: {platform.machine()}, {platform.processor() or platform.platform()}")
+    print(f"machine: {_cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
     print(f"workload: cprop-sgd on rosenbrock (noise 1), {configs} lrs x {BENCH_SEEDS} seeds x {BENCH_STEPS} steps")
     print(f"vectorised sweep: {vectorised:8.2f} s  ({vectorised / runs * 1e3:.3f} ms per run)")
     print(

@@ -36,6 +36,7 @@ def plot_sensitivity(ds: Any, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=FIGSIZE)
     summaries = {row.optimizer: row for row in report.summarise(ds)}
     gap = report.final_gap(ds).where(~ds["diverged"])
+    lowest = _start_level(ds)
     for i, optimizer in enumerate(ds["optimizer"].values):
         row = summaries[str(optimizer)]
         line = _line(gap.sel(optimizer=optimizer), row.best)
@@ -44,6 +45,8 @@ def plot_sensitivity(ds: Any, path: Path) -> Path | None:
         # values past the top of the axis (see below) are drawn just beyond it
         ceiling = 100.0 * _start_level(ds)
         low, median, high = np.minimum(_quantiles(line.transpose("lr", "seed").values, (0.25, 0.5, 0.75)), ceiling)
+        drawn = np.maximum(low[np.isfinite(low)], LOG_FLOOR)
+        lowest = min(lowest, float(drawn.min())) if drawn.size else lowest
         style = _style(i, str(optimizer))
         ax.plot(lrs, np.maximum(median, LOG_FLOOR), marker="o", markersize=3, label=str(optimizer), **style)
         ax.fill_between(lrs, np.maximum(low, LOG_FLOOR), np.maximum(high, LOG_FLOOR), color=style["color"], alpha=0.15)
@@ -63,12 +66,11 @@ def plot_sensitivity(ds: Any, path: Path) -> Path | None:
     ax.set_yscale("log")
     # Runs that blow up without overflowing (1e100) would squash the picture: the axis
     # ends an order of magnitude above the start, and worse values run off its top.
-    low_edge = ax.get_ylim()[0]
-    ax.set_ylim(low_edge, 10.0 * _start_level(ds))
+    ax.set_ylim(0.5 * lowest, 10.0 * _start_level(ds))
     ax.set_xlabel("learning rate")
     ax.set_ylabel(_label(ds))
     ax.set_title(
-        f"{ds.attrs.get('problem')}: {_label(ds)} after {ds.attrs.get('steps')} steps\n"
+        f"{report.problem_title(ds)}: {_label(ds)} after {ds.attrs.get('steps')} steps\n"
         f"median and 25-75% over {ds.sizes['seed']} seed(s); x: every seed diverged, ^: some did",
         fontsize=8,
     )
@@ -138,12 +140,12 @@ def plot_heatmap(ds: Any, path: Path, x_key: str = "lr", y_key: str | None = Non
         bad_y, bad_x = np.nonzero(~np.isfinite(values))
         ax.scatter(bad_x, bad_y, marker="x", color="0.3", s=12)
         ax.set_xticks(range(grid.sizes[x_key]), [f"{v:.2g}" for v in grid[x_key].values], rotation=90, fontsize=6)
-        ax.set_yticks(range(grid.sizes[y_key]), [f"{v:.3g}" for v in grid[y_key].values], fontsize=7)
+        ax.set_yticks(range(grid.sizes[y_key]), [f"{v:.6g}" for v in grid[y_key].values], fontsize=7)
         ax.set_xlabel(x_key)
         ax.set_ylabel(y_key)
         ax.set_title(optimizer, fontsize=9)
     fig.colorbar(image, ax=list(axes[0]), label=f"log10 median {_label(ds)}")
-    fig.suptitle(f"{ds.attrs.get('problem')}: {x_key} x {y_key} (grey x: median run diverged)", fontsize=9)
+    fig.suptitle(f"{report.problem_title(ds)}: {x_key} x {y_key} (grey x: median run diverged)", fontsize=9)
     return _save_untight(fig, path, plt)
 
 
@@ -173,7 +175,8 @@ def plot_tuning_curves(ds: Any, path: Path, k_max: int | None = None) -> Path:
     ax.set_xlabel("random trials k (grid point and seed drawn uniformly)")
     ax.set_ylabel(f"expected best {_label(ds)}")
     ax.set_title(
-        f"{ds.attrs.get('problem')}: tuning curves (diverged or worse than start = start; band: 5-95% bootstrap over seeds)",
+        f"{report.problem_title(ds)}: tuning curves, {ds.attrs.get('steps')} steps per trial\n"
+        "a diverged trial or one worse than its start counts as the start; band: 5-95% bootstrap over seeds",
         fontsize=8,
     )
     ax.grid(True, which="major", alpha=0.3)

@@ -30,6 +30,17 @@ GOOD_FACTOR = 2.0
 BOOTSTRAP_SAMPLES = 200
 
 
+def problem_title(ds: Any) -> str:
+    """``rosenbrock (noise=10.0)``: the problem and the options the sweep set."""
+    import json
+
+    from .store import CONFIG_ATTRIBUTE
+
+    config = json.loads(ds.attrs.get(CONFIG_ATTRIBUTE, "{}"))
+    options = ", ".join(f"{k}={v!r}" for k, v in config.get("problem_options", {}).items())
+    return f"{ds.attrs.get('problem')} ({options})" if options else str(ds.attrs.get("problem"))
+
+
 def final_gap(ds: Any) -> Any:
     """``final_loss - minimum`` (or the final loss where the minimum is unknown)."""
     minimum = float(ds.attrs.get("problem_minimum", np.nan))

@@ -18,9 +18,13 @@ What stays fixed in a compiled kernel and what does not:
   not call a kernel. (Unbacked lengths would avoid that one compile but cost the fusion:
   inductor cannot prove unbacked lengths equal and splits the step into a loop per output.)
 
-The arithmetic is the eager port's, operation for operation (:mod:`.functional`, ``adam``,
-``sgd``): the same products and sums in the same order, each rounded once, with inductor's
-IEEE-preserving flags (no contraction to FMA, no finite-math assumptions). ``isinf`` and
+The arithmetic is the eager port's (:mod:`.functional`, ``adam``, ``sgd``): the same
+products and sums in the same order, each rounded once, with inductor's IEEE-preserving
+flags (no contraction to FMA, no finite-math assumptions), except that, as in the Numba
+kernels (:mod:`cprop_ref.kernels.scale`), the divisions by the bias corrections
+``1 - beta^t`` and ``sqrt(1 - beta2^t)`` and by ``n - 1 + eps`` are multiplications by their
+reciprocals (computed in double precision, rounded once): one more rounding each, which the
+tolerance policy's terms cover, and four divisions fewer per element. ``isinf`` and
 ``isnan`` are written as ``|x| == inf`` and ``x != x``, which inductor vectorises.
 """
 
@@ -42,9 +46,9 @@ CPROP_SCALARS: tuple[str, ...] = (
     "cprop_beta",
     "cprop_one_minus_beta",
     "cprop_beta_is_zero",
-    "bias_correction",
+    "inv_bias_correction",
     "one_sample",
-    "dof_plus_eps",
+    "inv_denominator",
     "cprop_eps",
     "two_c",
     "cdf_cubic",
@@ -57,7 +61,7 @@ ADAM_SCALARS: tuple[str, ...] = CPROP_SCALARS + (
     "one_minus_beta2",
     "weight_decay",
     "neg_step_size",
-    "bias_correction2_sqrt",
+    "inv_bias_correction2_sqrt",
     "eps",
 )
 SGD_SCALARS: tuple[str, ...] = CPROP_SCALARS + (
@@ -111,16 +115,16 @@ UNBOUND = KernelKey("")
 
 
 def cprop_numbers(beta: float, c: float, eps: float, cdf_name: str, t: int) -> dict[str, float]:
-    """CProp's numbers after ``t >= 1`` gradients, in double precision (spec, "One step")."""
+    """CProp's numbers after ``t >= 1`` gradients, in double precision (``docs/algorithm.md``, "One step of CProp")."""
     dof = degrees_of_freedom(beta, t)
     cubic, linear = LOGISTIC_FAMILY.get(cdf_name, (0.0, 0.0))
     return {
         "cprop_beta": beta,
         "cprop_one_minus_beta": 1.0 - beta,
         "cprop_beta_is_zero": float(beta == 0.0),
-        "bias_correction": bias_correction(beta, t),
+        "inv_bias_correction": 1.0 / bias_correction(beta, t),
         "one_sample": float(dof == 0.0),
-        "dof_plus_eps": dof + eps,
+        "inv_denominator": 1.0 / (dof + eps) if dof + eps > 0.0 else math.inf,
         "cprop_eps": eps,
         "two_c": 2.0 * c,
         "cdf_cubic": cubic,
@@ -139,7 +143,7 @@ def adam_numbers(hp: dict[str, Any], t: int) -> dict[str, float]:
         "one_minus_beta2": 1.0 - beta2,
         "weight_decay": hp["weight_decay"],
         "neg_step_size": -(hp["lr"] / (1.0 - beta1**t)),
-        "bias_correction2_sqrt": math.sqrt(1.0 - beta2**t),
+        "inv_bias_correction2_sqrt": 1.0 / math.sqrt(1.0 - beta2**t),
         "eps": hp["eps"],
     }
 
@@ -186,10 +190,10 @@ def _cprop_moment(x: torch.Tensor, y: torch.Tensor, s: torch.Tensor, names: Sequ
 
 def _scale(m: torch.Tensor, v: torch.Tensor, s: torch.Tensor, names: Sequence[str], normal: bool) -> torch.Tensor:
     """``functional.cprop_scale`` with its numbers from ``s``."""
-    b = _at(s, names, "bias_correction")
+    inv_b = _at(s, names, "inv_bias_correction")
     eps = _at(s, names, "cprop_eps")
-    m_hat = m / b
-    v_hat = v / b
+    m_hat = m * inv_b
+    v_hat = v * inv_b
     largest = torch.finfo(m.dtype).max
     overflowed = _isinf(m_hat) & (m.abs() < math.inf)
     m_hat = torch.where(overflowed, torch.sign(m) * largest, m_hat)  # m is finite, not 0, there
@@ -197,7 +201,7 @@ def _scale(m: torch.Tensor, v: torch.Tensor, s: torch.Tensor, names: Sequence[st
     difference = v_hat - m_hat * m_hat
     difference = torch.where(_isinf(v_hat) & (difference != difference), math.inf, difference)
     variance = torch.clamp_min(difference, 0.0)
-    ratio = torch.where(variance == 0.0, 0.0, variance / _at(s, names, "dof_plus_eps"))
+    ratio = torch.where(variance == 0.0, 0.0, variance * _at(s, names, "inv_denominator"))
     se = torch.where(_at(s, names, "one_sample") != 0, eps, torch.sqrt(ratio) + eps)
     # functional.standardized_mean
     z = torch.where(se == 0.0, torch.where(m_hat == 0.0, 0.0, -torch.sign(m_hat) * math.inf), -m_hat / se)
@@ -238,7 +242,7 @@ def adam_kernel(
     if key.amsgrad:
         second = torch.maximum(max_exp_avg_sq, v)
         max_exp_avg_sq.copy_(second)
-    denom = torch.sqrt(second) / _at(s, n, "bias_correction2_sqrt") + _at(s, n, "eps")
+    denom = torch.sqrt(second) * _at(s, n, "inv_bias_correction2_sqrt") + _at(s, n, "eps")
     delta = _at(s, n, "neg_step_size") * (m / denom)
     cm, cv = m, v
     if key.private_m:

@@ -49,15 +49,15 @@ def check_parameters(params: Iterable[torch.Tensor], foreach: Any, fused: Any, w
         return
     first = params[0].device
     for j, p in enumerate(params):
-        if p.device.type not in FUSED_DEVICES or p.dtype not in FUSED_DTYPES:
-            raise ValueError(
-                f"{where}, parameter {j}: fused=True takes {', '.join(str(d).removeprefix('torch.') for d in FUSED_DTYPES)} "
-                f"parameters on {' or '.join(FUSED_DEVICES)}; got {str(p.dtype).removeprefix('torch.')} on {p.device}"
-            )
         if p.device != first:
             raise ValueError(
                 f"{where}, parameter {j}: is on {p.device}, parameter 0 on {first}; with fused=True "
                 "every parameter of a group must be on one device (put them in separate groups)"
+            )
+        if p.device.type not in FUSED_DEVICES or p.dtype not in FUSED_DTYPES:
+            raise ValueError(
+                f"{where}, parameter {j}: fused=True takes {', '.join(str(d).removeprefix('torch.') for d in FUSED_DTYPES)} "
+                f"parameters on {' or '.join(FUSED_DEVICES)}; got {str(p.dtype).removeprefix('torch.')} on {p.device}"
             )
     from .fused import check_compiler
 
