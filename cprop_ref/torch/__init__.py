@@ -5,6 +5,9 @@ Needs the ``torch`` extra (``pip install 'cprop-ref[torch]'``). It follows ``doc
 the NumPy reference does (statistics from the raw gradient, ``n = 1`` gives ``se = eps``, all
 four CDFs saturating without NaN) and passes the conformance harness in float32 and float64;
 float16 and bfloat16 parameters keep CProp's statistics and compute the update in float32.
+Each optimizer takes ``foreach`` and ``fused`` as torch.optim's do (:mod:`.variants`): a
+multi-tensor path and one compiled kernel per parameter (``torch.compile``), the same
+numbers and state (docs/torch.md).
 """
 
 from __future__ import annotations
