@@ -22,7 +22,7 @@ from cprop_ref.conformance import Unsupported, jax_port  # noqa: E402
 from cprop_ref.conformance.config import PortConfig  # noqa: E402
 from cprop_ref.conformance.golden import check_case, read_fixtures  # noqa: E402
 from cprop_ref.conformance.report import Coverage  # noqa: E402
-from cprop_ref.conformance.suite import CHECKS, run_check  # noqa: E402
+from cprop_ref.conformance.suite import CHECKS, run_check_all  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "golden" / "conformance"
 SPEC = "cprop_ref.conformance:jax_port"
@@ -32,10 +32,21 @@ SPEC = "cprop_ref.conformance:jax_port"
 def test_port_passes_the_harness(check):
     """Every check over float32, float64, float16 and bfloat16, all optimizers and CDFs
     (derandomized examples); a configuration is declined only for a subnormal input."""
-    coverage, failure = run_check(check, jax_port, port_spec=SPEC, max_examples=6)
-    assert failure is None, str(failure)
+    coverage, failures = run_check_all(check, jax_port, port_spec=SPEC, max_examples=6, edges=False, max_mismatches=1)
+    assert not failures, str(failures[0])
     assert coverage.examples >= 3 and coverage.compared["param"] > 0
     assert all("subnormal" in reason for reason in coverage.unsupported), coverage.unsupported
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("check", CHECKS)
+def test_port_passes_every_checks_edge_cases(check):
+    """The harness's explicit edge cases (beta 0 and near 1, c = 0, eps = 0, overflowing squares,
+    zero gradients, ...: about 80 configurations, a compile each, so not in the default run;
+    ``cprop-ref verify`` runs them too)."""
+    coverage, failures = run_check_all(check, jax_port, port_spec=SPEC, max_examples=20, max_mismatches=1)
+    assert not failures, str(failures[0])
+    assert coverage.edge_examples > 0
 
 
 def test_golden_fixtures_in_float64_agree_with_the_reference():
