@@ -52,14 +52,18 @@ from cprop_ref.scale import cprop_scale, init_stats, scale_update, update_stats
 
 class Run:
     def __init__(self, config, params: list[np.ndarray]) -> None:
-        if config.optimizer != "CPropSGD":
-            raise Unsupported("only CPropSGD")
+        if config.optimizer != "CPropSGD" or config.dtype not in ("float32", "float64"):
+            raise Unsupported("only CPropSGD in float32 and float64")
         self.hp = dict(config.hyperparams)
         self.tensors = [np.array(p, copy=True) for p in params]
         self.stats = [None for _ in params]
         self.buffers = [None for _ in params]
 
     def step(self, grads) -> None:
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is part of the arithmetic
+            self._step(grads)
+
+    def _step(self, grads) -> None:
         hp = self.hp
         for k, g in enumerate(grads):
             if g is None:
@@ -124,6 +128,18 @@ def test_mutants_skip_annotations_and_defaults_and_keep_their_ids(user_port):
     assert ("core/NumberReplacer", "    return x + 3") in described
 
 
+def test_a_mutant_is_reached_when_its_statement_ran(user_port):
+    """The trace records the lines that ran; a mutation on the second line of a statement that
+    ran is reached, one in a branch that never ran is not."""
+    user_port.write_text("def f(x):\n    y = (x +\n         2)\n    if x > 5:\n        return y * 3\n    return y\n")
+    target = Target.resolve("user_port", str(user_port), "user_port:make")
+    items = {i.job_id: i.mutations[0] for i in enumerate_mutants(target)}
+    covered = {"user_port.py": [2, 4, 6]}  # what f(1) runs
+    assert mutation.reached(target, items["user_port.py:core/NumberReplacer:0"], covered)  # the 2 on line 3
+    assert not mutation.reached(target, items["user_port.py:core/ReplaceBinaryOperator_Mul_Div:0"], covered)
+    assert mutation.reached(target, items["user_port.py:core/ReplaceComparisonOperator_Gt_GtE:0"], covered)
+
+
 def test_bad_targets_name_what_is_wrong(tmp_path, user_port):
     with pytest.raises(ValueError, match="--factory is needed for module 'user_port'"):
         Target.resolve("user_port", str(user_port))
@@ -169,9 +185,10 @@ def test_a_port_that_fails_unmutated_is_refused(tmp_path, user_port):
 
 
 def _finished(session: Path) -> int:
+    """Mutants run (not those skipped as never reached)."""
     with sqlite3.connect(session) as db:
         try:
-            return db.execute("SELECT COUNT(*) FROM work_results").fetchone()[0]
+            return db.execute("SELECT COUNT(*) FROM work_results WHERE worker_outcome != 'SKIPPED'").fetchone()[0]
         except sqlite3.OperationalError:  # not created yet
             return 0
 
@@ -207,7 +224,8 @@ def test_killed_run_leaves_the_source_intact_and_resumes(tmp_path, user_port):
     )
     assert rerun.returncode in (0, 1), rerun.stderr
     assert _finished(session) == done + 2
-    assert f"mutants       : {total} ({done + 2} run, {total - done - 2} pending)" in rerun.stdout
+    assert f"mutants       : {total} ({done + 2} run, 0 on lines the harness never runs" in rerun.stdout
+    assert f"{total - done - 2} pending)" in rerun.stdout
     assert user_port.read_bytes() == original
 
 

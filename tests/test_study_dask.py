@@ -62,10 +62,12 @@ def free_port() -> int:
 
 def test_local_cluster_gives_the_in_process_dataset(in_process):
     assert run_sweep(workers=2).equals(in_process)
+    with pytest.raises(ValueError, match="No clients found"):
+        distributed.default_client()  # the sweep's client did not become the process's default
 
 
 def wait_for_workers(address: str, count: int, timeout: float = 120.0) -> None:
-    with distributed.Client(address, timeout=30) as client:
+    with distributed.Client(address, timeout=30, set_as_default=False) as client:
         client.wait_for_workers(count, timeout=timeout)
 
 
@@ -92,7 +94,7 @@ def test_scheduler_and_workers_a_killed_worker_changes_nothing(in_process, tmp_p
 
         def kill_a_busy_worker() -> None:
             """Kill the worker process that is computing a unit, once one is."""
-            with distributed.Client(address, timeout=30) as client:
+            with distributed.Client(address, timeout=30, set_as_default=False) as client:
                 deadline = time.monotonic() + 120
                 while time.monotonic() < deadline:
                     busy = [w for w, tasks in client.processing().items() if tasks]

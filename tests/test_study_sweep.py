@@ -143,7 +143,7 @@ def test_a_sweep_killed_with_sigkill_resumes_to_the_uninterrupted_dataset(tmp_pa
     try:
         while time.monotonic() < deadline and child.poll() is None:
             try:
-                flags = xr.open_zarr(path, consolidated=False)["complete"].values
+                flags = xr.open_zarr(path, consolidated=False, chunks=None)["complete"].values
             except (OSError, KeyError, ValueError):
                 flags = None  # not created yet
             if flags is not None and flags.any():
@@ -156,7 +156,7 @@ def test_a_sweep_killed_with_sigkill_resumes_to_the_uninterrupted_dataset(tmp_pa
             os.kill(child.pid, signal.SIGKILL)
         child.wait()
     assert child.returncode == -signal.SIGKILL, "the sweep finished before it could be killed"
-    done = xr.open_zarr(path, consolidated=False)["complete"].values  # what survived the kill
+    done = xr.open_zarr(path, consolidated=False, chunks=None)["complete"].values  # what survived the kill
     assert 0 < done.sum() < done.size
     before = files_with_times(path)
     arguments = dict(problem_options={"noise": 1.0}, chunk_rows=2, progress=False)

@@ -165,8 +165,14 @@ def injected_edges() -> list[InjectedCase]:
     # CProp-Adam's shared moments from an injected state, and the base's own state
     config = adam(cprop=dict(beta=0.9, c=3.0), betas=(0.9, 0.999))
     add(config, state(config, 0.2, 0.5, 1000, exp_avg=0.2, exp_avg_sq=0.7), [1.0, -1.0, 0.5])
+    config = adam(cprop=dict(beta=0.9, c=3.0), betas=(0.5, 0.9))  # the shared second moment
+    add(config, state(config, 0.2, 0.5, 1000, exp_avg=-0.1, exp_avg_sq=0.5), [1.0, -1.0, 0.5])
     config = sgd(cprop=dict(beta=0.9, c=3.0), momentum=0.9, dampening=0.5)
     add(config, state(config, 0.2, 0.5, 1000, momentum_buffer=-0.3), [1.0, -1.0, 0.5])
+    # an update past the largest value from a momentum buffer near it: inf, or no update where s = 0
+    for c in (0.0, 3.0):
+        config = sgd(cprop=dict(beta=0.9, c=c), lr=10.0, momentum=0.9)
+        add(config, state(config, 0.2, 0.5, 10, momentum_buffer=3.0e38), [1.0, -1.0, 0.5])
     return cases
 
 

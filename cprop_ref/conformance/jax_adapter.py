@@ -120,7 +120,7 @@ class JaxRun:
         return jnp.asarray(np.array(x, copy=True)).astype(self.dtype)
 
     def _precision(self) -> contextlib.AbstractContextManager[Any]:
-        return jax.enable_x64(True) if self.config.dtype == "float64" else contextlib.nullcontext()
+        return cprop_jax.enable_x64() if self.config.dtype == "float64" else contextlib.nullcontext()
 
     def step(self, grads: Sequence[np.ndarray | None]) -> None:
         if _subnormal(self.config.dtype, *grads, *self.params()):

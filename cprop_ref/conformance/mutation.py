@@ -360,9 +360,74 @@ def run_mutant(job: dict[str, Any]) -> dict[str, Any]:
         try:
             if job.get("record") is not None:
                 return record_outputs(target, job["record"])
+            if job.get("trace"):
+                with _LineTracer(copy) as tracer:
+                    result = _first_failure(target, settings)
+                return {**result, "covered": tracer.lines()}
             return _first_failure(target, settings)
         except ImportError as err:
             return {"killed_by": "import", "detail": f"{type(err).__name__}: {err}", "config": ""}
+
+
+class _LineTracer:
+    """Records the lines of the files under ``root`` that run (``sys.settrace``; only frames of
+    those files get a line tracer, so the rest of the process runs at nearly full speed)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.prefix = str(root if root.is_dir() else root.parent)
+        self.seen: set[tuple[str, int]] = set()
+
+    def _global(self, frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename.startswith(self.prefix):
+            return self._local
+        return None
+
+    def _local(self, frame: Any, event: str, arg: Any) -> Any:
+        if event == "line":
+            self.seen.add((frame.f_code.co_filename, frame.f_lineno))
+        return self._local
+
+    def __enter__(self) -> _LineTracer:
+        sys.settrace(self._global)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.settrace(None)
+
+    def lines(self) -> dict[str, list[int]]:
+        """``{file relative to the root: sorted line numbers}``."""
+        out: dict[str, set[int]] = {}
+        for filename, line in self.seen:
+            path = Path(filename)
+            relative = str(path.relative_to(self.root)) if self.root.is_dir() else path.name
+            out.setdefault(relative, set()).add(line)
+        return {name: sorted(lines) for name, lines in sorted(out.items())}
+
+
+def _statement_starts(source: str) -> dict[int, int]:
+    """``{line: first line of the simple statement (or compound header) it belongs to}``: a
+    mutation inside a multi-line statement runs when the statement does."""
+    import ast
+
+    starts: dict[int, int] = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.stmt):
+            continue
+        body = getattr(node, "body", None)
+        last = body[0].lineno - 1 if isinstance(body, list) and body else node.end_lineno
+        for line in range(node.lineno, (last or node.lineno) + 1):
+            starts.setdefault(line, node.lineno)
+    return starts
+
+
+def reached(target: Target, mutation: Any, covered: dict[str, list[int]]) -> bool:
+    """Whether the unmutated run executed the statement ``mutation`` changes."""
+    relative = str(mutation.module_path)
+    lines = set(covered.get(relative, ()))
+    starts = _statement_starts(target.file_path(relative).read_text(encoding="utf-8"))
+    first, last = mutation.start_pos[0], mutation.end_pos[0]
+    return any(line in lines or starts.get(line, line) in lines for line in range(first, last + 1))
 
 
 def _exit_when_gone(runner: int) -> None:
@@ -457,6 +522,26 @@ TORCH_EQUIVALENTS: tuple[EquivalentMutant, ...] = (
         'if "cprop_m" not in state and  allowed_m:',
         _SHARED_M,
     ),
+    EquivalentMutant(
+        "adam.py",
+        "cprop/DropCallStatement",
+        "self._init_state(p, state, hp)",
+        "None",
+        "CPropAdam._step_tensor creates an empty state before calling _new_param, whose first call, "
+        "_prepare_state, does the same when the state is empty: dropping the first call leaves the "
+        "second to do it, before any arithmetic. (The mutant that drops the second is killed.)",
+    ),
+    EquivalentMutant(
+        "sgd.py",
+        "cprop/DropCallStatement",
+        'check_sgd_group(hp, f"{type(self).__name__} param group {i}")',
+        "None",
+        "Before each step CPropSGD re-checks each group's SGD hyperparameters (Nesterov needs momentum "
+        "> 0 and dampening 0) and raises ValueError for an invalid one; the constructor makes the same "
+        "check, so only a group edited into an invalid state between steps reaches it. The protocol's "
+        "configurations are valid and never edited: for every input it can give, no output changes "
+        "(bad input is the port's own tests' business, not verify's).",
+    ),
 )
 
 KNOWN_EQUIVALENTS: dict[str, tuple[EquivalentMutant, ...]] = {"cprop_ref.torch": TORCH_EQUIVALENTS}
@@ -489,10 +574,19 @@ class MutationReport:
         return [r for r in self.results if r.outcome == "error"]
 
     @property
+    def not_reached(self) -> list[MutantResult]:
+        """Mutants on lines the unmutated run never executed (not run: this factory cannot kill them)."""
+        return [r for r in self.results if r.outcome == "not reached"]
+
+    @property
+    def changing(self) -> int:
+        """Behaviour-changing mutants run: those run, less the listed equivalent ones and errors."""
+        return len(self.results) - len(self.not_reached) - len(self.equivalent) - len(self.errors)
+
+    @property
     def score(self) -> float:
-        """Killed / behaviour-changing (finished mutants less the listed equivalent ones)."""
-        changing = len(self.results) - len(self.equivalent) - len(self.errors)
-        return len(self.killed) / changing if changing else 1.0
+        """Killed / behaviour-changing mutants run."""
+        return len(self.killed) / self.changing if self.changing else 1.0
 
     def format(self) -> str:
         by_check: dict[str, int] = {}
@@ -501,14 +595,15 @@ class MutationReport:
             if r.detail.startswith("the harness itself raised"):
                 key += " (the harness crashed)"
             by_check[key] = by_check.get(key, 0) + 1
-        changing = len(self.results) - len(self.equivalent) - len(self.errors)
+        changing = self.changing
         s = self.settings
         lines = [
             f"cprop-ref mutation report: module {self.target.module} ({self.target.source}), "
             f"port {self.target.factory}",
             f"  harness       : verify with {s.examples} derandomized examples per check, checks "
             f"{','.join(s.checks)}, dtypes {','.join(s.dtypes)} (unmutated port: passes in {self.baseline_seconds:.1f} s)",
-            f"  mutants       : {len(self.results) + self.pending} ({len(self.results)} run, {self.pending} pending)",
+            f"  mutants       : {len(self.results) + self.pending} ({len(self.results) - len(self.not_reached)} run, "
+            f"{len(self.not_reached)} on lines the harness never runs through this factory, {self.pending} pending)",
             f"  killed        : {len(self.killed)} ("
             + ", ".join(f"{k} {v}" for k, v in sorted(by_check.items(), key=lambda kv: -kv[1]))
             + ")",
@@ -529,6 +624,12 @@ class MutationReport:
             lines += [
                 f"  {r.location}  {r.operator}: `{r.before}` -> `{r.after}`: {r.equivalent}" for r in self.equivalent
             ]
+        if self.not_reached:
+            per_file: dict[str, int] = {}
+            for r in self.not_reached:
+                per_file[Path(r.file).name] = per_file.get(Path(r.file).name, 0) + 1
+            lines += ["", "not reached (lines the unmutated run never executed; another factory may reach them):"]
+            lines.append("  " + ", ".join(f"{name} {n}" for name, n in sorted(per_file.items())))
         if self.errors:
             lines += ["", "errors:"]
             lines += [f"  {r.location}  {r.operator}: {r.detail}" for r in self.errors]
@@ -539,6 +640,8 @@ class MutationReport:
             "target": asdict(self.target),
             "settings": asdict(self.settings),
             "score": self.score,
+            "behaviour_changing": self.changing,
+            "killed": len(self.killed),
             "pending": self.pending,
             "results": [asdict(r) for r in self.results],
         }
@@ -716,6 +819,16 @@ def _to_work_result(payload: dict[str, Any], diff: str) -> Any:
     return WorkResult(worker_outcome=WorkerOutcome.NORMAL, output=json.dumps(payload), test_outcome=test, diff=diff)
 
 
+def _skip_unreached(db: Any, target: Target, covered: dict[str, list[int]]) -> None:
+    """Mark the mutants on lines the unmutated run never executes as skipped (cosmic-ray's
+    outcome for a filtered mutant): this factory cannot kill them, whatever the harness does."""
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    for item in db.pending_work_items:
+        if not reached(target, item.mutations[0], covered):
+            db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output="{}"))
+
+
 def sample_items(items: Sequence[Any], sample: int | None, seed: int = 0) -> list[Any]:
     """``sample`` of ``items`` drawn with ``seed`` (all of them when ``sample`` is ``None``), in order."""
     ordered = sorted(items, key=_order)
@@ -748,16 +861,19 @@ def run_session(
         baseline = session.baseline()
         if baseline != baseline:  # NaN: the unmutated port has not been run yet
             say("running the harness on the unmutated port")
-            payload = run_job(_job(target, settings, None), timeout=None)
+            payload = run_job({**_job(target, settings, None), "trace": True}, timeout=None)
             if payload["outcome"] != "survived":
                 raise ValueError(
                     f"cprop-ref mutate: the unmutated port {target.factory} does not pass the harness "
                     f"({payload.get('killed_by')}: {payload.get('detail')}); fix it before mutating it"
                 )
             baseline = float(payload["seconds"])
-            session._set_meta(baseline_seconds=str(baseline))
+            session._set_meta(baseline_seconds=str(baseline), covered=json.dumps(payload["covered"]))
+            _skip_unreached(db, target, json.loads(session._meta()["covered"]))
         limit = timeout if timeout is not None else max(60.0, 10.0 * baseline)
         pending = sample_items(list(db.pending_work_items), sample, seed)
+        # In a random (seeded) order: the mutants finished at any moment are a random sample.
+        random.Random(seed).shuffle(pending)
         say(f"{len(pending)} mutants to run, {jobs} at a time (limit {limit:.0f} s each)")
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(run_job, _job(target, settings, item.mutations[0]), limit): item for item in pending}
@@ -793,6 +909,8 @@ def load_report(
         report = MutationReport(target, settings, baseline_seconds=Session(session_path, target, settings).baseline())
         for item, result in sorted(db.completed_work_items, key=lambda pair: _order(pair[0])):
             payload = json.loads(result.output or "{}")
+            if result.worker_outcome == "skipped":
+                payload = {"outcome": "not reached"}
             mutant = _mutant_result(target, item, payload)
             if mutant.outcome == "survived":
                 mutant.equivalent = next((e.reason for e in equivalents if e.matches(mutant)), None)

@@ -19,7 +19,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "pip install 'cprop-ref[jax]' (or pip install jax optax)"
     ) from err
 
-from .functional import cprop_scale, statistics_dtype
+from .functional import cprop_scale, enable_x64, statistics_dtype
 from .transforms import (
     AdamState,
     CPropAdamState,
@@ -45,6 +45,7 @@ __all__ = [
     "cprop_statistics",
     "cprop_scale",
     "statistics_dtype",
+    "enable_x64",
     "CPropState",
     "CPropSGDState",
     "CPropAdamState",

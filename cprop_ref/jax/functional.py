@@ -23,6 +23,16 @@ from ..cdf import BFO_LINEAR, BFT_CUBIC, BFT_LINEAR, CDF_NAMES, LOGISTIC_SLOPE
 from . import scalars
 
 
+def enable_x64() -> Any:
+    """A context manager under which JAX computes in float64 (``jax.enable_x64(True)``; older
+    JAX: ``jax.experimental.enable_x64()``); float64 parameters need it or ``jax_enable_x64``."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64 as experimental_enable_x64  # older JAX
+
+    return experimental_enable_x64()
+
+
 def statistics_dtype(dtype: Any) -> np.dtype:
     """The dtype of the statistics and of the update for parameters of ``dtype``: float32 for
     float16 and bfloat16 (in 16 bits ``eps = 1e-8`` underflows and a zero gradient gives 0/0),

@@ -123,6 +123,11 @@ class Unit:
     optimizer: int
     blocks: tuple[tuple[int, int] | None, ...]
 
+    def key(self) -> str:
+        """A name for the unit, unique within its sweep: ``2-0:4-*``."""
+        blocks = "-".join("*" if b is None else f"{b[0]}:{b[1]}" for b in self.blocks)
+        return f"{self.optimizer}-{blocks}" if blocks else str(self.optimizer)
+
     def region(self, config: SweepConfig) -> dict[str, slice]:
         """The unit's slice of the dataset along ``optimizer`` and every grid key."""
         region = {"optimizer": slice(self.optimizer, self.optimizer + 1)}

@@ -10,6 +10,7 @@ bar over units.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -145,6 +146,9 @@ def _results(
         return
     from distributed import Client, LocalCluster, as_completed
 
+    # set_as_default=False below: the sweep's clients must not become the process's Dask
+    # scheduler (xarray and the caller's own dask code would go on using a closed client).
+
     cluster = None
     if workers is not None:
         cluster = LocalCluster(
@@ -154,16 +158,19 @@ def _results(
             dashboard_address=None,
             env=WORKER_ENV,
         )
-        client = Client(cluster)
+        client = Client(cluster, set_as_default=False)
     else:
         client = connect(scheduler)
     try:
         text = config.to_json()
+        # Keys name the sweep (a digest of its configuration) and the unit: two sweeps on one
+        # scheduler never share a task unless they are the same computation.
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         futures = {
-            client.submit(compute_unit, text, unit, pure=False, retries=RETRIES, key=f"cprop-unit-{i}"): unit
-            for i, unit in enumerate(units)
+            client.submit(compute_unit, text, unit, retries=RETRIES, key=f"cprop-sweep-{digest}-{unit.key()}"): unit
+            for unit in units
         }
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):
             yield futures[future], future.result()
     finally:
         client.close()
@@ -177,7 +184,7 @@ def connect(scheduler: str) -> Any:
     from distributed import Client
 
     try:
-        return Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+        return Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
     except (OSError, TimeoutError) as err:
         raise OSError(
             f"cannot reach the Dask scheduler at {scheduler} within {CONNECT_TIMEOUT_S} s "

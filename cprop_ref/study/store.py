@@ -113,7 +113,7 @@ def open_or_create(path: Path, config: SweepConfig) -> np.ndarray:
     if not path.exists() or not any(path.iterdir()):
         _create(path, config)
     try:
-        stored = xr.open_zarr(path, consolidated=False)
+        stored = xr.open_zarr(path, consolidated=False, chunks=None)
         text = stored.attrs[CONFIG_ATTRIBUTE]
     except (KeyError, OSError, ValueError) as err:
         raise OSError(f"store {str(path)!r} is not a cprop-ref sweep store ({err})") from None
@@ -183,7 +183,7 @@ def open_sweep(path: str | os.PathLike[str], *, allow_incomplete: bool = False) 
     if not path.is_dir():
         raise OSError(f"store {str(path)!r} does not exist or is not a folder")
     try:
-        ds = xr.open_zarr(path, consolidated=False).load()
+        ds = xr.open_zarr(path, consolidated=False, chunks=None).load()
         ds.attrs[CONFIG_ATTRIBUTE]
     except (KeyError, OSError, ValueError) as err:
         raise OSError(f"store {str(path)!r} is not a cprop-ref sweep store ({err})") from None
