@@ -1,4 +1,4 @@
-"""The JAX port as optax transformations (issue 15, item 1): exact scalar factors inside jit,
+"""The JAX port as optax transformations: exact scalar factors inside jit,
 jit and vmap, 16-bit parameters with float32 statistics, the scale readable from the state,
 learning-rate schedules, moment sharing, donation, and clear errors for bad hyperparameters
 (the NumPy optimizers' messages), unknown CDFs and gradient trees that do not match.
