@@ -119,6 +119,8 @@ class CPropAdam(CPropStatsMixin, Adam):
     """
 
     hyperparams: ClassVar[dict[str, Validator]] = {**ADAM_HYPERPARAMS, **CPROP_HYPERPARAMS}
+    # Runs of a per-run group that share a moment store it in Adam's entry: equal bit for bit.
+    state_fill: ClassVar[dict[str, str]] = {"cprop_m": "exp_avg", "cprop_v": "exp_avg_sq"}
     state_schema: ClassVar[dict[str, str]] = {
         **Adam.state_schema,
         "cprop_m": "optional_array",

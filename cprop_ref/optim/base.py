@@ -24,8 +24,9 @@ from ..gradients import (
     first_overlap,
     parameters_are_plain,
 )
-from ..hyperparams import Validator, check_fits_dtypes
+from ..hyperparams import Validator, check_broadcasts, check_fits_dtypes
 from ..kernels import DEFAULT_BACKEND, check_backend
+from .rows import has_run_arrays, step_by_class
 
 ParamState = dict[str, Any]
 Update = tuple[np.ndarray, ParamState]
@@ -139,6 +140,7 @@ class Optimizer:
         for name in self.hyperparams:
             checked[name] = self._validate(name, values[name], where)
         self._check_group(checked, where)
+        check_broadcasts(checked, params, where)
         check_fits_dtypes(
             {name: checked[name] for name in self.hyperparams},
             {compute_dtype(p.dtype) for p in params},
@@ -203,7 +205,7 @@ class Optimizer:
         with np.errstate(all="ignore"):
             for k, ((param, group), grad) in enumerate(zip(self._flat(groups), checked)):
                 if grad is not None:
-                    updates.append((k, self._compute(param, grad, self.state[k], group)))
+                    updates.append((k, self._compute_update(param, grad, self.state[k], group)))
         params = self.params
         for k, (new_param, new_state) in updates:
             with np.errstate(all="ignore"):  # float16 parameters: a cast past 65504 is inf, as in IEEE
@@ -217,6 +219,17 @@ class Optimizer:
     def _compute(self, param: np.ndarray, grad: np.ndarray, state: ParamState, group: dict[str, Any]) -> Update:
         """The new parameter and state for one tensor; must not modify its arguments."""
         raise NotImplementedError
+
+    #: State entries that a class of runs may leave out (CProp-Adam's shared moments), and the
+    #: entry that holds their value then (see :func:`.rows.step_by_class`).
+    state_fill: ClassVar[dict[str, str]] = {}
+
+    def _compute_update(self, param: np.ndarray, grad: np.ndarray, state: ParamState, group: dict[str, Any]) -> Update:
+        """:meth:`_compute`, or, when the group holds per-run hyperparameter arrays, :meth:`_compute`
+        per class of elements sharing their values (:func:`.rows.step_by_class`)."""
+        if has_run_arrays(group, self.hyperparams):
+            return step_by_class(self._compute, param, grad, state, group, self.hyperparams, self.state_fill)
+        return self._compute(param, grad, state, group)
 
     @staticmethod
     def _as_compute(param: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -234,9 +247,12 @@ class Optimizer:
         groups = []
         start = 0
         for group in self.param_groups:
-            entry = {name: group[name] for name in self.hyperparams}
+            entry = {
+                name: (np.array(group[name], copy=True) if isinstance(group[name], np.ndarray) else group[name])
+                for name in self.hyperparams
+            }
             if "betas" in entry:
-                entry["betas"] = list(entry["betas"])
+                entry["betas"] = [np.array(b, copy=True) if isinstance(b, np.ndarray) else b for b in entry["betas"]]
             entry["params"] = list(range(start, start + len(group["params"])))
             start += len(group["params"])
             groups.append(entry)

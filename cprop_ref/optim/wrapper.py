@@ -10,9 +10,9 @@ import numpy as np
 
 from .. import checkpoint
 from ..gradients import check_gradients, check_nonfinite_policy, compute_dtype, unaliased
-from ..hyperparams import cdf_name, check_fits_dtypes, decay_rate, non_negative
+from ..hyperparams import cdf_name, check_broadcasts, check_fits_dtypes, decay_rate, non_negative, run_arrays
 from ..kernels import DEFAULT_BACKEND, check_backend, state_buffers
-from ..scale import CPropStats, cprop_scale, cprop_step, init_stats
+from ..scale import CPropStats, cprop_scale, cprop_step, init_stats, update_stats
 from .base import (
     check_params_of,
     check_state_values,
@@ -22,6 +22,7 @@ from .base import (
     refuse_unknown_keys,
     state_size,
 )
+from .rows import scale_by_class
 
 _CPROP_STATE_SCHEMA = {"step": "count", "cprop_m": "array", "cprop_v": "array"}
 
@@ -100,6 +101,7 @@ class CProp:
             )
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
+        check_broadcasts(checked, self.params, where)
         check_fits_dtypes(checked, {compute_dtype(p.dtype) for p in self.params}, where)
         return checked
 
@@ -124,7 +126,8 @@ class CProp:
         hp = self._check_hyperparams()
         checked = check_gradients(params, self.param_names(), grads, self.nonfinite)
         fused = None
-        if check_backend(self.backend) == "numba":
+        per_run = bool(run_arrays(hp))  # per-run arrays: the NumPy half, class by class of runs
+        if check_backend(self.backend) == "numba" and not per_run:
             from ..kernels.dispatch import WrapperStep  # imports Numba on the first fused step only
 
             # The fused half reads the gradients after the base optimizer's step: one sharing
@@ -141,9 +144,13 @@ class CProp:
                 if g is None or (fused is not None and k in fused.handled):
                     continue
                 dtype = compute_dtype(p.dtype)
-                stats, s = cprop_step(
-                    self._stats(k, p), g.astype(dtype, copy=False), hp["beta"], hp["c"], hp["eps"], hp["cdf"]
-                )
+                if per_run:
+                    stats = _per_run_update(self._stats(k, p), g.astype(dtype, copy=False), hp)
+                    s = scale_by_class(_hp_scale, stats, hp, _WRAPPER_HYPERPARAMS, p.shape)
+                else:
+                    stats, s = cprop_step(
+                        self._stats(k, p), g.astype(dtype, copy=False), hp["beta"], hp["c"], hp["eps"], hp["cdf"]
+                    )
                 new_stats.append((k, stats, s, p.astype(dtype, copy=True)))
         # The base optimizer either steps or raises having changed nothing; only then is
         # CProp's own state committed.
@@ -174,8 +181,10 @@ class CProp:
         for k, p in enumerate(self.params):
             if k >= len(self.state) or not self.state[k]:
                 out.append(None)
+            elif run_arrays(hp):
+                out.append(scale_by_class(_hp_scale, self._stats(k, p), hp, _WRAPPER_HYPERPARAMS, p.shape))
             else:
-                out.append(np.asarray(cprop_scale(self._stats(k, p), hp["beta"], hp["c"], hp["eps"], hp["cdf"])))
+                out.append(np.asarray(_hp_scale(self._stats(k, p), hp)))
         return out
 
     # -- state --------------------------------------------------------------------------
@@ -251,3 +260,24 @@ class CProp:
         if base_bytes is None:
             return None
         return base_bytes + checkpoint.size_budget(*state_size(self.params, _CPROP_STATE_SCHEMA), fixed=0)
+
+
+_WRAPPER_HYPERPARAMS = ("beta", "c", "eps", "cdf")
+
+
+def _hp_scale(stats: CPropStats, hp: dict[str, Any]) -> np.ndarray:
+    return cprop_scale(stats, hp["beta"], hp["c"], hp["eps"], hp["cdf"])
+
+
+def _per_run_update(stats: CPropStats, g: np.ndarray, hp: dict[str, Any]) -> CPropStats:
+    """:func:`~cprop_ref.scale.update_stats` with a per-run ``beta``: the scalar rule per class
+    of elements sharing their hyperparameter values (:mod:`.rows`)."""
+    from .rows import hyperparameter_classes
+
+    shape = g.shape
+    m, v = np.empty(g.size, g.dtype), np.empty(g.size, g.dtype)
+    flat_m, flat_v, flat_g = stats.m.reshape(-1), stats.v.reshape(-1), g.reshape(-1)
+    for indices, scalar in hyperparameter_classes(hp, _WRAPPER_HYPERPARAMS, shape):
+        sub = update_stats(CPropStats(flat_m[indices], flat_v[indices], stats.t), flat_g[indices], scalar["beta"])
+        m[indices], v[indices] = sub.m, sub.v
+    return CPropStats(m.reshape(shape), v.reshape(shape), stats.t + 1)
