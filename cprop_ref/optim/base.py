@@ -228,8 +228,21 @@ class Optimizer:
         """:meth:`_compute`, or, when the group holds per-run hyperparameter arrays, :meth:`_compute`
         per class of elements sharing their values (:func:`.rows.step_by_class`)."""
         if has_run_arrays(group, self.hyperparams):
-            return step_by_class(self._compute, param, grad, state, group, self.hyperparams, self.state_fill)
+            kernels = self.backend == "numba" and self.kernel_family is not None and param.dtype in _KERNEL_DTYPES
+            rule = self._kernel_compute if kernels else self._compute
+            return step_by_class(rule, param, grad, state, group, self.hyperparams, self.state_fill)
         return self._compute(param, grad, state, group)
+
+    def _kernel_compute(self, param: np.ndarray, grad: np.ndarray, state: ParamState, group: dict[str, Any]) -> Update:
+        """:meth:`_compute` by the fused kernels (``backend="numba"``): one step of a scratch
+        optimizer of this class, built with ``group``'s scalars over a copy of ``param`` and of
+        ``state``, so each class of runs gets exactly the bits of the scalar Numba optimizer.
+        The gradients were checked by the caller (``nonfinite="propagate"`` here)."""
+        values = {name: group[name] for name in self.hyperparams}
+        scratch = type(self)([np.array(param, copy=True)], **values, nonfinite="propagate", backend="numba")
+        scratch.state[0] = {k: _copied(v) for k, v in state.items() if v is not None}
+        scratch.step([np.ascontiguousarray(grad)])
+        return scratch.params[0], {k: _copied(v) for k, v in scratch.state[0].items()}
 
     @staticmethod
     def _as_compute(param: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -356,6 +369,13 @@ class Optimizer:
         parameter (``state_schema``, in the compute dtype) plus a margin for the metadata
         (:func:`cprop_ref.checkpoint.size_budget`)."""
         return checkpoint.size_budget(*state_size(self.params, self.state_schema))
+
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _copied(value: Any) -> Any:
+    return np.array(value, copy=True) if isinstance(value, np.ndarray) else value
 
 
 def _fused_step() -> Any:
