@@ -9,6 +9,7 @@ float64 copy of their own."""
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable, Iterable
@@ -52,9 +53,9 @@ def _real(name: str, value: Any) -> float:
     return value
 
 
-def non_negative(name: str, value: Any) -> float:
+def non_negative(name: str, value: Any, *, per_run: bool = False) -> Any:
     """A finite real ``>= 0`` (learning rate, weight decay, eps, c, momentum), or an array of them."""
-    if _is_run_array(value):
+    if per_run and _is_run_array(value):
         return _real_array(name, value, lambda x: x >= 0.0, "must be >= 0")
     x = _real(name, value)
     if x < 0.0:
@@ -62,9 +63,9 @@ def non_negative(name: str, value: Any) -> float:
     return x
 
 
-def unit_interval(name: str, value: Any) -> float:
+def unit_interval(name: str, value: Any, *, per_run: bool = False) -> Any:
     """A real in ``[0, 1]`` (dampening), or an array of them."""
-    if _is_run_array(value):
+    if per_run and _is_run_array(value):
         return _real_array(name, value, lambda x: (x >= 0.0) & (x <= 1.0), f"must satisfy 0 <= {name} <= 1")
     x = _real(name, value)
     if not 0.0 <= x <= 1.0:
@@ -72,9 +73,9 @@ def unit_interval(name: str, value: Any) -> float:
     return x
 
 
-def decay_rate(name: str, value: Any) -> float:
+def decay_rate(name: str, value: Any, *, per_run: bool = False) -> Any:
     """An EMA decay in ``[0, 1)`` (beta, beta1, beta2), or an array of them."""
-    if _is_run_array(value):
+    if per_run and _is_run_array(value):
         return _real_array(name, value, lambda x: (x >= 0.0) & (x < 1.0), f"must satisfy 0 <= {name} < 1")
     x = _real(name, value)
     if not 0.0 <= x < 1.0:
@@ -82,15 +83,15 @@ def decay_rate(name: str, value: Any) -> float:
     return x
 
 
-def betas(name: str, value: Any) -> tuple[float, float]:
+def betas(name: str, value: Any, *, per_run: bool = False) -> tuple[Any, Any]:
     """A pair ``(beta1, beta2)`` of decay rates (each a number or an array of them)."""
-    if _is_run_array(value) and value.shape[0] != 2:
+    if per_run and _is_run_array(value) and value.shape[0] != 2:
         raise ValueError(f"invalid {name}: an array of shape {value.shape}, must be a pair (beta1, beta2)")
     try:
         b1, b2 = value
     except (TypeError, ValueError):
         raise ValueError(f"invalid {name}={value!r}: must be a pair (beta1, beta2)") from None
-    return decay_rate(f"{name}[0]", b1), decay_rate(f"{name}[1]", b2)
+    return decay_rate(f"{name}[0]", b1, per_run=per_run), decay_rate(f"{name}[1]", b2, per_run=per_run)
 
 
 def flag(name: str, value: Any) -> bool:
@@ -129,6 +130,13 @@ CPROP_HYPERPARAMS: dict[str, Validator] = {
     "cprop_eps": non_negative,
     "cprop_cdf": cdf_name,
 }
+
+
+def accepting_runs(table: dict[str, Validator]) -> dict[str, Validator]:
+    """``table`` with its real-valued validators accepting per-run arrays as well (the NumPy
+    optimizers' tables; the torch and JAX ports take scalars only, with the plain tables)."""
+    real = (non_negative, unit_interval, decay_rate, betas)
+    return {name: (functools.partial(v, per_run=True) if v in real else v) for name, v in table.items()}
 
 
 def check_sgd_group(group: dict[str, Any], where: str) -> None:

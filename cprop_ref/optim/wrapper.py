@@ -94,9 +94,9 @@ class CProp:
         raw = dict(beta=self.beta, c=self.c, eps=self.eps, cdf=self.cdf) if values is None else values
         try:
             checked = dict(
-                beta=decay_rate("beta", raw.get("beta")),
-                c=non_negative("c", raw.get("c")),
-                eps=non_negative("eps", raw.get("eps")),
+                beta=decay_rate("beta", raw.get("beta"), per_run=True),
+                c=non_negative("c", raw.get("c"), per_run=True),
+                eps=non_negative("eps", raw.get("eps"), per_run=True),
                 cdf=cdf_name("cdf", raw.get("cdf")),
             )
         except ValueError as err:
