@@ -111,8 +111,7 @@ def test_wrapper_rows_step_as_the_wrapper_with_their_scalars(
     backend: str, dtype: type, lrs: list, betas: list, cs: list, seed: int
 ) -> None:
     """The CProp wrapper with per-run ``beta`` and ``c`` around SGD with a per-run ``lr``: each row
-    equals the wrapper built with its scalars (the per-run wrapper computes with the NumPy
-    reference; the scalar one compared is therefore the NumPy one)."""
+    equals the wrapper built with its scalars on the same backend."""
     rng = np.random.default_rng(seed)
     x0 = rng.normal(size=(3, 2)).astype(dtype)
     grads = [rng.normal(size=(3, 2)).astype(dtype) for _ in range(STEPS)]
@@ -122,7 +121,7 @@ def test_wrapper_rows_step_as_the_wrapper_with_their_scalars(
     alone = []
     for r in range(3):
         p = x0[r : r + 1].copy()
-        alone.append((p, CProp(SGD([p], lr=lrs[r], backend=backend), beta=betas[r], c=cs[r], backend="numpy")))
+        alone.append((p, CProp(SGD([p], lr=lrs[r], backend=backend), beta=betas[r], c=cs[r], backend=backend)))
     for g in grads:
         together.step([g])
         for r, (p, opt) in enumerate(alone):

@@ -22,7 +22,7 @@ from .base import (
     refuse_unknown_keys,
     state_size,
 )
-from .rows import scale_by_class
+from .rows import hyperparameter_classes, scale_by_class
 
 _CPROP_STATE_SCHEMA = {"step": "count", "cprop_m": "array", "cprop_v": "array"}
 
@@ -126,7 +126,7 @@ class CProp:
         hp = self._check_hyperparams()
         checked = check_gradients(params, self.param_names(), grads, self.nonfinite)
         fused = None
-        per_run = bool(run_arrays(hp))  # per-run arrays: the NumPy half, class by class of runs
+        per_run = bool(run_arrays(hp))  # per-run arrays: class by class of runs, below
         if check_backend(self.backend) == "numba" and not per_run:
             from ..kernels.dispatch import WrapperStep  # imports Numba on the first fused step only
 
@@ -137,6 +137,7 @@ class CProp:
             checked = unaliased(checked, params, state_buffers(self) + base_buffers, self.__dict__)
             fused = WrapperStep(self, hp, checked)  # saves the parameters it will update
         new_stats: list[tuple[int, CPropStats, np.ndarray, np.ndarray]] = []
+        by_kernels: list[tuple[int, list, np.ndarray]] = []
         # As in Optimizer.step: IEEE results (inf on overflow) are the defined ones, and a
         # user's np.seterr(all="raise") must not abort the step half-way.
         with np.errstate(all="ignore"):
@@ -144,6 +145,15 @@ class CProp:
                 if g is None or (fused is not None and k in fused.handled):
                     continue
                 dtype = compute_dtype(p.dtype)
+                if per_run and check_backend(self.backend) == "numba" and p.dtype in _KERNEL_DTYPES:
+                    # Each class of runs by a scratch scalar wrapper's kernels (below), with the
+                    # gradient read now, before the base optimizer's step.
+                    classes = [
+                        (indices, scalar, np.ascontiguousarray(g.reshape(-1)[indices]))
+                        for indices, scalar in hyperparameter_classes(hp, _WRAPPER_HYPERPARAMS, p.shape)
+                    ]
+                    by_kernels.append((k, classes, p.astype(dtype, copy=True)))
+                    continue
                 if per_run:
                     stats = _per_run_update(self._stats(k, p), g.astype(dtype, copy=False), hp)
                     s = scale_by_class(_hp_scale, stats, hp, _WRAPPER_HYPERPARAMS, p.shape)
@@ -157,6 +167,8 @@ class CProp:
         self.base_optimizer.step(checked)
         if fused is not None:
             fused.finish()
+        for k, classes, before in by_kernels:
+            self.state[k] = self._kernel_classes(params[k], before, classes, self.state[k])
         for k, stats, s, before in new_stats:
             with np.errstate(all="ignore"):
                 after = params[k].astype(before.dtype, copy=False)
@@ -166,6 +178,31 @@ class CProp:
                 # parameter that the base optimizer took past 65504, or c = 0).
                 params[k][...] = np.where((s == 0.0) | (after == before), before, scaled)
             self.state[k] = {"step": stats.t, "cprop_m": np.asarray(stats.m), "cprop_v": np.asarray(stats.v)}
+
+    def _kernel_classes(
+        self, param: np.ndarray, before: np.ndarray, classes: list, state: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Scale the base optimizer's update of ``param`` (from ``before``) class by class of
+        runs sharing their hyperparameter values, each by a scratch :class:`CProp` with the
+        class's scalars and ``backend="numba"``: exactly the bits of the scalar Numba wrapper.
+        Returns the parameter's new state."""
+        after = param.reshape(-1)
+        result = np.array(after, copy=True)
+        m, v = np.empty_like(result), np.empty_like(result)
+        for indices, scalar, grad in classes:
+            replay = _Replay(before.reshape(-1)[indices], after[indices])
+            values = {name: scalar[name] for name in _WRAPPER_HYPERPARAMS}
+            scratch = CProp(replay, **values, nonfinite="propagate", backend="numba")
+            if state:
+                sub = {"step": state["step"]}
+                sub.update({name: state[name].reshape(-1)[indices] for name in ("cprop_m", "cprop_v")})
+                scratch.state = [sub]
+            scratch.step([grad])
+            result[indices] = replay.param_groups[0]["params"][0]
+            m[indices], v[indices] = scratch.state[0]["cprop_m"], scratch.state[0]["cprop_v"]
+            step = scratch.state[0]["step"]
+        param[...] = result.reshape(param.shape)
+        return {"step": step, "cprop_m": m.reshape(param.shape), "cprop_v": v.reshape(param.shape)}
 
     def _stats(self, k: int, p: np.ndarray) -> CPropStats:
         state = self.state[k]
@@ -263,6 +300,25 @@ class CProp:
 
 
 _WRAPPER_HYPERPARAMS = ("beta", "c", "eps", "cdf")
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class _Replay:
+    """The base optimizer of a scratch wrapper (:meth:`CProp._kernel_classes`): its step moves
+    its one parameter to the values the real base optimizer gave those elements."""
+
+    def __init__(self, before: np.ndarray, after: np.ndarray) -> None:
+        self.param_groups = [{"params": [np.ascontiguousarray(before)]}]
+        self._after = after
+
+    def step(self, grads: Sequence[np.ndarray | None]) -> None:
+        self.param_groups[0]["params"][0][...] = self._after
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
 
 
 def _hp_scale(stats: CPropStats, hp: dict[str, Any]) -> np.ndarray:
@@ -272,8 +328,6 @@ def _hp_scale(stats: CPropStats, hp: dict[str, Any]) -> np.ndarray:
 def _per_run_update(stats: CPropStats, g: np.ndarray, hp: dict[str, Any]) -> CPropStats:
     """:func:`~cprop_ref.scale.update_stats` with a per-run ``beta``: the scalar rule per class
     of elements sharing their hyperparameter values (:mod:`.rows`)."""
-    from .rows import hyperparameter_classes
-
     shape = g.shape
     m, v = np.empty(g.size, g.dtype), np.empty(g.size, g.dtype)
     flat_m, flat_v, flat_g = stats.m.reshape(-1), stats.v.reshape(-1), g.reshape(-1)
