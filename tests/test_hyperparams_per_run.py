@@ -1,7 +1,7 @@
 """Hyperparameters per run (issue 13, deliverable 2): an optimizer whose numeric
 hyperparameters are arrays of shape ``(R, 1)`` over a parameter of shape ``(R, dim)`` moves
 each row exactly as the same optimizer built with that row's scalars, on both backends, in
-float32 and float64, through a checkpoint; invalid elements are refused by index.
+float16, float32 and float64, through a checkpoint; invalid elements are refused by index.
 
 The property is exact (bit for bit), not a tolerance: each class of rows is stepped by the
 scalar rule itself (``cprop_ref.optim.rows``), and every rule is element-wise.
@@ -72,7 +72,7 @@ def per_run_cases(draw: st.DrawFn) -> tuple[str, int, int, dict[str, Any], int]:
     return name, runs, dim, values, draw(st.integers(0, 2**32 - 1))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 @settings(max_examples=examples(12))
 @given(case=per_run_cases())
