@@ -57,7 +57,10 @@ class Optimizer:
     step) or ``"propagate"`` (the formulas are applied as they are).
     ``backend`` is ``"numba"`` (default: fused kernels, state in one flat buffer per dtype,
     see ``docs/performance.md``) or ``"numpy"`` (the readable reference); it may be changed
-    between steps, and checkpoints load into either.
+    between steps, and checkpoints load into either. The real-valued hyperparameters may be
+    arrays that broadcast against the group's parameters (one value per run, e.g. ``lr`` of
+    shape ``(R, 1)`` for parameters of shape ``(R, dim)``): each run then moves exactly as the
+    optimizer built with its scalars (:mod:`.rows`, ``docs/optimizers.md``).
     """
 
     hyperparams: ClassVar[dict[str, Validator]] = {}

@@ -58,7 +58,9 @@ class CProp:
     between steps. For plain SGD and Adam this equals :class:`CPropSGD` and
     :class:`CPropAdam` up to rounding. ``backend`` is the wrapper's own (``"numba"``: the
     save and the scale-and-apply are fused kernels; ``"numpy"``: the reference), independent
-    of the base optimizer's.
+    of the base optimizer's. ``beta``, ``c`` and ``eps`` may be arrays that broadcast against
+    every parameter (one value per run): each run is then scaled exactly as by the wrapper
+    built with its scalars.
     """
 
     def __init__(
