@@ -238,14 +238,38 @@ class Optimizer:
 
     def _kernel_compute(self, param: np.ndarray, grad: np.ndarray, state: ParamState, group: dict[str, Any]) -> Update:
         """:meth:`_compute` by the fused kernels (``backend="numba"``): one step of a scratch
-        optimizer of this class, built with ``group``'s scalars over a copy of ``param`` and of
+        optimizer of this class, built with ``group``'s scalars, over a copy of ``param`` and of
         ``state``, so each class of runs gets exactly the bits of the scalar Numba optimizer.
-        The gradients were checked by the caller (``nonfinite="propagate"`` here)."""
+        The gradients were checked by the caller (``nonfinite="propagate"`` here).
+
+        The scratch optimizers are kept between steps (one per dtype, size and setting) and
+        their parameter and state overwritten in place, so that a step reuses their kernels'
+        tables and plans; they hold no state of their own between steps."""
         values = {name: group[name] for name in self.hyperparams}
-        scratch = type(self)([np.array(param, copy=True)], **values, nonfinite="propagate", backend="numba")
-        scratch.state[0] = {k: _copied(v) for k, v in state.items() if v is not None}
+        key = (param.dtype.str, param.size, repr(tuple(values.values())))  # repr: -0.0 is not 0.0
+        cache = self.__dict__.setdefault("_per_run_scratch", {})
+        scratch = cache.get(key)
+        if scratch is None:
+            if len(cache) >= _SCRATCH_LIMIT:
+                cache.clear()
+            scratch = type(self)([np.array(param, copy=True)], **values, nonfinite="propagate", backend="numba")
+            cache[key] = scratch
+        else:
+            scratch.param_groups[0]["params"][0][...] = param
+        wanted = {k: v for k, v in state.items() if v is not None}
+        target = scratch.state[0]
+        present = [k for k, v in target.items() if v is not None]
+        if present == list(wanted) and all(_fits(target[k], v) for k, v in wanted.items()):
+            for k, v in wanted.items():
+                if isinstance(v, np.ndarray):
+                    target[k][...] = v
+                else:
+                    target[k] = v
+        else:
+            scratch.state[0] = {k: _copied(v) for k, v in wanted.items()}
         scratch.step([np.ascontiguousarray(grad)])
-        return scratch.params[0], {k: _copied(v) for k, v in scratch.state[0].items()}
+        new_param = np.array(scratch.param_groups[0]["params"][0], copy=True)
+        return new_param, {k: _copied(v) for k, v in scratch.state[0].items()}
 
     @staticmethod
     def _as_compute(param: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -375,6 +399,17 @@ class Optimizer:
 
 
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+#: At most this many scratch optimizers per optimizer (distinct settings x dtypes x sizes).
+_SCRATCH_LIMIT = 4096
+
+
+def _fits(target: Any, value: Any) -> bool:
+    """Whether ``value`` can be written into ``target`` in place (same kind, shape and dtype)."""
+    if isinstance(value, np.ndarray):
+        return isinstance(target, np.ndarray) and target.shape == value.shape and target.dtype == value.dtype
+    return not isinstance(target, np.ndarray)
 
 
 def _copied(value: Any) -> Any:
