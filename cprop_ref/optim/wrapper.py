@@ -191,11 +191,28 @@ class CProp:
         after = param.reshape(-1)
         result = np.array(after, copy=True)
         m, v = np.empty_like(result), np.empty_like(result)
+        cache = self.__dict__.setdefault("_per_run_scratch", {})
         for indices, scalar, grad in classes:
-            replay = _Replay(before.reshape(-1)[indices], after[indices])
             values = {name: scalar[name] for name in _WRAPPER_HYPERPARAMS}
-            scratch = CProp(replay, **values, nonfinite="propagate", backend="numba")
-            if state:
+            # Kept between steps, one per dtype, size and setting (their kernels' tables reused);
+            # parameter and state are overwritten below, so they hold nothing of their own.
+            key = (before.dtype.str, len(indices), repr(tuple(values.values())))  # repr: -0.0 is not 0.0
+            if key not in cache:
+                if len(cache) >= 4096:
+                    cache.clear()
+                replay = _Replay(before.reshape(-1)[indices], after[indices])
+                cache[key] = (replay, CProp(replay, **values, nonfinite="propagate", backend="numba"))
+            replay, scratch = cache[key]
+            replay.param_groups[0]["params"][0][...] = before.reshape(-1)[indices]
+            replay.after = after[indices]
+            target = scratch.state[0]
+            if not state:
+                scratch.state = [{}]
+            elif target:
+                target["step"] = state["step"]
+                for name in ("cprop_m", "cprop_v"):
+                    target[name][...] = state[name].reshape(-1)[indices]
+            else:
                 sub = {"step": state["step"]}
                 sub.update({name: state[name].reshape(-1)[indices] for name in ("cprop_m", "cprop_v")})
                 scratch.state = [sub]
@@ -310,11 +327,11 @@ class _Replay:
     its one parameter to the values the real base optimizer gave those elements."""
 
     def __init__(self, before: np.ndarray, after: np.ndarray) -> None:
-        self.param_groups = [{"params": [np.ascontiguousarray(before)]}]
-        self._after = after
+        self.param_groups = [{"params": [np.array(before, copy=True)]}]
+        self.after = after
 
     def step(self, grads: Sequence[np.ndarray | None]) -> None:
-        self.param_groups[0]["params"][0][...] = self._after
+        self.param_groups[0]["params"][0][...] = self.after
 
     def state_dict(self) -> dict[str, Any]:
         return {}
