@@ -17,6 +17,7 @@ import numba
 import numpy as np
 
 from ..gradients import unaliased
+from ..hyperparams import run_arrays
 from . import adam as adam_kernels
 from . import sgd as sgd_kernels
 from . import state_buffers
@@ -171,6 +172,7 @@ def validated_groups(opt: Any) -> list[dict[str, Any]]:
         return cached[1]
     groups = opt._validated_groups()
     opt.__dict__["_kernel_groups"] = (key, groups)
+    opt.__dict__["_kernel_groups_per_run"] = any(run_arrays({n: g[n] for n in names}) for g in groups)
     return groups
 
 
@@ -215,6 +217,11 @@ def fused_step(opt: Any, grads: Any) -> tuple[list[dict[str, Any]], list[np.ndar
         # path below finds again and handles (nothing was written).
     opt.check_params()
     groups = validated_groups(opt)
+    if opt.__dict__.get("_kernel_groups_per_run"):
+        # Per-run hyperparameter arrays: the NumPy path steps the whole optimizer, class by
+        # class of runs (cprop_ref.optim.rows), with exactly the bits of the scalar NumPy path.
+        opt.__dict__["_kernel_plan"] = None
+        return groups, opt.check_grads(grads)
     pairs = opt._flat(groups)
     params = [p for p, _ in pairs]
     by_dtype = _by_dtype(params, grads) if _plain_gradients(params, grads) else None

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..functional import AdamMoments, adam_delta, adam_moments
-from ..hyperparams import ADAM_HYPERPARAMS, CPROP_HYPERPARAMS, Validator
+from ..hyperparams import ADAM_HYPERPARAMS, CPROP_HYPERPARAMS, Validator, accepting_runs
 from ..kernels import DEFAULT_BACKEND
 from ..scale import CPropStats, cprop_scale, ema, scale_update
 from .base import Optimizer, ParamState, Update
@@ -22,7 +22,7 @@ class Adam(Optimizer):
     ``param <- param - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
     """
 
-    hyperparams: ClassVar[dict[str, Validator]] = ADAM_HYPERPARAMS
+    hyperparams: ClassVar[dict[str, Validator]] = accepting_runs(ADAM_HYPERPARAMS)
     state_schema: ClassVar[dict[str, str]] = {
         "step": "count",
         "exp_avg": "array",
@@ -118,7 +118,9 @@ class CPropAdam(CPropStatsMixin, Adam):
     hyperparameter changes break those equalities.
     """
 
-    hyperparams: ClassVar[dict[str, Validator]] = {**ADAM_HYPERPARAMS, **CPROP_HYPERPARAMS}
+    hyperparams: ClassVar[dict[str, Validator]] = accepting_runs({**ADAM_HYPERPARAMS, **CPROP_HYPERPARAMS})
+    # Runs of a per-run group that share a moment store it in Adam's entry: equal bit for bit.
+    state_fill: ClassVar[dict[str, str]] = {"cprop_m": "exp_avg", "cprop_v": "exp_avg_sq"}
     state_schema: ClassVar[dict[str, str]] = {
         **Adam.state_schema,
         "cprop_m": "optional_array",

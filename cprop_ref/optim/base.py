@@ -24,8 +24,9 @@ from ..gradients import (
     first_overlap,
     parameters_are_plain,
 )
-from ..hyperparams import Validator, check_fits_dtypes
+from ..hyperparams import Validator, check_broadcasts, check_fits_dtypes
 from ..kernels import DEFAULT_BACKEND, check_backend
+from .rows import has_run_arrays, step_by_class
 
 ParamState = dict[str, Any]
 Update = tuple[np.ndarray, ParamState]
@@ -56,7 +57,10 @@ class Optimizer:
     step) or ``"propagate"`` (the formulas are applied as they are).
     ``backend`` is ``"numba"`` (default: fused kernels, state in one flat buffer per dtype,
     see ``docs/performance.md``) or ``"numpy"`` (the readable reference); it may be changed
-    between steps, and checkpoints load into either.
+    between steps, and checkpoints load into either. The real-valued hyperparameters may be
+    arrays that broadcast against the group's parameters (one value per run, e.g. ``lr`` of
+    shape ``(R, 1)`` for parameters of shape ``(R, dim)``): each run then moves exactly as the
+    optimizer built with its scalars (:mod:`.rows`, ``docs/optimizers.md``).
     """
 
     hyperparams: ClassVar[dict[str, Validator]] = {}
@@ -139,6 +143,7 @@ class Optimizer:
         for name in self.hyperparams:
             checked[name] = self._validate(name, values[name], where)
         self._check_group(checked, where)
+        check_broadcasts(checked, params, where)
         check_fits_dtypes(
             {name: checked[name] for name in self.hyperparams},
             {compute_dtype(p.dtype) for p in params},
@@ -203,7 +208,7 @@ class Optimizer:
         with np.errstate(all="ignore"):
             for k, ((param, group), grad) in enumerate(zip(self._flat(groups), checked)):
                 if grad is not None:
-                    updates.append((k, self._compute(param, grad, self.state[k], group)))
+                    updates.append((k, self._compute_update(param, grad, self.state[k], group)))
         params = self.params
         for k, (new_param, new_state) in updates:
             with np.errstate(all="ignore"):  # float16 parameters: a cast past 65504 is inf, as in IEEE
@@ -217,6 +222,54 @@ class Optimizer:
     def _compute(self, param: np.ndarray, grad: np.ndarray, state: ParamState, group: dict[str, Any]) -> Update:
         """The new parameter and state for one tensor; must not modify its arguments."""
         raise NotImplementedError
+
+    #: State entries that a class of runs may leave out (CProp-Adam's shared moments), and the
+    #: entry that holds their value then (see :func:`.rows.step_by_class`).
+    state_fill: ClassVar[dict[str, str]] = {}
+
+    def _compute_update(self, param: np.ndarray, grad: np.ndarray, state: ParamState, group: dict[str, Any]) -> Update:
+        """:meth:`_compute`, or, when the group holds per-run hyperparameter arrays, :meth:`_compute`
+        per class of elements sharing their values (:func:`.rows.step_by_class`)."""
+        if has_run_arrays(group, self.hyperparams):
+            kernels = self.backend == "numba" and self.kernel_family is not None and param.dtype in _KERNEL_DTYPES
+            rule = self._kernel_compute if kernels else self._compute
+            return step_by_class(rule, param, grad, state, group, self.hyperparams, self.state_fill)
+        return self._compute(param, grad, state, group)
+
+    def _kernel_compute(self, param: np.ndarray, grad: np.ndarray, state: ParamState, group: dict[str, Any]) -> Update:
+        """:meth:`_compute` by the fused kernels (``backend="numba"``): one step of a scratch
+        optimizer of this class, built with ``group``'s scalars, over a copy of ``param`` and of
+        ``state``, so each class of runs gets exactly the bits of the scalar Numba optimizer.
+        The gradients were checked by the caller (``nonfinite="propagate"`` here).
+
+        The scratch optimizers are kept between steps (one per dtype, size and setting) and
+        their parameter and state overwritten in place, so that a step reuses their kernels'
+        tables and plans; they hold no state of their own between steps."""
+        values = {name: group[name] for name in self.hyperparams}
+        key = (param.dtype.str, param.size, repr(tuple(values.values())))  # repr: -0.0 is not 0.0
+        cache = self.__dict__.setdefault("_per_run_scratch", {})
+        scratch = cache.get(key)
+        if scratch is None:
+            if len(cache) >= _SCRATCH_LIMIT:
+                cache.clear()
+            scratch = type(self)([np.array(param, copy=True)], **values, nonfinite="propagate", backend="numba")
+            cache[key] = scratch
+        else:
+            scratch.param_groups[0]["params"][0][...] = param
+        wanted = {k: v for k, v in state.items() if v is not None}
+        target = scratch.state[0]
+        present = [k for k, v in target.items() if v is not None]
+        if present == list(wanted) and all(_fits(target[k], v) for k, v in wanted.items()):
+            for k, v in wanted.items():
+                if isinstance(v, np.ndarray):
+                    target[k][...] = v
+                else:
+                    target[k] = v
+        else:
+            scratch.state[0] = {k: _copied(v) for k, v in wanted.items()}
+        scratch.step([np.ascontiguousarray(grad)])
+        new_param = np.array(scratch.param_groups[0]["params"][0], copy=True)
+        return new_param, {k: _copied(v) for k, v in scratch.state[0].items()}
 
     @staticmethod
     def _as_compute(param: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -234,9 +287,12 @@ class Optimizer:
         groups = []
         start = 0
         for group in self.param_groups:
-            entry = {name: group[name] for name in self.hyperparams}
+            entry = {
+                name: (np.array(group[name], copy=True) if isinstance(group[name], np.ndarray) else group[name])
+                for name in self.hyperparams
+            }
             if "betas" in entry:
-                entry["betas"] = list(entry["betas"])
+                entry["betas"] = [np.array(b, copy=True) if isinstance(b, np.ndarray) else b for b in entry["betas"]]
             entry["params"] = list(range(start, start + len(group["params"])))
             start += len(group["params"])
             groups.append(entry)
@@ -340,6 +396,24 @@ class Optimizer:
         parameter (``state_schema``, in the compute dtype) plus a margin for the metadata
         (:func:`cprop_ref.checkpoint.size_budget`)."""
         return checkpoint.size_budget(*state_size(self.params, self.state_schema))
+
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+#: At most this many scratch optimizers per optimizer (distinct settings x dtypes x sizes).
+_SCRATCH_LIMIT = 4096
+
+
+def _fits(target: Any, value: Any) -> bool:
+    """Whether ``value`` can be written into ``target`` in place (same kind, shape and dtype)."""
+    if isinstance(value, np.ndarray):
+        return isinstance(target, np.ndarray) and target.shape == value.shape and target.dtype == value.dtype
+    return not isinstance(target, np.ndarray)
+
+
+def _copied(value: Any) -> Any:
+    return np.array(value, copy=True) if isinstance(value, np.ndarray) else value
 
 
 def _fused_step() -> Any:

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..gradients import compute_dtype
 from ..scale import CPropStats, cprop_scale, init_stats
+from .rows import has_run_arrays, scale_by_class
 
 
 class CPropStatsMixin:
@@ -39,6 +40,13 @@ class CPropStatsMixin:
                     out.append(None)
                     continue
                 stats = self._cprop_stats(state, p)
-                s = cprop_scale(stats, group["cprop_beta"], group["cprop_c"], group["cprop_eps"], group["cprop_cdf"])
+                if has_run_arrays(group, self.hyperparams):  # type: ignore[attr-defined]
+                    s = scale_by_class(_group_scale, stats, group, self.hyperparams, p.shape)  # type: ignore[attr-defined]
+                else:
+                    s = _group_scale(stats, group)
                 out.append(np.asarray(s))
         return out
+
+
+def _group_scale(stats: CPropStats, group: dict[str, Any]) -> np.ndarray:
+    return cprop_scale(stats, group["cprop_beta"], group["cprop_c"], group["cprop_eps"], group["cprop_cdf"])

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..functional import sgd_direction
-from ..hyperparams import CPROP_HYPERPARAMS, SGD_HYPERPARAMS, Validator, check_sgd_group
+from ..hyperparams import CPROP_HYPERPARAMS, SGD_HYPERPARAMS, Validator, accepting_runs, check_sgd_group
 from ..kernels import DEFAULT_BACKEND
 from ..scale import cprop_step, scale_update
 from .base import Optimizer, ParamState, Update
@@ -23,7 +23,7 @@ class SGD(Optimizer):
     (Nesterov) or ``d <- buf``; ``param <- param - lr * d``.
     """
 
-    hyperparams: ClassVar[dict[str, Validator]] = SGD_HYPERPARAMS
+    hyperparams: ClassVar[dict[str, Validator]] = accepting_runs(SGD_HYPERPARAMS)
     state_schema: ClassVar[dict[str, str]] = {"momentum_buffer": "optional_array"}
     kernel_family: ClassVar[str | None] = "sgd"
 
@@ -71,7 +71,7 @@ class CPropSGD(CPropStatsMixin, SGD):
     direction. ``cprop_beta``, ``cprop_c``, ``cprop_eps``, ``cprop_cdf`` as in ``docs/algorithm.md``.
     """
 
-    hyperparams: ClassVar[dict[str, Validator]] = {**SGD_HYPERPARAMS, **CPROP_HYPERPARAMS}
+    hyperparams: ClassVar[dict[str, Validator]] = accepting_runs({**SGD_HYPERPARAMS, **CPROP_HYPERPARAMS})
     state_schema: ClassVar[dict[str, str]] = {
         "step": "count",
         "cprop_m": "array",

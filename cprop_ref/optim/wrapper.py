@@ -10,9 +10,9 @@ import numpy as np
 
 from .. import checkpoint
 from ..gradients import check_gradients, check_nonfinite_policy, compute_dtype, unaliased
-from ..hyperparams import cdf_name, check_fits_dtypes, decay_rate, non_negative
+from ..hyperparams import cdf_name, check_broadcasts, check_fits_dtypes, decay_rate, non_negative, run_arrays
 from ..kernels import DEFAULT_BACKEND, check_backend, state_buffers
-from ..scale import CPropStats, cprop_scale, cprop_step, init_stats
+from ..scale import CPropStats, cprop_scale, cprop_step, init_stats, update_stats
 from .base import (
     check_params_of,
     check_state_values,
@@ -22,6 +22,7 @@ from .base import (
     refuse_unknown_keys,
     state_size,
 )
+from .rows import hyperparameter_classes, scale_by_class
 
 _CPROP_STATE_SCHEMA = {"step": "count", "cprop_m": "array", "cprop_v": "array"}
 
@@ -57,7 +58,9 @@ class CProp:
     between steps. For plain SGD and Adam this equals :class:`CPropSGD` and
     :class:`CPropAdam` up to rounding. ``backend`` is the wrapper's own (``"numba"``: the
     save and the scale-and-apply are fused kernels; ``"numpy"``: the reference), independent
-    of the base optimizer's.
+    of the base optimizer's. ``beta``, ``c`` and ``eps`` may be arrays that broadcast against
+    every parameter (one value per run): each run is then scaled exactly as by the wrapper
+    built with its scalars.
     """
 
     def __init__(
@@ -93,13 +96,14 @@ class CProp:
         raw = dict(beta=self.beta, c=self.c, eps=self.eps, cdf=self.cdf) if values is None else values
         try:
             checked = dict(
-                beta=decay_rate("beta", raw.get("beta")),
-                c=non_negative("c", raw.get("c")),
-                eps=non_negative("eps", raw.get("eps")),
+                beta=decay_rate("beta", raw.get("beta"), per_run=True),
+                c=non_negative("c", raw.get("c"), per_run=True),
+                eps=non_negative("eps", raw.get("eps"), per_run=True),
                 cdf=cdf_name("cdf", raw.get("cdf")),
             )
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
+        check_broadcasts(checked, self.params, where)
         check_fits_dtypes(checked, {compute_dtype(p.dtype) for p in self.params}, where)
         return checked
 
@@ -124,7 +128,8 @@ class CProp:
         hp = self._check_hyperparams()
         checked = check_gradients(params, self.param_names(), grads, self.nonfinite)
         fused = None
-        if check_backend(self.backend) == "numba":
+        per_run = bool(run_arrays(hp))  # per-run arrays: class by class of runs, below
+        if check_backend(self.backend) == "numba" and not per_run:
             from ..kernels.dispatch import WrapperStep  # imports Numba on the first fused step only
 
             # The fused half reads the gradients after the base optimizer's step: one sharing
@@ -134,6 +139,7 @@ class CProp:
             checked = unaliased(checked, params, state_buffers(self) + base_buffers, self.__dict__)
             fused = WrapperStep(self, hp, checked)  # saves the parameters it will update
         new_stats: list[tuple[int, CPropStats, np.ndarray, np.ndarray]] = []
+        by_kernels: list[tuple[int, list, np.ndarray]] = []
         # As in Optimizer.step: IEEE results (inf on overflow) are the defined ones, and a
         # user's np.seterr(all="raise") must not abort the step half-way.
         with np.errstate(all="ignore"):
@@ -141,15 +147,30 @@ class CProp:
                 if g is None or (fused is not None and k in fused.handled):
                     continue
                 dtype = compute_dtype(p.dtype)
-                stats, s = cprop_step(
-                    self._stats(k, p), g.astype(dtype, copy=False), hp["beta"], hp["c"], hp["eps"], hp["cdf"]
-                )
+                if per_run and check_backend(self.backend) == "numba" and p.dtype in _KERNEL_DTYPES:
+                    # Each class of runs by a scratch scalar wrapper's kernels (below), with the
+                    # gradient read now, before the base optimizer's step.
+                    classes = [
+                        (indices, scalar, np.ascontiguousarray(g.reshape(-1)[indices]))
+                        for indices, scalar in hyperparameter_classes(hp, _WRAPPER_HYPERPARAMS, p.shape)
+                    ]
+                    by_kernels.append((k, classes, p.astype(dtype, copy=True)))
+                    continue
+                if per_run:
+                    stats = _per_run_update(self._stats(k, p), g.astype(dtype, copy=False), hp)
+                    s = scale_by_class(_hp_scale, stats, hp, _WRAPPER_HYPERPARAMS, p.shape)
+                else:
+                    stats, s = cprop_step(
+                        self._stats(k, p), g.astype(dtype, copy=False), hp["beta"], hp["c"], hp["eps"], hp["cdf"]
+                    )
                 new_stats.append((k, stats, s, p.astype(dtype, copy=True)))
         # The base optimizer either steps or raises having changed nothing; only then is
         # CProp's own state committed.
         self.base_optimizer.step(checked)
         if fused is not None:
             fused.finish()
+        for k, classes, before in by_kernels:
+            self.state[k] = self._kernel_classes(params[k], before, classes, self.state[k])
         for k, stats, s, before in new_stats:
             with np.errstate(all="ignore"):
                 after = params[k].astype(before.dtype, copy=False)
@@ -159,6 +180,48 @@ class CProp:
                 # parameter that the base optimizer took past 65504, or c = 0).
                 params[k][...] = np.where((s == 0.0) | (after == before), before, scaled)
             self.state[k] = {"step": stats.t, "cprop_m": np.asarray(stats.m), "cprop_v": np.asarray(stats.v)}
+
+    def _kernel_classes(
+        self, param: np.ndarray, before: np.ndarray, classes: list, state: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Scale the base optimizer's update of ``param`` (from ``before``) class by class of
+        runs sharing their hyperparameter values, each by a scratch :class:`CProp` with the
+        class's scalars and ``backend="numba"``: exactly the bits of the scalar Numba wrapper.
+        Returns the parameter's new state."""
+        after = param.reshape(-1)
+        result = np.array(after, copy=True)
+        m, v = np.empty_like(result), np.empty_like(result)
+        cache = self.__dict__.setdefault("_per_run_scratch", {})
+        for indices, scalar, grad in classes:
+            values = {name: scalar[name] for name in _WRAPPER_HYPERPARAMS}
+            # Kept between steps, one per dtype, size and setting (their kernels' tables reused);
+            # parameter and state are overwritten below, so they hold nothing of their own.
+            key = (before.dtype.str, len(indices), repr(tuple(values.values())))  # repr: -0.0 is not 0.0
+            if key not in cache:
+                if len(cache) >= 4096:
+                    cache.clear()
+                replay = _Replay(before.reshape(-1)[indices], after[indices])
+                cache[key] = (replay, CProp(replay, **values, nonfinite="propagate", backend="numba"))
+            replay, scratch = cache[key]
+            replay.param_groups[0]["params"][0][...] = before.reshape(-1)[indices]
+            replay.after = after[indices]
+            target = scratch.state[0]
+            if not state:
+                scratch.state = [{}]
+            elif target:
+                target["step"] = state["step"]
+                for name in ("cprop_m", "cprop_v"):
+                    target[name][...] = state[name].reshape(-1)[indices]
+            else:
+                sub = {"step": state["step"]}
+                sub.update({name: state[name].reshape(-1)[indices] for name in ("cprop_m", "cprop_v")})
+                scratch.state = [sub]
+            scratch.step([grad])
+            result[indices] = replay.param_groups[0]["params"][0]
+            m[indices], v[indices] = scratch.state[0]["cprop_m"], scratch.state[0]["cprop_v"]
+            step = scratch.state[0]["step"]
+        param[...] = result.reshape(param.shape)
+        return {"step": step, "cprop_m": m.reshape(param.shape), "cprop_v": v.reshape(param.shape)}
 
     def _stats(self, k: int, p: np.ndarray) -> CPropStats:
         state = self.state[k]
@@ -174,8 +237,10 @@ class CProp:
         for k, p in enumerate(self.params):
             if k >= len(self.state) or not self.state[k]:
                 out.append(None)
+            elif run_arrays(hp):
+                out.append(scale_by_class(_hp_scale, self._stats(k, p), hp, _WRAPPER_HYPERPARAMS, p.shape))
             else:
-                out.append(np.asarray(cprop_scale(self._stats(k, p), hp["beta"], hp["c"], hp["eps"], hp["cdf"])))
+                out.append(np.asarray(_hp_scale(self._stats(k, p), hp)))
         return out
 
     # -- state --------------------------------------------------------------------------
@@ -251,3 +316,41 @@ class CProp:
         if base_bytes is None:
             return None
         return base_bytes + checkpoint.size_budget(*state_size(self.params, _CPROP_STATE_SCHEMA), fixed=0)
+
+
+_WRAPPER_HYPERPARAMS = ("beta", "c", "eps", "cdf")
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class _Replay:
+    """The base optimizer of a scratch wrapper (:meth:`CProp._kernel_classes`): its step moves
+    its one parameter to the values the real base optimizer gave those elements."""
+
+    def __init__(self, before: np.ndarray, after: np.ndarray) -> None:
+        self.param_groups = [{"params": [np.array(before, copy=True)]}]
+        self.after = after
+
+    def step(self, grads: Sequence[np.ndarray | None]) -> None:
+        self.param_groups[0]["params"][0][...] = self.after
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+
+def _hp_scale(stats: CPropStats, hp: dict[str, Any]) -> np.ndarray:
+    return cprop_scale(stats, hp["beta"], hp["c"], hp["eps"], hp["cdf"])
+
+
+def _per_run_update(stats: CPropStats, g: np.ndarray, hp: dict[str, Any]) -> CPropStats:
+    """:func:`~cprop_ref.scale.update_stats` with a per-run ``beta``: the scalar rule per class
+    of elements sharing their hyperparameter values (:mod:`.rows`)."""
+    shape = g.shape
+    m, v = np.empty(g.size, g.dtype), np.empty(g.size, g.dtype)
+    flat_m, flat_v, flat_g = stats.m.reshape(-1), stats.v.reshape(-1), g.reshape(-1)
+    for indices, scalar in hyperparameter_classes(hp, _WRAPPER_HYPERPARAMS, shape):
+        sub = update_stats(CPropStats(flat_m[indices], flat_v[indices], stats.t), flat_g[indices], scalar["beta"])
+        m[indices], v[indices] = sub.m, sub.v
+    return CPropStats(m.reshape(shape), v.reshape(shape), stats.t + 1)
