@@ -261,7 +261,8 @@ def test_sampled_torch_mutants_are_killed(tmp_path):
     report = mutation.run_session(
         tmp_path / "torch.sqlite", target, Settings.verify_defaults(), jobs=1, sample=CI_SAMPLE, seed=2026
     )
-    assert len(report.results) == CI_SAMPLE and not report.errors, report.format()
+    run = [r for r in report.results if r.outcome != "not reached"]
+    assert len(run) == CI_SAMPLE and not report.errors, report.format()
     missed = [r for r in report.survivors if not r.equivalent]
     assert not missed, report.format()
 
