@@ -256,6 +256,7 @@ def _torch_target() -> Target:
 CI_SAMPLE = 3
 
 
+@pytest.mark.slow  # about 130 s of CPU (the unmutated port's traced verify run, then each mutant's)
 def test_sampled_torch_mutants_are_killed(tmp_path):
     target = _torch_target()
     report = mutation.run_session(
@@ -315,6 +316,7 @@ def _check_equivalents(examples: int) -> None:
         assert difference is None, f"{equivalent} is not equivalent: {difference}"
 
 
+@pytest.mark.slow  # about 270 s of CPU on the 2-core machine: past the CI budget
 @pytest.mark.skipif(not TORCH_EQUIVALENTS, reason="no equivalent mutants listed")
 def test_listed_equivalent_mutants_give_the_same_outputs():
     """Each listed equivalent mutant and the unmutated port on the same drawn inputs (10 per
