@@ -132,6 +132,18 @@ CPROP_HYPERPARAMS: dict[str, Validator] = {
 }
 
 
+def validated(table: dict[str, Validator], values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` checked and normalised by the validators of ``table``; ``ValueError`` names the
+    hyperparameter and ``where`` (the ports' constructors: torch's and JAX's)."""
+    out = {}
+    for name, check in table.items():
+        try:
+            out[name] = check(name, values[name])
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+    return out
+
+
 def accepting_runs(table: dict[str, Validator]) -> dict[str, Validator]:
     """``table`` with its real-valued validators accepting per-run arrays as well (the NumPy
     optimizers' tables; the torch and JAX ports take scalars only, with the plain tables)."""

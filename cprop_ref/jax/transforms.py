@@ -35,6 +35,7 @@ from ..hyperparams import (
     check_sgd_group,
     decay_rate,
     non_negative,
+    validated,
 )
 from . import scalars
 from .functional import (
@@ -129,21 +130,11 @@ def cprop_statistics(state: Any) -> tuple[Any, Any, jax.Array]:
 # -- checks at construction and at trace time ----------------------------------------------
 
 
-def _validated(table: dict[str, Validator], values: dict[str, Any], where: str) -> dict[str, Any]:
-    out = {}
-    for name, check in table.items():
-        try:
-            out[name] = check(name, values[name])
-        except ValueError as err:
-            raise ValueError(f"{where}: {err}") from None
-    return out
-
-
 def _learning_rate(value: Any, where: str) -> LearningRate:
     """A schedule (any callable of the step count) or a rate checked as the NumPy optimizers' ``lr``."""
     if callable(value):
         return value
-    return _validated({"learning_rate": SGD_HYPERPARAMS["lr"]}, {"learning_rate": value}, where)["learning_rate"]
+    return validated({"learning_rate": SGD_HYPERPARAMS["lr"]}, {"learning_rate": value}, where)["learning_rate"]
 
 
 def _rate(learning_rate: LearningRate, count: jax.Array, dtype: np.dtype) -> Any:
@@ -239,7 +230,7 @@ def cprop(
     """
     if not (callable(getattr(inner, "init", None)) and callable(getattr(inner, "update", None))):
         raise ValueError(f"cprop: inner must be an optax.GradientTransformation, got {type(inner).__name__}")
-    hp = _validated(WRAPPER_HYPERPARAMS, dict(beta=beta, c=c, eps=eps, cdf=cdf), "cprop")
+    hp = validated(WRAPPER_HYPERPARAMS, dict(beta=beta, c=c, eps=eps, cdf=cdf), "cprop")
 
     def init_fn(params: Any) -> CPropState:
         return CPropState(jnp.zeros([], jnp.int32), _zeros(params), _zeros(params), _zeros(params), inner.init(params))
@@ -295,7 +286,7 @@ def cprop_sgd(
         cprop_cdf=cprop_cdf,
     )
     table = {k: v for k, v in {**SGD_HYPERPARAMS, **CPROP_HYPERPARAMS}.items() if k != "lr"}
-    hp = _validated(table, values, "cprop_sgd")
+    hp = validated(table, values, "cprop_sgd")
     check_sgd_group(hp, "cprop_sgd")
     beta = hp["cprop_beta"]
 
@@ -373,7 +364,7 @@ def cprop_adam(
         cprop_cdf=cprop_cdf,
     )
     table = {k: v for k, v in {**ADAM_HYPERPARAMS, **CPROP_HYPERPARAMS}.items() if k != "lr"}
-    hp = _validated(table, values, "cprop_adam")
+    hp = validated(table, values, "cprop_adam")
     beta = hp["cprop_beta"]
     raw = hp["weight_decay"] == 0.0
     share_m, share_v = raw and hp["betas"][0] == beta, raw and hp["betas"][1] == beta
@@ -459,7 +450,7 @@ def sgd(
     lr = _learning_rate(learning_rate, "sgd")
     table = {k: v for k, v in SGD_HYPERPARAMS.items() if k != "lr"}
     values = dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
-    hp = _validated(table, values, "sgd")
+    hp = validated(table, values, "sgd")
     check_sgd_group(hp, "sgd")
 
     def init_fn(params: Any) -> SGDState:
@@ -498,7 +489,7 @@ def _torch_adam(
 ):
     lr = _learning_rate(learning_rate, where)
     table = {k: v for k, v in ADAM_HYPERPARAMS.items() if k != "lr"}
-    hp = _validated(table, dict(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad), where)
+    hp = validated(table, dict(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad), where)
     wd = hp["weight_decay"]
 
     def init_fn(params: Any) -> AdamState:

@@ -9,21 +9,9 @@ from typing import Any
 
 import torch
 
-from ..hyperparams import Validator
+from ..hyperparams import Validator, validated
 from .functional import cprop_scale, statistics_dtype, update_statistics_
 from .variants import check_options, check_parameters, implementation
-
-
-def validated(table: dict[str, Validator], values: dict[str, Any], where: str) -> dict[str, Any]:
-    """``values`` checked and normalised by the cprop-ref validators; ``ValueError`` names the
-    hyperparameter and ``where``."""
-    out = {}
-    for name, check in table.items():
-        try:
-            out[name] = check(name, values[name])
-        except ValueError as err:
-            raise ValueError(f"{where}: {err}") from None
-    return out
 
 
 def with_variant_options(defaults: dict[str, Any], foreach: Any, fused: Any, where: str) -> dict[str, Any]:
