@@ -165,13 +165,27 @@ def _item(x: Pair, i: int) -> Pair:
 # -- the factors of a step (the reference's cprop_ref.scale and functional, in pairs) ----------
 
 
+def _scale_pairs(beta: float, t: jax.Array, eps: float, dtype: np.dtype) -> tuple[Pair, Pair]:
+    """``1 - beta^t`` and ``n - 1 + eps = beta (1 - beta^(t-1)) / (1 - beta) + eps`` as pairs."""
+    both = one_minus_powers([beta, beta], [t, t - 1], dtype)
+    dof = div(mul(constant(beta, dtype), _item(both, 1)), constant(1.0 - beta, dtype))
+    return _item(both, 0), add(dof, constant(eps, dtype))
+
+
 def scale_factors(beta: float, t: jax.Array, eps: float, dtype: np.dtype) -> tuple[jax.Array, jax.Array]:
     """``b = 1 - beta^t`` and ``n - 1 + eps = beta (1 - beta^(t-1)) / (1 - beta) + eps``, each
     rounded once to ``dtype`` (the latter exactly ``eps`` where ``t = 1`` or ``beta = 0``)."""
+    b, denominator = _scale_pairs(beta, t, eps, np.dtype(dtype))
+    return b.hi, denominator.hi
+
+
+def scale_reciprocals(beta: float, t: jax.Array, eps: float, dtype: np.dtype) -> tuple[jax.Array, jax.Array]:
+    """``1 / (1 - beta^t)`` and ``1 / (n - 1 + eps)`` (see :func:`scale_factors`), each rounded
+    once to ``dtype``: the scale multiplies by them, one rounding where a division has one too."""
     dtype = np.dtype(dtype)
-    both = one_minus_powers([beta, beta], [t, t - 1], dtype)
-    dof = div(mul(constant(beta, dtype), _item(both, 1)), constant(1.0 - beta, dtype))
-    return _item(both, 0).hi, add(dof, constant(eps, dtype)).hi
+    b, denominator = _scale_pairs(beta, t, eps, dtype)
+    one = constant(1.0, dtype)
+    return div(one, b).hi, div(one, denominator).hi
 
 
 def bias_correction(beta: float, t: jax.Array, dtype: np.dtype) -> jax.Array:

@@ -204,6 +204,21 @@ def _zeros(params: Any) -> Any:
     return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), statistics_dtype(jnp.result_type(p))), params)
 
 
+def _in_place_of(old: jax.Array, new: jax.Array) -> jax.Array:
+    """``new``, written over the buffer of ``old`` (a state field the step never reads).
+
+    ``jax.jit`` drops an argument its function does not use, and a dropped argument's buffer,
+    donated or not, cannot hold an output: the new scale would get a fresh buffer at each step,
+    whose first touch costs a page fault per 4 KiB (on the project's machine more than the
+    arithmetic of the step). A full-size ``dynamic_update_slice`` uses ``old`` and compiles to
+    nothing: XLA replaces it by ``new``, computed straight into the donated buffer. (A restored
+    state whose field has another shape or dtype gets ``new`` as it is.)
+    """
+    if jnp.shape(old) != new.shape or jnp.result_type(old) != new.dtype:
+        return new
+    return jax.lax.dynamic_update_slice(old, new, (0,) * new.ndim)
+
+
 def _as(x: Any, like: jax.Array) -> Any:
     return None if x is None else jnp.asarray(x).astype(like.dtype)
 
@@ -243,9 +258,12 @@ def cprop(
         proposed = _leaves(inner_updates, state.m, "inner update", "cprop")
         factors = _PerDtype(lambda dtype: scale_factors(hp["beta"], hp["eps"], t, dtype))
         ms, vs, ss, out = [], [], [], []
-        for g, m, v, u in zip(grads, jax.tree.leaves(state.m), jax.tree.leaves(state.v), proposed):
+        for g, m, v, u, old_s in zip(
+            grads, jax.tree.leaves(state.m), jax.tree.leaves(state.v), proposed, jax.tree.leaves(state.scale)
+        ):
             m, v = update_moments(m, v, _as(g, m), hp["beta"])
             s = scale_from_factors(m, v, factors(m.dtype), c=hp["c"], eps=hp["eps"], cdf_name=hp["cdf"])
+            s = _in_place_of(old_s, s)
             u = _as(u, m)
             out.append(jnp.where((s == 0.0) | (u == 0.0), jnp.zeros_like(u), u * s))
             ms.append(m)
@@ -303,12 +321,15 @@ def cprop_sgd(
         t = _increment(state.count)
         factors = _PerDtype(lambda dtype: scale_factors(beta, hp["cprop_eps"], t, dtype))
         out, ms, vs, ss, new_bufs = [], [], [], [], []
-        for g, p, m, v, buf in zip(grads, ps, jax.tree.leaves(state.m), jax.tree.leaves(state.v), bufs):
+        for g, p, m, v, buf, old_s in zip(
+            grads, ps, jax.tree.leaves(state.m), jax.tree.leaves(state.v), bufs, jax.tree.leaves(state.scale)
+        ):
             g = _as(g, m)
             m, v = update_moments(m, v, g, beta)
             s = scale_from_factors(
                 m, v, factors(m.dtype), c=hp["cprop_c"], eps=hp["cprop_eps"], cdf_name=hp["cprop_cdf"]
             )
+            s = _in_place_of(old_s, s)
             d, buf = sgd_direction(
                 _as(p, m),
                 g,
@@ -394,7 +415,7 @@ def cprop_adam(
             return [None] * n if tree is None else jax.tree.leaves(tree)
 
         columns: list[list[Any]] = [[] for _ in range(7)]
-        for g, p, m1, v2, vmax, cm, cv in zip(
+        for g, p, m1, v2, vmax, cm, cv, old_s in zip(
             grads,
             ps,
             leaves(state.exp_avg),
@@ -402,6 +423,7 @@ def cprop_adam(
             leaves(state.max_exp_avg_sq),
             leaves(state.cprop_m),
             leaves(state.cprop_v),
+            leaves(state.scale),
         ):
             g = _as(g, m1)
             d = g + hp["weight_decay"] * _as(p, m1) if not raw else g
@@ -414,6 +436,7 @@ def cprop_adam(
             s = scale_from_factors(
                 m, v, factors(m.dtype), c=hp["cprop_c"], eps=hp["cprop_eps"], cdf_name=hp["cprop_cdf"]
             )
+            s = _in_place_of(old_s, s)
             for column, value in zip(columns, (scale_update(delta, s), m1, v2, vmax, m, v, s)):
                 column.append(value)
         out, m1s, v2s, vmaxs, ms, vs, ss = columns
