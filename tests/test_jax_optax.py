@@ -70,6 +70,38 @@ def test_scalar_factors_are_within_the_tolerance_policys_bounds_under_jit_and_vm
             assert abs(root[i] - np.sqrt(b_ref)) <= np.spacing(np.float32(np.sqrt(b_ref)))
 
 
+# -- the scale's transcendental functions never exceed 1 in float32 ----------------------------
+
+
+def _float32_range(low: float, high: float) -> np.ndarray:
+    """Every float32 in ``[low, high)``, ascending (positive bounds)."""
+    first, last = np.float32(low).view(np.int32), np.float32(high).view(np.int32)
+    return np.arange(first, last, dtype=np.int32).view(np.float32)
+
+
+def test_xlas_float32_tanh_and_clamped_erf_never_exceed_one():
+    """``scale_from_factors`` drops ``min(., 1)`` for ``c <= 1`` in float32 because ``c * tanh`` and
+    ``c * erf(min(x, ERF_FLOAT32_SATURATION))`` cannot exceed 1. Checked for every float32 where
+    the functions come within a few ulp of 1 (``tanh`` on [2, 32), below 0.97 before; ``erf`` on
+    [3, saturation], below 0.99998 before), for infinity, and ``erf`` is 1 at the clamp. A new
+    XLA whose approximations round past 1 fails here, not silently in the scale."""
+    from cprop_ref.jax.functional import ERF_FLOAT32_SATURATION, central_mass
+
+    tanh = jax.jit(lambda x: central_mass(x, "bfo"))
+    slope = 0.5 * 1.702
+    for binade in (2.0, 4.0, 8.0, 16.0):
+        x = _float32_range(binade / slope, 2 * binade / slope)
+        assert np.max(np.asarray(tanh(jnp.asarray(x)))) <= 1.0, binade
+    erf = jax.jit(jax.scipy.special.erf)
+    x = np.append(_float32_range(3.0, ERF_FLOAT32_SATURATION), np.float32(ERF_FLOAT32_SATURATION))
+    values = np.asarray(erf(jnp.asarray(x)))
+    assert np.max(values) <= 1.0 and values[-1] == 1.0
+    normal = jax.jit(lambda z: central_mass(z, "normal"))
+    z = jnp.asarray([3.0 * np.sqrt(2.0), 5.227, 5.4, 6.0, 40.0, np.inf], jnp.float32)
+    assert np.all(np.asarray(normal(z)) <= 1.0) and np.all(np.asarray(normal(z))[2:] == 1.0)
+    assert np.asarray(tanh(jnp.asarray([np.inf], jnp.float32)))[0] == 1.0
+
+
 # -- agreement with the NumPy optimizers ------------------------------------------------------
 
 
