@@ -205,6 +205,29 @@ def test_the_last_scale_is_readable_from_the_state_and_is_the_scale_of_the_stati
     assert int(t) == 3 and np.all((0.0 <= state.scale) & (state.scale <= 1.0))
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda keep: cj.cprop_adam(1e-2, cprop_cdf="normal", keep_scale=keep),
+        lambda keep: cj.cprop_sgd(0.1, momentum=0.5, keep_scale=keep),
+        lambda keep: cj.cprop(cj.adam(1e-2), beta=0.9, cdf="logistic", keep_scale=keep),
+    ],
+)
+def test_without_keep_scale_the_steps_are_the_same_and_the_state_has_no_scale(make):
+    """``keep_scale=False`` changes what the state holds, not the step: the parameters and the
+    statistics are bit for bit those of ``keep_scale=True``, and ``state.scale`` is ``None``."""
+    grads = [jnp.asarray(RNG.standard_normal(7).astype(np.float32)) for _ in range(3)]
+    x0 = jnp.asarray(RNG.standard_normal(7).astype(np.float32))
+    kept_params, kept = _run(make(True), x0, grads)
+    params, state = _run(make(False), x0, grads)
+    assert state.scale is None and kept.scale is not None
+    np.testing.assert_array_equal(params, kept_params)
+    for a, b in zip(cj.cprop_statistics(state), cj.cprop_statistics(kept)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="keep_scale"):
+        make(1)
+
+
 def test_adams_moments_are_shared_when_the_betas_allow():
     """As ``CPropAdam``: with weight_decay 0, beta2 == cprop_beta (the defaults) shares v,
     beta1 == cprop_beta too shares m; weight decay shares nothing."""

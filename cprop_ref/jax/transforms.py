@@ -34,6 +34,7 @@ from ..hyperparams import (
     cdf_name,
     check_sgd_group,
     decay_rate,
+    flag,
     non_negative,
     validated,
 )
@@ -61,8 +62,8 @@ _INT32_MAX = np.iinfo(np.int32).max
 
 class CPropState(NamedTuple):
     """State of :func:`cprop`: CProp's step count ``count`` (``t``), the EMAs ``m`` and ``v`` of
-    the raw gradients, the per-element ``scale`` the last step applied (zeros before the first),
-    and the wrapped transformation's state ``inner``."""
+    the raw gradients, the per-element ``scale`` the last step applied (zeros before the first;
+    ``None`` with ``keep_scale=False``), and the wrapped transformation's state ``inner``."""
 
     count: jax.Array
     m: Any
@@ -72,10 +73,11 @@ class CPropState(NamedTuple):
 
 
 class CPropSGDState(NamedTuple):
-    """State of :func:`cprop_sgd`: ``count``, CProp's ``m`` / ``v``, the last ``scale``, SGD's
-    ``momentum_buffer`` (``None`` without momentum) and ``momentum_count``, the steps the buffer
-    has taken (0: the next step starts it with the direction itself, torch's rule; usually equal to
-    ``count``, kept apart so that a state restored without a buffer behaves as torch's)."""
+    """State of :func:`cprop_sgd`: ``count``, CProp's ``m`` / ``v``, the last ``scale`` (``None``
+    with ``keep_scale=False``), SGD's ``momentum_buffer`` (``None`` without momentum) and
+    ``momentum_count``, the steps the buffer has taken (0: the next step starts it with the
+    direction itself, torch's rule; usually equal to ``count``, kept apart so that a state
+    restored without a buffer behaves as torch's)."""
 
     count: jax.Array
     m: Any
@@ -89,7 +91,7 @@ class CPropAdamState(NamedTuple):
     """State of :func:`cprop_adam`: ``count``, Adam's ``exp_avg`` / ``exp_avg_sq`` /
     ``max_exp_avg_sq`` (``None`` without AMSGrad), CProp's ``cprop_m`` / ``cprop_v`` (``None``
     where Adam's moment is shared: ``weight_decay == 0`` and ``beta1`` / ``beta2 == cprop_beta``)
-    and the last ``scale``."""
+    and the last ``scale`` (``None`` with ``keep_scale=False``)."""
 
     count: jax.Array
     exp_avg: Any
@@ -214,9 +216,14 @@ def _in_place_of(old: jax.Array, new: jax.Array) -> jax.Array:
     nothing: XLA replaces it by ``new``, computed straight into the donated buffer. (A restored
     state whose field has another shape or dtype gets ``new`` as it is.)
     """
-    if jnp.shape(old) != new.shape or jnp.result_type(old) != new.dtype:
+    if old is None or jnp.shape(old) != new.shape or jnp.result_type(old) != new.dtype:
         return new
     return jax.lax.dynamic_update_slice(old, new, (0,) * new.ndim)
+
+
+def _scale_leaves(scale: Any, grads: list[Any]) -> list[Any]:
+    """The leaves of the state's ``scale`` (``None`` for each without ``keep_scale``)."""
+    return [None] * len(grads) if scale is None else jax.tree.leaves(scale)
 
 
 def _as(x: Any, like: jax.Array) -> Any:
@@ -225,16 +232,25 @@ def _as(x: Any, like: jax.Array) -> Any:
 
 # -- the wrapper -------------------------------------------------------------------------
 
+#: ``keep_scale``: whether the state holds the scale of the last step (see :func:`cprop`).
+KEEP_SCALE: dict[str, Validator] = {"keep_scale": flag}
+
 WRAPPER_HYPERPARAMS: dict[str, Validator] = {
     "beta": decay_rate,
     "c": non_negative,
     "eps": non_negative,
     "cdf": cdf_name,
+    **KEEP_SCALE,
 }
 
 
 def cprop(
-    inner: optax.GradientTransformation, beta: float = 0.999, c: float = 1.0, eps: float = 1e-8, cdf: str = "bft"
+    inner: optax.GradientTransformation,
+    beta: float = 0.999,
+    c: float = 1.0,
+    eps: float = 1e-8,
+    cdf: str = "bft",
+    keep_scale: bool = True,
 ) -> optax.GradientTransformation:
     """Scale the updates of ``inner`` element-wise by CProp: ``update = inner_update * s``, with
     ``s`` from the raw gradients this transformation receives (``docs/algorithm.md``, the wrapper).
@@ -242,13 +258,19 @@ def cprop(
     ``beta`` (0.999), ``c`` (1), ``eps`` (1e-8), ``cdf`` (``"bft"``; also ``"normal"``, ``"bfo"``,
     ``"logistic"``) are the authors' names. Where ``s = 0`` or ``inner`` made no update, the update
     is exactly 0 (also where ``inner``'s update is inf or NaN). State: :class:`CPropState`.
+
+    ``keep_scale`` (the three transformations): with ``True`` the state's ``scale`` is the
+    per-element scale the last step applied, for study; with ``False`` it is ``None`` and a step
+    writes one array less per parameter (on a CPU, where XLA gives each new array its own loop,
+    that is 3 of the step's 17 passes over memory, ``docs/jax.md``); ``cprop_scale`` recomputes it.
     """
     if not (callable(getattr(inner, "init", None)) and callable(getattr(inner, "update", None))):
         raise ValueError(f"cprop: inner must be an optax.GradientTransformation, got {type(inner).__name__}")
-    hp = validated(WRAPPER_HYPERPARAMS, dict(beta=beta, c=c, eps=eps, cdf=cdf), "cprop")
+    hp = validated(WRAPPER_HYPERPARAMS, dict(beta=beta, c=c, eps=eps, cdf=cdf, keep_scale=keep_scale), "cprop")
 
     def init_fn(params: Any) -> CPropState:
-        return CPropState(jnp.zeros([], jnp.int32), _zeros(params), _zeros(params), _zeros(params), inner.init(params))
+        scale = _zeros(params) if hp["keep_scale"] else None
+        return CPropState(jnp.zeros([], jnp.int32), _zeros(params), _zeros(params), scale, inner.init(params))
 
     def update_fn(updates: Any, state: CPropState, params: Any = None) -> tuple[Any, CPropState]:
         treedef = jax.tree.structure(state.m)
@@ -259,7 +281,7 @@ def cprop(
         factors = _PerDtype(lambda dtype: scale_factors(hp["beta"], hp["eps"], t, dtype))
         ms, vs, ss, out = [], [], [], []
         for g, m, v, u, old_s in zip(
-            grads, jax.tree.leaves(state.m), jax.tree.leaves(state.v), proposed, jax.tree.leaves(state.scale)
+            grads, jax.tree.leaves(state.m), jax.tree.leaves(state.v), proposed, _scale_leaves(state.scale, grads)
         ):
             m, v = update_moments(m, v, _as(g, m), hp["beta"])
             s = scale_from_factors(m, v, factors(m.dtype), c=hp["c"], eps=hp["eps"], cdf_name=hp["cdf"])
@@ -270,7 +292,7 @@ def cprop(
             vs.append(v)
             ss.append(s)
         new = [jax.tree.unflatten(treedef, leaves) for leaves in (out, ms, vs, ss)]
-        return new[0], CPropState(t, new[1], new[2], new[3], inner_state)
+        return new[0], CPropState(t, new[1], new[2], new[3] if hp["keep_scale"] else None, inner_state)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -288,10 +310,11 @@ def cprop_sgd(
     cprop_c: float = 1.0,
     cprop_eps: float = 1e-8,
     cprop_cdf: str = "bft",
+    keep_scale: bool = True,
 ) -> optax.GradientTransformation:
     """SGD scaled by CProp (``cprop_ref.CPropSGD``): ``update = -lr * (d * s)``, ``d`` torch SGD's
     direction (momentum, dampening, Nesterov, coupled weight decay), ``s`` from the raw gradient.
-    State: :class:`CPropSGDState`."""
+    State: :class:`CPropSGDState` (``scale`` ``None`` with ``keep_scale=False``, see :func:`cprop`)."""
     lr = _learning_rate(learning_rate, "cprop_sgd")
     values = dict(
         momentum=momentum,
@@ -302,8 +325,9 @@ def cprop_sgd(
         cprop_c=cprop_c,
         cprop_eps=cprop_eps,
         cprop_cdf=cprop_cdf,
+        keep_scale=keep_scale,
     )
-    table = {k: v for k, v in {**SGD_HYPERPARAMS, **CPROP_HYPERPARAMS}.items() if k != "lr"}
+    table = {k: v for k, v in {**SGD_HYPERPARAMS, **CPROP_HYPERPARAMS, **KEEP_SCALE}.items() if k != "lr"}
     hp = validated(table, values, "cprop_sgd")
     check_sgd_group(hp, "cprop_sgd")
     beta = hp["cprop_beta"]
@@ -311,7 +335,8 @@ def cprop_sgd(
     def init_fn(params: Any) -> CPropSGDState:
         buf = _zeros(params) if hp["momentum"] != 0.0 else None
         count = jnp.zeros([], jnp.int32)
-        return CPropSGDState(count, _zeros(params), _zeros(params), _zeros(params), buf, jnp.zeros([], jnp.int32))
+        scale = _zeros(params) if hp["keep_scale"] else None
+        return CPropSGDState(count, _zeros(params), _zeros(params), scale, buf, jnp.zeros([], jnp.int32))
 
     def update_fn(updates: Any, state: CPropSGDState, params: Any = None) -> tuple[Any, CPropSGDState]:
         treedef = jax.tree.structure(state.m)
@@ -322,7 +347,7 @@ def cprop_sgd(
         factors = _PerDtype(lambda dtype: scale_factors(beta, hp["cprop_eps"], t, dtype))
         out, ms, vs, ss, new_bufs = [], [], [], [], []
         for g, p, m, v, buf, old_s in zip(
-            grads, ps, jax.tree.leaves(state.m), jax.tree.leaves(state.v), bufs, jax.tree.leaves(state.scale)
+            grads, ps, jax.tree.leaves(state.m), jax.tree.leaves(state.v), bufs, _scale_leaves(state.scale, grads)
         ):
             g = _as(g, m)
             m, v = update_moments(m, v, g, beta)
@@ -347,7 +372,8 @@ def cprop_sgd(
             new_bufs.append(buf)
         new = [jax.tree.unflatten(treedef, leaves) for leaves in (out, ms, vs, ss)]
         buf_tree = jax.tree.unflatten(treedef, new_bufs) if hp["momentum"] != 0.0 else None
-        return new[0], CPropSGDState(t, new[1], new[2], new[3], buf_tree, _increment(state.momentum_count))
+        scale = new[3] if hp["keep_scale"] else None
+        return new[0], CPropSGDState(t, new[1], new[2], scale, buf_tree, _increment(state.momentum_count))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -365,6 +391,7 @@ def cprop_adam(
     cprop_c: float = 1.0,
     cprop_eps: float = 1e-8,
     cprop_cdf: str = "bft",
+    keep_scale: bool = True,
 ) -> optax.GradientTransformation:
     """Adam scaled by CProp (``cprop_ref.CPropAdam``): ``update = delta * s``, ``delta`` torch Adam's
     update (coupled weight decay, optional AMSGrad), ``s`` from the raw gradient.
@@ -383,8 +410,9 @@ def cprop_adam(
         cprop_c=cprop_c,
         cprop_eps=cprop_eps,
         cprop_cdf=cprop_cdf,
+        keep_scale=keep_scale,
     )
-    table = {k: v for k, v in {**ADAM_HYPERPARAMS, **CPROP_HYPERPARAMS}.items() if k != "lr"}
+    table = {k: v for k, v in {**ADAM_HYPERPARAMS, **CPROP_HYPERPARAMS, **KEEP_SCALE}.items() if k != "lr"}
     hp = validated(table, values, "cprop_adam")
     beta = hp["cprop_beta"]
     raw = hp["weight_decay"] == 0.0
@@ -398,7 +426,7 @@ def cprop_adam(
             _zeros(params) if hp["amsgrad"] else None,
             None if share_m else _zeros(params),
             None if share_v else _zeros(params),
-            _zeros(params),
+            _zeros(params) if hp["keep_scale"] else None,
         )
 
     def update_fn(updates: Any, state: CPropAdamState, params: Any = None) -> tuple[Any, CPropAdamState]:
@@ -423,7 +451,7 @@ def cprop_adam(
             leaves(state.max_exp_avg_sq),
             leaves(state.cprop_m),
             leaves(state.cprop_v),
-            leaves(state.scale),
+            _scale_leaves(state.scale, grads),
         ):
             g = _as(g, m1)
             d = g + hp["weight_decay"] * _as(p, m1) if not raw else g
@@ -451,7 +479,7 @@ def cprop_adam(
             tree(vmaxs, hp["amsgrad"]),
             tree(ms, not share_m),
             tree(vs, not share_v),
-            tree(ss),
+            tree(ss, hp["keep_scale"]),
         )
         return tree(out), new_state
 
