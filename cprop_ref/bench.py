@@ -16,8 +16,9 @@ Rows (every time is the median over repeated steps, after warm-up steps):
   pages only under ``THP_MEM_ALLOC_ENABLE=1``) and on arrays allocated by NumPy, as the
   CProp rows and the bounds are (NumPy asks the kernel for transparent huge pages for arrays
   of 4 MiB and more, ``madvise``): the same bytes, the same pages, the fair comparison.
-- ``JAX``: the JAX port's jitted ``cprop_adam`` update against a jitted ``optax.adam`` update
-  (when the ``jax`` extra is installed), parameter and state buffers donated.
+- ``JAX``: the JAX port's jitted ``cprop_adam`` update (``bft``, ``normal``, and ``bft`` without
+  the last scale in the state, ``keep_scale=False``) against a jitted ``optax.adam`` update (when
+  the ``jax`` extra is installed), parameter and state buffers donated.
 - ``many tensors``: the same total split into tensors of mixed sizes, against one tensor: as
   separate arrays, and as views of one buffer (:func:`cprop_ref.kernels.flat.flat_parameters`).
 - ``2 elements``: time per ``step()`` call (the Rosenbrock case), against ``torch.optim.Adam``.
@@ -29,7 +30,8 @@ Rows (every time is the median over repeated steps, after warm-up steps):
   first call in a new process (``torch.compile``) with an empty and a warm inductor cache
   (``TORCHINDUCTOR_CACHE_DIR``). ``--skip-compile`` leaves out the fused rows (they compile).
 
-The table is printed and written as JSON (``--json``).
+The table is printed and written as JSON (``--json``). ``--only GROUP`` (repeatable) runs only
+the named groups: ``single``, ``jax``, ``many``, ``tiny``, ``torch-variants``, ``compile``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ FUSED_ADAM = "torch.optim.Adam(fused=True)"
 FUSED_ADAM_NUMPY_MEMORY = "torch.optim.Adam(fused=True), NumPy's memory"
 
 
+#: The groups of rows, as ``--only`` names them.
+GROUPS = ("single", "jax", "many", "tiny", "torch-variants", "compile")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="time a step: Numba and NumPy backends, torch, the memory bound")
     parser.add_argument("--log2-size", type=int, default=24, help="elements of the large tensor, as a power of 2")
@@ -67,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--json", default="cprop-bench.json", help="where to write the table (default cprop-bench.json)"
+    )
+    parser.add_argument(
+        "--only",
+        choices=GROUPS,
+        action="append",
+        help="run only this group of rows (repeatable; default: all): " + ", ".join(GROUPS),
     )
     parser.set_defaults(func=run_bench)
 
@@ -404,6 +416,7 @@ def bench_jax(table: Table, n: int, args: argparse.Namespace) -> None:
         "optax.adam": optax.adam(1e-3),
         "cprop_ref.jax.cprop_adam bft": cprop_jax.cprop_adam(1e-3),
         "cprop_ref.jax.cprop_adam normal": cprop_jax.cprop_adam(1e-3, cprop_cdf="normal"),
+        "cprop_ref.jax.cprop_adam bft, keep_scale=False": cprop_jax.cprop_adam(1e-3, keep_scale=False),
         "cprop_ref.jax.adam (torch semantics)": cprop_jax.adam(1e-3),
     }
     medians = interleaved_medians({k: _jitted_optax_step(tx, grad) for k, tx in transformations.items()}, args.repeats)
@@ -591,12 +604,18 @@ def run_bench(args: argparse.Namespace) -> int:
     info = machine()
     print(f"cprop-ref bench on {info['processor']}, {info['cpu_count']} CPUs, {info['numba_threads']} Numba threads")
     table = Table()
-    bench_single_tensor(table, n, args)
-    bench_jax(table, n, args)
-    bench_many_tensors(table, n, args)
-    bench_tiny(table, args)
-    bench_torch_variants(table, n, args)
-    if not args.skip_compile:
+    only = set(getattr(args, "only", None) or GROUPS)
+    if "single" in only:
+        bench_single_tensor(table, n, args)
+    if "jax" in only:
+        bench_jax(table, n, args)
+    if "many" in only:
+        bench_many_tensors(table, n, args)
+    if "tiny" in only:
+        bench_tiny(table, args)
+    if "torch-variants" in only:
+        bench_torch_variants(table, n, args)
+    if "compile" in only and not args.skip_compile:
         bench_compile(table)
         bench_torch_compile(table)
     with open(args.json, "w") as handle:
