@@ -17,8 +17,9 @@ Rows (every time is the median over repeated steps, after warm-up steps):
   CProp rows and the bounds are (NumPy asks the kernel for transparent huge pages for arrays
   of 4 MiB and more, ``madvise``): the same bytes, the same pages, the fair comparison.
 - ``JAX``: the JAX port's jitted ``cprop_adam`` update (``bft``, ``normal``, and ``bft`` without
-  the last scale in the state, ``keep_scale=False``) against a jitted ``optax.adam`` update (when
-  the ``jax`` extra is installed), parameter and state buffers donated.
+  the last scale in the state, ``keep_scale=False``, also with both moments shared: the memory
+  traffic of Adam) against a jitted ``optax.adam`` update (when the ``jax`` extra is installed),
+  parameter and state buffers donated.
 - ``many tensors``: the same total split into tensors of mixed sizes, against one tensor: as
   separate arrays, and as views of one buffer (:func:`cprop_ref.kernels.flat.flat_parameters`).
 - ``2 elements``: time per ``step()`` call (the Rosenbrock case), against ``torch.optim.Adam``.
@@ -417,6 +418,10 @@ def bench_jax(table: Table, n: int, args: argparse.Namespace) -> None:
         "cprop_ref.jax.cprop_adam bft": cprop_jax.cprop_adam(1e-3),
         "cprop_ref.jax.cprop_adam normal": cprop_jax.cprop_adam(1e-3, cprop_cdf="normal"),
         "cprop_ref.jax.cprop_adam bft, keep_scale=False": cprop_jax.cprop_adam(1e-3, keep_scale=False),
+        # optax.adam's memory traffic (both moments shared, no scale kept): the arithmetic's cost
+        "cprop_ref.jax.cprop_adam bft, betas=(0.999, 0.999), keep_scale=False": cprop_jax.cprop_adam(
+            1e-3, betas=(0.999, 0.999), keep_scale=False
+        ),
         "cprop_ref.jax.adam (torch semantics)": cprop_jax.adam(1e-3),
     }
     medians = interleaved_medians({k: _jitted_optax_step(tx, grad) for k, tx in transformations.items()}, args.repeats)

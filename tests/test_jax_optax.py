@@ -382,3 +382,16 @@ def test_the_bench_times_cprop_adam_beside_optax_adam():
     assert rows["optax.adam"]["median_s"] > 0
     for name in ("cprop_ref.jax.cprop_adam bft", "cprop_ref.jax.cprop_adam normal"):
         assert rows[name]["against"] == "optax.adam" and rows[name]["ratio"] > 0
+
+
+def test_bench_only_jax_runs_the_jax_group_alone(tmp_path, capsys):
+    """``cprop-ref bench --only jax`` times the JAX rows and no other group's."""
+    import json
+
+    from cprop_ref.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--only", "jax", "--log2-size", "8", "--repeats", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {row["row"] for row in rows} >= {"optax.adam", "cprop_ref.jax.cprop_adam bft, keep_scale=False"}
+    assert all(row["group"].endswith("JAX (jitted optax update + apply_updates)") for row in rows)

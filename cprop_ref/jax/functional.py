@@ -1,7 +1,9 @@
 """CProp's statistics and scale, and the base updates it scales, on JAX arrays (``docs/algorithm.md``,
 "One step"): pure functions of arrays, with the hyperparameters as Python values (static under
-``jax.jit``), following the NumPy reference (``cprop_ref.scale``, ``cprop_ref.functional``)
-operation for operation.
+``jax.jit``), following the NumPy reference (``cprop_ref.scale``, ``cprop_ref.functional``):
+the moments and Adam's update operation for operation, the scale in an equal form that XLA's CPU
+backend compiles to one loop (``2 |F(z) - 1/2|`` as one ``tanh`` or ``erf``, products by the
+reciprocals of the step's scalars; ``docs/jax.md``, "Speed"), within the tolerance policy.
 
 Hyperparameters are Python floats, weak scalars in JAX as in NumPy: a float32 array stays
 float32 and each constant is rounded once to it. The factors that depend on the step count
