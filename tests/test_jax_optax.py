@@ -82,9 +82,10 @@ def _float32_range(low: float, high: float) -> np.ndarray:
 def test_xlas_float32_tanh_and_clamped_erf_never_exceed_one():
     """``scale_from_factors`` drops ``min(., 1)`` for ``c <= 1`` in float32 because ``c * tanh`` and
     ``c * erf(min(x, ERF_FLOAT32_SATURATION))`` cannot exceed 1. Checked for every float32 where
-    the functions come within a few ulp of 1 (``tanh`` on [2, 32), below 0.97 before; ``erf`` on
-    [3, saturation], below 0.99998 before), for infinity, and ``erf`` is 1 at the clamp. A new
-    XLA whose approximations round past 1 fails here, not silently in the scale."""
+    the functions come within a few ulp of 1 (``tanh`` on [2, 32), below 0.97 before, and 1 at
+    100,001 points beyond and at infinity; ``erf`` on [3, saturation], below 0.99998 before), and
+    ``erf`` is 1 at the clamp. A new XLA whose approximations round past 1 fails here, not
+    silently in the scale."""
     from cprop_ref.jax.functional import ERF_FLOAT32_SATURATION, central_mass
 
     tanh = jax.jit(lambda x: central_mass(x, "bfo"))
@@ -99,7 +100,8 @@ def test_xlas_float32_tanh_and_clamped_erf_never_exceed_one():
     normal = jax.jit(lambda z: central_mass(z, "normal"))
     z = jnp.asarray([3.0 * np.sqrt(2.0), 5.227, 5.4, 6.0, 40.0, np.inf], jnp.float32)
     assert np.all(np.asarray(normal(z)) <= 1.0) and np.all(np.asarray(normal(z))[2:] == 1.0)
-    assert np.asarray(tanh(jnp.asarray([np.inf], jnp.float32)))[0] == 1.0
+    beyond = np.append(np.geomspace(32.0, 2e38, 100_001), np.inf).astype(np.float32) / np.float32(slope)
+    assert np.all(np.asarray(tanh(jnp.asarray(beyond))) == 1.0)
 
 
 # -- agreement with the NumPy optimizers ------------------------------------------------------
