@@ -123,12 +123,17 @@ def update_cprop_moment_(
 
 
 def update_statistics_(
-    ms: Sequence[torch.Tensor], vs: Sequence[torch.Tensor], gs: Sequence[torch.Tensor], beta: float
+    ms: Sequence[torch.Tensor],
+    vs: Sequence[torch.Tensor],
+    gs: Sequence[torch.Tensor],
+    beta: float,
+    scratch: Tensors | None = None,
 ) -> None:
-    """In place: ``m <- beta m + (1 - beta) g`` and ``v <- beta v + (1 - beta) g^2``."""
-    update_cprop_moment_(ms, gs, beta)
-    squares = torch._foreach_mul(gs, gs)
-    update_cprop_moment_(vs, squares, beta, squares)
+    """In place: ``m <- beta m + (1 - beta) g`` and ``v <- beta v + (1 - beta) g^2``; the
+    temporaries in ``scratch`` (shaped like ``gs``) where given."""
+    update_cprop_moment_(ms, gs, beta, scratch)
+    squares = into(scratch, "mul", gs, gs)
+    update_cprop_moment_(vs, squares, beta, scratch)
 
 
 def _in_dtype(x: float, dtype: torch.dtype) -> float:
