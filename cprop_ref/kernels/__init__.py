@@ -46,6 +46,10 @@ def check_kernel_cdf(name: str, cdf: Any) -> str:
 
 def state_buffers(owner: Any) -> list[Any]:
     """The flat state buffers (arenas, :mod:`.flat`) that the kernels update in place for
-    ``owner``, an optimizer; none before its first fused step. A gradient sharing memory
-    with one of them is copied before a step (:func:`cprop_ref.gradients.unaliased`)."""
-    return [flat.arena for flat in owner.__dict__.get("_kernel_arenas", {}).values()]
+    ``owner``, an optimizer (its ``kernel_plan``, :class:`.plan.LaunchPlan`); none before its
+    first fused step, or for an object without a plan. A gradient sharing memory with one of
+    them is copied before a step (:func:`cprop_ref.gradients.unaliased`)."""
+    from .plan import LaunchPlan
+
+    plan = getattr(owner, "kernel_plan", None)
+    return plan.buffers() if isinstance(plan, LaunchPlan) else []

@@ -36,6 +36,8 @@ class FlatState:
         self.offsets = offsets.astype(np.intp)
         self.param_addresses = np.asarray([p.ctypes.data for _, p in members], dtype=np.intp)
         self._params = [p for _, p in members]
+        #: The tables of the launches over this arena, by the tensors launched (``dispatch._Launch``).
+        self.launches: dict[tuple[int, ...], tuple] = {}
         self._views: list[dict[str, np.ndarray]] = []
         for (_, p), off in zip(members, self.offsets):
             start, stop = int(off), int(off) + p.size
