@@ -3,7 +3,11 @@
 ``backend="numba"`` (the default of every optimizer) runs a step through the kernels
 of :mod:`.adam` (Adam, AdamW, CProp-Adam), :mod:`.sgd` (SGD, CProp-SGD) and
 :mod:`.wrapper` (the CProp wrapper), with the state of every parameter kept in one
-flat buffer per dtype (:mod:`.flat`); ``backend="numpy"`` runs the readable reference
+flat buffer per dtype (:mod:`.flat`). Each family of kernels is declared once, in its module
+(:mod:`.family`: arena rows, named scalar and flag columns, row builder, kernels); the
+dispatcher (:mod:`.dispatch`) is generic over the declarations and keeps what it reuses in the
+optimizer's launch plan (:mod:`.plan`); the CProp code the families share is in :mod:`.cprop`
+and :mod:`.scale`. ``backend="numpy"`` runs the readable reference
 in :mod:`cprop_ref.optim`. Both give the same numbers within the tolerance policy
 (``docs/algorithm.md``, "Tolerance policy"; the design: ``docs/design/kernels.md``). float16
 parameters and parameters that are not C-contiguous take the NumPy path on either backend.
