@@ -26,7 +26,7 @@ from cprop_ref.conformance.bounds import RunBounds
 from cprop_ref.conformance.config import PortConfig
 from cprop_ref.kernels import family as family_module
 from cprop_ref.kernels.family import KERNEL_FAMILIES, KernelFamily, check_kernel_family, kernel_family
-from cprop_ref.optim import SGD, CProp, CPropAdam, CPropSGD
+from cprop_ref.optim import SGD, Adam, AdamW, CProp, CPropAdam, CPropSGD
 
 FAKE = "fake"
 
@@ -46,6 +46,25 @@ def test_an_optimizer_naming_an_unknown_family_is_refused_at_construction() -> N
     with pytest.raises(ValueError, match="unknown kernel_family='fake'"):
         kernel_family(FAKE)
     assert check_kernel_family("SGD", None) is None  # no kernels: the NumPy path
+
+
+def test_an_adam_subclass_must_name_the_family_of_its_weight_decay() -> None:
+    """Adam's and AdamW's kernels differ in the decay alone: a subclass that switches the decay
+    and keeps the other's family is refused when the class is defined."""
+    with pytest.raises(TypeError, match="decoupled_weight_decay=True needs kernel_family='adamw'"):
+
+        class DecoupledAdam(Adam):
+            decoupled_weight_decay: ClassVar[bool] = True
+
+    class DecoupledAdamW(Adam):
+        decoupled_weight_decay: ClassVar[bool] = True
+        kernel_family: ClassVar[str | None] = "adamw"
+
+    class NumpyOnly(AdamW):
+        decoupled_weight_decay: ClassVar[bool] = False
+        kernel_family: ClassVar[str | None] = None
+
+    assert DecoupledAdamW.kernel_family == AdamW.kernel_family and NumpyOnly.kernel_family is None
 
 
 def test_every_registered_family_is_declared() -> None:

@@ -39,6 +39,17 @@ class Adam(Optimizer):
     decoupled_weight_decay: ClassVar[bool] = False
     kernel_family: ClassVar[str | None] = "adam"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # The kernels of "adam" and "adamw" differ in the decay alone: a subclass that changes
+        # decoupled_weight_decay must name the matching family (or None), never run the other's.
+        super().__init_subclass__(**kwargs)
+        wanted = "adamw" if cls.decoupled_weight_decay else "adam"
+        if cls.kernel_family in ("adam", "adamw") and cls.kernel_family != wanted:
+            raise TypeError(
+                f"{cls.__name__}: decoupled_weight_decay={cls.decoupled_weight_decay} needs "
+                f"kernel_family={wanted!r} (or None), not {cls.kernel_family!r}"
+            )
+
     def __init__(
         self,
         params: Iterable[Any],
