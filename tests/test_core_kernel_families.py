@@ -188,3 +188,27 @@ def test_the_torch_fused_variant_refuses_a_cdf_it_has_no_numbers_for() -> None:
         cprop_numbers(0.9, 1.0, 1e-8, FAKE, 2)
     for name in ("normal", *LOGISTIC_FAMILY):
         cprop_numbers(0.9, 1.0, 1e-8, name, 2)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_optimizer_steps_as_the_original(how: str) -> None:
+    """The launch plan is not copied with the optimizer: the copy's state dicts hold copies of
+    the arena's views, so a copied steady state (one small tensor) would step an arena that no
+    state dict reads, and the copy would stand still."""
+    import copy
+    import pickle
+
+    param = np.array([1.0, -2.0], np.float32)
+    original = CPropAdam([param], lr=0.01)
+    g = [np.array([0.3, -0.1], np.float32)]
+    for _ in range(3):
+        original.step(g)
+    assert original.kernel_plan.steady is not None
+    twin = copy.deepcopy(original) if how == "deepcopy" else pickle.loads(pickle.dumps(original))
+    for _ in range(3):
+        original.step(g)
+        twin.step(g)
+    np.testing.assert_array_equal(twin.param_groups[0]["params"][0], param)
+    for name in ("exp_avg", "exp_avg_sq", "cprop_m"):
+        np.testing.assert_array_equal(twin.state[0][name], original.state[0][name])
+    assert twin.state[0]["step"] == original.state[0]["step"] == 6

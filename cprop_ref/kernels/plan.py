@@ -58,6 +58,16 @@ class LaunchPlan:
     #: :func:`cprop_ref.gradients.unaliased`'s cache (the memory map of parameters and arenas).
     memory: dict[str, Any] = field(default_factory=dict)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> LaunchPlan:
+        """A copied optimizer starts with an empty plan: the copy's state dicts hold copies of
+        the arena's views, not views of a copied arena, so a copied steady state would step
+        an arena that no state dict reads (the next step adopts the copies instead)."""
+        return LaunchPlan()
+
+    def __reduce__(self) -> tuple[type[LaunchPlan], tuple[()]]:
+        """Pickled as an empty plan, for the same reason (and the arenas' memory is not state)."""
+        return (LaunchPlan, ())
+
     def invalidate(self) -> None:
         """Forget everything but the arenas (whose layout is checked at every launch): the next
         step validates the groups again and takes the general path."""
