@@ -128,7 +128,7 @@ def test_flag_and_scalar_rows_are_named_columns() -> None:
     }
     param = np.zeros(4, np.float32)
     arena = FlatState(adam.FIELDS, [(0, param)], param.dtype)
-    step = adam.CPROP_ADAM.tensor_step(arena, 0, {}, group)
+    step = adam.CPROP_ADAM.tensor_step(arena, 0, {}, group, {})
     assert isinstance(step.flags, adam.AdamFlags) and step.flags.cprop and not step.flags.private_v
     assert step.scalars[adam.NEG_STEP_SIZE] == -0.1 / (1.0 - 0.9)
     assert step.state["step"] == 1 and step.state["exp_avg"].base is arena.arena

@@ -747,7 +747,9 @@ class AdamFamily(KernelFamily):
     def steady(self) -> SteadyKernels:
         return SteadyKernels(hyperparameter_row, powers, adam_one_from_hyperparameters)
 
-    def tensor_step(self, arena: FlatState, k: int, state: dict[str, Any], group: dict[str, Any]) -> TensorStep:
+    def tensor_step(
+        self, arena: FlatState, k: int, state: dict[str, Any], group: dict[str, Any], rows: dict
+    ) -> TensorStep:
         fresh = not state
         t = 1 if fresh else state["step"] + 1
         new: dict[str, Any] = {"step": t}
@@ -756,8 +758,6 @@ class AdamFamily(KernelFamily):
         old_max = state.get("max_exp_avg_sq")
         new["max_exp_avg_sq"] = arena.adopt(k, "max_exp_avg_sq", old_max) if group["amsgrad"] else old_max
         private_m = private_v = False
-        cdf_code = 0
-        cprop_row = NO_CPROP_SCALARS
         if self.cprop:
             private_m, private_v = cprop_adam_private_moments(state, group)
             # A moment that stops being shared continues, private, from Adam's (CPropAdam._compute).
@@ -766,9 +766,22 @@ class AdamFamily(KernelFamily):
             if private_v:
                 source = None if fresh else state.get("cprop_v", state["exp_avg_sq"])
                 new["cprop_v"] = arena.adopt(k, "cprop_v", source)
-            cdf_code = CDF_CODES[group["cprop_cdf"]]
-            largest = float(np.finfo(arena.arena.dtype).max)
-            cprop_row = cprop_scalars(group["cprop_beta"], group["cprop_c"], group["cprop_eps"], t, largest)
+        key = (id(group), t, private_m, private_v)
+        shared = rows.get(key)
+        if shared is None:
+            shared = rows[key] = self._rows(group, t, private_m, private_v, arena)
+        return TensorStep(new, *shared)
+
+    def _rows(
+        self, group: dict[str, Any], t: int, private_m: bool, private_v: bool, arena: FlatState
+    ) -> tuple[tuple, AdamFlags, tuple | None]:
+        """The scalar row, the flag row and the one-loop variant of a tensor of ``group`` at its
+        ``t``-th step with this sharing of the moments (the same for every such tensor)."""
+        cdf_code = CDF_CODES[group["cprop_cdf"]] if self.cprop else 0
+        if self.cprop:
+            cprop_row = cprop_scalars(group["cprop_beta"], group["cprop_c"], group["cprop_eps"], t, arena.largest)
+        else:
+            cprop_row = NO_CPROP_SCALARS
         flags = AdamFlags(
             decoupled=self.decoupled,
             has_weight_decay=group["weight_decay"] != 0.0,
@@ -779,9 +792,8 @@ class AdamFamily(KernelFamily):
             cdf=cdf_code,
             one_loop=False,
         )
-        single = arena.arena.dtype == np.float32
-        variant = one_loop_variant(self.cprop, group["amsgrad"], single, cdf_code, private_m, private_v)
-        return TensorStep(new, (*adam_scalars(group, t, self.decoupled), *cprop_row), flags, variant)
+        variant = one_loop_variant(self.cprop, group["amsgrad"], arena.single, cdf_code, private_m, private_v)
+        return (*adam_scalars(group, t, self.decoupled), *cprop_row), flags, variant
 
 
 #: The declarations of the Adam family's members (:data:`.family.KERNEL_FAMILIES`).

@@ -384,15 +384,18 @@ def fused_step_checked(opt: FusedOptimizer, groups: list, pairs: list, checked: 
     return remaining
 
 
-def _launch_variant(flags: list, variants: list[tuple | None], none: tuple) -> tuple[list, tuple]:
-    """The flag rows and the one-loop variant of a launch, as the kernel's marker arguments
+def _launch_variant(flags: list, variants: list[tuple | None], none: tuple) -> tuple[np.ndarray, tuple]:
+    """The flag table and the one-loop variant of a launch, as the kernel's marker arguments
     (``none`` if no tensor has one, or the one loop is switched off): the first tensor's that
     has one (usually all tensors share it). The tensors of that variant get the flag
-    ``one_loop`` and run the one loop; any other tensor takes the chunked stages."""
+    ``one_loop`` (the rows' field of that name) and run the one loop; any other tensor takes
+    the chunked stages."""
+    table = np.array(flags, dtype=np.int64)
     variant = next((v for v in variants if v is not None), None) if ONE_LOOP else None
     if variant is None:
-        return flags, none  # every row's one_loop is False, as tensor_step builds it
-    return [row._replace(one_loop=True) if own == variant else row for row, own in zip(flags, variants)], variant
+        return table, none  # every row's one_loop is False, as tensor_step builds it
+    table[:, flags[0]._fields.index("one_loop")] = [own == variant for own in variants]
+    return table, variant
 
 
 def _family_step(
@@ -409,10 +412,10 @@ def _family_step(
     states are committed only if it ran (False: a non-finite gradient, nothing written)."""
     plan = opt.kernel_plan
     flat = _arena(plan, family.state_rows, dtype, [p for p, _ in pairs])
-    steps = [family.tensor_step(flat, k, opt.state[k], pairs[k][1]) for k in ks]
-    flags, extra = _launch_variant([s.flags for s in steps], [s.variant for s in steps], family.no_one_loop)
+    rows: dict = {}
+    steps = [family.tensor_step(flat, k, opt.state[k], pairs[k][1], rows) for k in ks]
+    flag_table, extra = _launch_variant([s.flags for s in steps], [s.variant for s in steps], family.no_one_loop)
     launch = _Launch(flat, ks, family.chunk)
-    flag_table = np.array(flags, dtype=np.int64)
     scalars = _table([s.scalars for s in steps], dtype)
     if not launch.run(family.kernels, grads, ks, scalars, flag_table, check_finite, extra):
         return False
@@ -459,7 +462,8 @@ class WrapperStep:
         """After the base optimizer's step: CProp's moments, scale and the scaled update."""
         state = self.wrapper.state
         for flat, ks, launch in self.batches:
-            steps = [WRAPPER.tensor_step(flat, k, state[k], self.hp) for k in ks]
+            rows: dict = {}
+            steps = [WRAPPER.tensor_step(flat, k, state[k], self.hp, rows) for k in ks]
             flags = np.array([s.flags for s in steps], dtype=np.int64)
             scalars = _table([s.scalars for s in steps], flat.arena.dtype)
             launch.run(WRAPPER.kernels, self.grads, ks, scalars, flags, None)

@@ -124,10 +124,14 @@ class KernelFamily(ABC):
         return None
 
     @abstractmethod
-    def tensor_step(self, arena: FlatState, k: int, state: dict[str, Any], group: dict[str, Any]) -> TensorStep:
+    def tensor_step(
+        self, arena: FlatState, k: int, state: dict[str, Any], group: dict[str, Any], rows: dict
+    ) -> TensorStep:
         """Tensor ``k``'s new state (arena views, the old state's values adopted into them), scalar
         row, flag row and one-loop variant for this step, from its ``state`` and validated
-        ``group``; changes only the arena (the dispatcher commits the state after the launch)."""
+        ``group``; changes only the arena (the dispatcher commits the state after the launch).
+        ``rows`` is a dict the dispatcher gives each launch: the rows of the tensors that share
+        them (one group, one step) are built once and kept there, by what they depend on."""
 
     def __repr__(self) -> str:
         return f"<kernel family {self.name!r}>"

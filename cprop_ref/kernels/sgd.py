@@ -386,19 +386,17 @@ class SgdFamily(KernelFamily):
     def kernels(self) -> Kernels:
         return Kernels(sgd_one, sgd_serial, sgd_parallel)
 
-    def tensor_step(self, arena: FlatState, k: int, state: dict[str, Any], group: dict[str, Any]) -> TensorStep:
+    def tensor_step(
+        self, arena: FlatState, k: int, state: dict[str, Any], group: dict[str, Any], rows: dict
+    ) -> TensorStep:
         new: dict[str, Any] = {}
-        cdf_code = 0
-        cprop_row = NO_CPROP_SCALARS
+        t = None
         if self.cprop:
             fresh = not state
             t = 1 if fresh else state["step"] + 1
             new["step"] = t
             new["cprop_m"] = arena.adopt(k, "cprop_m", None if fresh else state["cprop_m"])
             new["cprop_v"] = arena.adopt(k, "cprop_v", None if fresh else state["cprop_v"])
-            cdf_code = CDF_CODES[group["cprop_cdf"]]
-            largest = float(np.finfo(arena.arena.dtype).max)
-            cprop_row = cprop_scalars(group["cprop_beta"], group["cprop_c"], group["cprop_eps"], t, largest)
         has_momentum = group["momentum"] != 0.0
         old_buffer = state.get("momentum_buffer")
         first = old_buffer is None
@@ -409,6 +407,24 @@ class SgdFamily(KernelFamily):
             )
         else:
             new["momentum_buffer"] = None
+        key = (id(group), t, first)
+        shared = rows.get(key)
+        if shared is None:
+            shared = rows[key] = self._rows(group, t, first, arena)
+        return TensorStep(new, *shared)
+
+    def _rows(
+        self, group: dict[str, Any], t: int | None, first: bool, arena: FlatState
+    ) -> tuple[tuple, SgdFlags, tuple | None]:
+        """The scalar row, the flag row and the one-loop variant of a tensor of ``group`` at its
+        ``t``-th step (CProp-SGD), at its momentum buffer's ``first`` step or not (the same for
+        every such tensor)."""
+        cdf_code = CDF_CODES[group["cprop_cdf"]] if self.cprop else 0
+        if self.cprop:
+            cprop_row = cprop_scalars(group["cprop_beta"], group["cprop_c"], group["cprop_eps"], t, arena.largest)
+        else:
+            cprop_row = NO_CPROP_SCALARS
+        has_momentum = group["momentum"] != 0.0
         flags = SgdFlags(
             has_weight_decay=group["weight_decay"] != 0.0,
             has_momentum=has_momentum,
@@ -418,9 +434,8 @@ class SgdFamily(KernelFamily):
             cdf=cdf_code,
             one_loop=False,
         )
-        single = arena.arena.dtype == np.float32
-        variant = one_loop_variant(self.cprop, single, cdf_code, has_momentum)
-        return TensorStep(new, (*sgd_scalars(group), *cprop_row), flags, variant)
+        variant = one_loop_variant(self.cprop, arena.single, cdf_code, has_momentum)
+        return (*sgd_scalars(group), *cprop_row), flags, variant
 
 
 #: The declarations of the SGD family's members (:data:`.family.KERNEL_FAMILIES`).

@@ -135,9 +135,12 @@ class WrapperKernels:
         """The scale-and-apply kernels (no single-tensor kernel)."""
         return Kernels(None, apply_serial, apply_parallel)
 
-    def tensor_step(self, arena: FlatState, k: int, state: dict[str, Any], hp: dict[str, Any]) -> TensorStep:
+    def tensor_step(
+        self, arena: FlatState, k: int, state: dict[str, Any], hp: dict[str, Any], rows: dict
+    ) -> TensorStep:
         """Tensor ``k``'s new CProp state (arena views), scalar and flag rows for the step after
-        ``state``, with the wrapper's checked hyperparameters ``hp``."""
+        ``state``, with the wrapper's checked hyperparameters ``hp``; ``rows``: the launch's memo
+        of rows by step (as :meth:`.family.KernelFamily.tensor_step`)."""
         fresh = not state
         t = 1 if fresh else state["step"] + 1
         new = {
@@ -145,9 +148,11 @@ class WrapperKernels:
             "cprop_m": arena.adopt(k, "cprop_m", None if fresh else state["cprop_m"]),
             "cprop_v": arena.adopt(k, "cprop_v", None if fresh else state["cprop_v"]),
         }
-        largest = float(np.finfo(arena.arena.dtype).max)
-        scalars = cprop_scalars(hp["beta"], hp["c"], hp["eps"], t, largest)
-        return TensorStep(new, scalars, WrapperFlags(cdf=CDF_CODES[hp["cdf"]]), None)
+        shared = rows.get(t)
+        if shared is None:
+            scalars = cprop_scalars(hp["beta"], hp["c"], hp["eps"], t, arena.largest)
+            shared = rows[t] = (scalars, WrapperFlags(cdf=CDF_CODES[hp["cdf"]]), None)
+        return TensorStep(new, *shared)
 
 
 #: The wrapper's declaration.
