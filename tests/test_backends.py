@@ -433,7 +433,7 @@ def test_tiny_steady_state_path_agrees_and_notices_every_change():
         # Every step starts from the same parameters (reset below): the one-step bound.
         assert np.all(error <= parameter_bound(ref_params[0], fast_params[0], updates[0], tol)), step
         fast_params[0][...] = ref_params[0]
-    assert fast.__dict__.get("_kernel_plan") is not None  # the steady state was in use
+    assert fast.kernel_plan.steady is not None  # the steady state was in use
 
 
 def test_non_contiguous_and_float16_parameters_take_the_numpy_path_alongside_kernel_ones():

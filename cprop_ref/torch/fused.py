@@ -117,7 +117,9 @@ UNBOUND = KernelKey("")
 def cprop_numbers(beta: float, c: float, eps: float, cdf_name: str, t: int) -> dict[str, float]:
     """CProp's numbers after ``t >= 1`` gradients, in double precision (``docs/algorithm.md``, "One step of CProp")."""
     dof = degrees_of_freedom(beta, t)
-    cubic, linear = LOGISTIC_FAMILY.get(cdf_name, (0.0, 0.0))
+    if cdf_name not in LOGISTIC_FAMILY and cdf_name != "normal":  # never another CDF's numbers
+        raise ValueError(f"invalid cdf={cdf_name!r} for the fused variant: one of normal, {', '.join(LOGISTIC_FAMILY)}")
+    cubic, linear = LOGISTIC_FAMILY.get(cdf_name, (0.0, 0.0))  # the normal's kernel reads neither
     return {
         "cprop_beta": beta,
         "cprop_one_minus_beta": 1.0 - beta,
