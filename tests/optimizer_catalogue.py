@@ -420,6 +420,24 @@ CATALOGUE: tuple[OptimizerInfo, ...] = (
 
 BY_NAME: Mapping[str, OptimizerInfo] = {info.name: info for info in CATALOGUE}
 
+#: The CDF the default test set runs the Numba kernels with where the CDF is not what a test
+#: is about (the constructors' default). Each CDF x dtype x variant of the kernels is a
+#: compilation of its own (seconds of CPU each on a cold cache, most of the suite's time);
+#: every CDF's kernels are held to the reference by ``test_backends`` and to the stages by
+#: ``test_kernels_one_loop``, so the cross-products of the other matrices run the remaining
+#: CDFs on the kernels under the ``slow`` marker (``pytest -m slow``).
+DEFAULT_SET_CDF = "bft"
+
+
+def sweep_marks(backend: str, dtype: Any, cdf: str) -> tuple[Any, ...]:
+    """``(pytest.mark.slow,)`` for a cell of a CDF cross-product that compiles a kernel variant
+    the default set leaves to the slow set: the Numba backend, a kernel dtype, a CDF other
+    than :data:`DEFAULT_SET_CDF`. The NumPy backend and float16 (the NumPy path) compile nothing."""
+    import pytest
+
+    kernel = backend == "numba" and any(np.dtype(dtype) == np.dtype(k) for k in KERNEL_DTYPES)
+    return (pytest.mark.slow,) if kernel and cdf != DEFAULT_SET_CDF else ()
+
 
 def entries(matrix: str) -> list[tuple[OptimizerInfo, OptimizerInput]]:
     """Every ``(optimizer, configuration)`` pair of ``matrix``, in catalogue order."""
