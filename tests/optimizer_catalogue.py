@@ -37,6 +37,7 @@ import numpy as np
 
 from cprop_ref import SGD, Adam, AdamW, CProp, CPropAdam, CPropSGD
 from cprop_ref.cdf import CDF_NAMES
+from tests.hypothesis_budget import PROFILE
 
 BACKENDS: tuple[str, ...] = ("numpy", "numba")
 DTYPES: tuple[type, ...] = (np.float16, np.float32, np.float64)
@@ -437,6 +438,14 @@ def sweep_marks(backend: str, dtype: Any, cdf: str) -> tuple[Any, ...]:
 
     kernel = backend == "numba" and any(np.dtype(dtype) == np.dtype(k) for k in KERNEL_DTYPES)
     return (pytest.mark.slow,) if kernel and cdf != DEFAULT_SET_CDF else ()
+
+
+def swept_cdf(cdf: str, default_variant: bool) -> str:
+    """The CDF a drawn kernel variant runs with: the drawn one for the optimizer's default
+    variant (and for every variant under the ``thorough`` profile), :data:`DEFAULT_SET_CDF`
+    for the others in ``ci`` and ``dev``. So the default set compiles every CDF once and
+    every variant once, and ``thorough`` the whole cross-product."""
+    return cdf if default_variant or PROFILE == "thorough" else DEFAULT_SET_CDF
 
 
 def entries(matrix: str) -> list[tuple[OptimizerInfo, OptimizerInput]]:
