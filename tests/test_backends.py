@@ -41,7 +41,7 @@ from cprop_ref import CProp, CPropAdam, CPropSGD
 from cprop_ref.cdf import CDF_NAMES
 from cprop_ref.tolerance import scale_tolerance, unit_roundoff
 from tests.hypothesis_budget import examples
-from tests.optimizer_catalogue import BY_NAME, DRAWS, DTYPES, KERNEL_DTYPES, OptimizerInfo, by_draw_id, drawn
+from tests.optimizer_catalogue import BY_NAME, CATALOGUE, DRAWS, DTYPES, KERNEL_DTYPES, OptimizerInfo, by_draw_id, drawn
 
 #: The drawn optimizers: the catalogue's entries with a ``draw_id`` (``tests/optimizer_catalogue.py``).
 KINDS = tuple(info.draw_id for info in drawn())
@@ -443,3 +443,11 @@ def test_non_contiguous_and_float16_parameters_take_the_numpy_path_alongside_ker
         np.testing.assert_array_equal(fast_params[1], ref_params[1])
         assert_states_identical(fast.state_dict(), ref.state_dict())
     np.testing.assert_array_equal(fast_base[:, 1::2], ref_base[:, 1::2])  # the rest of the base untouched
+
+
+def test_every_optimizer_with_kernels_is_drawn_or_says_why_not():
+    """A catalogue entry on the Numba backend joins the drawn matrix above (a ``draw_id``) or
+    states the reason it need not (a skip of ``test_backends``)."""
+    for info in CATALOGUE:
+        if "numba" in info.backends and info.draw_id is None:
+            assert info.skip_reason("test_backends"), f"{info.name}: neither drawn nor skipped with a reason"
