@@ -10,7 +10,7 @@ Arithmetic runs in the dtype of the arrays; hyperparameters are Python floats
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -78,3 +78,29 @@ def adam_delta(moments: AdamMoments, *, lr: float, beta1: float, beta2: float, e
     second = moments.max_exp_avg_sq if amsgrad else moments.exp_avg_sq
     denom = np.sqrt(second) / bias_correction2_sqrt + eps
     return -step_size * (moments.exp_avg / denom)
+
+
+def cprop_adam_sharing_allowed(group: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether Adam's first and second moments equal CProp-Adam's ``m`` and ``v`` under the
+    hyperparameters ``group``: no weight decay (Adam's moments then average the raw gradient,
+    as CProp's do) and ``beta1 == cprop_beta`` (``beta2 == cprop_beta``)."""
+    beta1, beta2 = group["betas"]
+    raw = group["weight_decay"] == 0.0
+    return raw and beta1 == group["cprop_beta"], raw and beta2 == group["cprop_beta"]
+
+
+def cprop_adam_shares_moments(state: dict[str, Any], group: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether a tensor's CProp-Adam ``state`` holds CProp's ``m`` (``v``) inside Adam's moment:
+    it has no ``cprop_m`` (``cprop_v``) entry; a tensor never stepped shares what ``group`` allows."""
+    if not state:
+        return cprop_adam_sharing_allowed(group)
+    return "cprop_m" not in state, "cprop_v" not in state
+
+
+def cprop_adam_private_moments(state: dict[str, Any], group: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether this step of CProp-Adam keeps CProp's first (second) moment apart from Adam's: it
+    is not shared now, or sharing stopped being allowed (then it continues, private, from
+    Adam's current value, which is exactly CProp's)."""
+    shares_m, shares_v = cprop_adam_shares_moments(state, group)
+    allowed_m, allowed_v = cprop_adam_sharing_allowed(group)
+    return not (shares_m and allowed_m), not (shares_v and allowed_v)

@@ -17,68 +17,48 @@ from typing import Any
 import numpy as np
 
 import cprop_ref
+from tests.optimizer_catalogue import BY_NAME, CPROP_PREFIX, OptimizerInfo, OptimizerInput, entries
 
 GOLDEN_DIR = Path(__file__).parent / "golden_core"
 SHAPES = [(5,), (2, 3), ()]
 STEPS = 12
 
-CASES: list[dict[str, Any]] = []
-for dtype in ("float32", "float64"):
-    for cdf in cprop_ref.CDF_NAMES:
-        CASES += [
-            {
-                "optimizer": "CPropSGD",
-                "dtype": dtype,
-                "kwargs": {
-                    "lr": 0.1,
-                    "momentum": 0.9,
-                    "nesterov": True,
-                    "weight_decay": 0.01,
-                    "cprop_cdf": cdf,
-                    "cprop_beta": 0.9,
-                },
-            },
-            {
-                "optimizer": "CPropSGD",
-                "dtype": dtype,
-                "kwargs": {"lr": 0.05, "momentum": 0.5, "dampening": 0.1, "cprop_cdf": cdf, "cprop_c": 3.0},
-            },
-            {"optimizer": "CPropAdam", "dtype": dtype, "kwargs": {"lr": 0.01, "cprop_cdf": cdf}},
-            {
-                "optimizer": "CPropAdam",
-                "dtype": dtype,
-                "kwargs": {
-                    "lr": 0.01,
-                    "betas": [0.9, 0.99],
-                    "weight_decay": 0.1,
-                    "amsgrad": True,
-                    "cprop_cdf": cdf,
-                    "cprop_beta": 0.99,
-                    "cprop_eps": 1e-6,
-                },
-            },
-            {
-                "optimizer": "CProp",
-                "dtype": dtype,
-                "base": "AdamW",
-                "kwargs": {"lr": 0.01},
-                "cprop": {"beta": 0.95, "c": 2.0, "cdf": cdf},
-            },
-        ]
-    CASES += [
-        {"optimizer": "SGD", "dtype": dtype, "kwargs": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}},
-        {"optimizer": "Adam", "dtype": dtype, "kwargs": {"lr": 0.01, "amsgrad": True}},
-        {"optimizer": "AdamW", "dtype": dtype, "kwargs": {"lr": 0.01, "weight_decay": 0.1}},
-    ]
+
+def golden_case(info: OptimizerInfo, configuration: OptimizerInput, dtype: str, cdf: str | None) -> dict[str, Any]:
+    """A case as the manifest records it: the class's keyword arguments, or for the wrapper
+    its base's name and keyword arguments and the wrapper's own (``beta``, ``c``, ``eps``, ``cdf``)."""
+    hyperparameters = configuration.resolved(cdf)
+    if not info.wraps:
+        return {"optimizer": info.name, "dtype": dtype, "kwargs": hyperparameters}
+    base = {k: v for k, v in hyperparameters.items() if not k.startswith(CPROP_PREFIX)}
+    cprop = {k[len(CPROP_PREFIX) :]: v for k, v in hyperparameters.items() if k.startswith(CPROP_PREFIX)}
+    return {"optimizer": info.cls.__name__, "dtype": dtype, "base": info.base.__name__, "kwargs": base, "cprop": cprop}
+
+
+def golden_cases() -> list[dict[str, Any]]:
+    """The ``golden`` configurations of the optimizer catalogue (``tests/optimizer_catalogue.py``):
+    per dtype, the CProp optimizers in every CDF, then those without CProp."""
+    cases = []
+    for dtype in ("float32", "float64"):
+        for cdf in cprop_ref.CDF_NAMES:
+            cases += [golden_case(info, inp, dtype, cdf) for info, inp in entries("golden") if info.cprop]
+        cases += [golden_case(info, inp, dtype, None) for info, inp in entries("golden") if not info.cprop]
+    return cases
+
+
+CASES: list[dict[str, Any]] = golden_cases()
+
+
+def _info(case: dict[str, Any]) -> OptimizerInfo:
+    name = f"CProp({case['base']})" if "base" in case else case["optimizer"]
+    return BY_NAME[name]
 
 
 def build(case: dict[str, Any], params: list[np.ndarray]) -> Any:
     # The golden files pin the NumPy reference; the Numba backend is held to it within the
     # tolerance policy instead (tests/test_backends*.py).
-    if case["optimizer"] == "CProp":
-        base = getattr(cprop_ref, case["base"])(params, **case["kwargs"], backend="numpy")
-        return cprop_ref.CProp(base, **case["cprop"], backend="numpy")
-    return getattr(cprop_ref, case["optimizer"])(params, **case["kwargs"], backend="numpy")
+    cprop = {f"{CPROP_PREFIX}{k}": v for k, v in case.get("cprop", {}).items()}
+    return _info(case).make(params, backend="numpy", **case["kwargs"], **cprop)
 
 
 def inputs(index: int, dtype: str) -> tuple[list[np.ndarray], list[list[np.ndarray | None]]]:

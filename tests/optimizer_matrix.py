@@ -1,49 +1,37 @@
 """The implementation matrix: every optimizer configuration the core tests run through.
 
-``FACTORIES[name](params, cdf, backend)`` builds a fresh optimizer over ``params`` (a list of
-arrays); non-CProp optimizers ignore ``cdf``. Parametrise tests over ``OPTIMIZER_NAMES`` x
-``DTYPES`` x ``CDF_NAMES`` and take the ``backend`` fixture (``tests/conftest.py``: "numpy"
-and "numba") so that each check runs on every cell.
+The configurations are the ``core`` inputs of the optimizer catalogue
+(``tests/optimizer_catalogue.py``). ``FACTORIES[name](params, cdf, backend)`` builds a fresh
+optimizer over ``params`` (a list of arrays, or of parameter groups); non-CProp optimizers
+ignore ``cdf``. Parametrise tests over ``OPTIMIZER_NAMES`` x ``DTYPES`` x ``CDF_NAMES`` and
+take the ``backend`` fixture (``tests/conftest.py``: "numpy" and "numba") so that each
+check runs on every cell.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from cprop_ref import SGD, Adam, AdamW, CProp, CPropAdam, CPropSGD
+from tests.optimizer_catalogue import DTYPES as CATALOGUE_DTYPES
+from tests.optimizer_catalogue import OptimizerInfo, OptimizerInput, entries
 
 Factory = Callable[[list[np.ndarray], str, str], Any]
 
-FACTORIES: dict[str, Factory] = {
-    "sgd": lambda ps, cdf, backend: SGD(ps, backend=backend, lr=0.1, momentum=0.9, weight_decay=0.01),
-    "adam": lambda ps, cdf, backend: Adam(ps, backend=backend, lr=0.01, weight_decay=0.01, amsgrad=True),
-    "adamw": lambda ps, cdf, backend: AdamW(ps, backend=backend, lr=0.01),
-    "cprop_sgd": lambda ps, cdf, backend: CPropSGD(
-        ps, backend=backend, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, cprop_cdf=cdf
-    ),
-    "cprop_sgd_plain": lambda ps, cdf, backend: CPropSGD(
-        ps, backend=backend, lr=0.1, cprop_cdf=cdf, cprop_c=3.0, cprop_beta=0.9
-    ),
-    "cprop_adam": lambda ps, cdf, backend: CPropAdam(ps, backend=backend, lr=0.01, cprop_cdf=cdf),
-    "cprop_adam_shared_m": lambda ps, cdf, backend: CPropAdam(
-        ps, backend=backend, lr=0.01, betas=(0.999, 0.999), cprop_cdf=cdf
-    ),
-    "cprop_adam_unshared": lambda ps, cdf, backend: CPropAdam(
-        ps, backend=backend, lr=0.01, weight_decay=0.01, amsgrad=True, cprop_beta=0.99, cprop_cdf=cdf
-    ),
-    "cprop_wrapper_sgd": lambda ps, cdf, backend: CProp(
-        SGD(ps, lr=0.1, momentum=0.5, backend=backend), cdf=cdf, backend=backend
-    ),
-    "cprop_wrapper_adamw": lambda ps, cdf, backend: CProp(
-        AdamW(ps, lr=0.01, backend=backend), beta=0.99, c=2.0, cdf=cdf, backend=backend
-    ),
-}
+
+def _factory(info: OptimizerInfo, configuration: OptimizerInput, params: Any, cdf: str, backend: str) -> Any:
+    return info.make_input(configuration, params, cdf, backend=backend)
+
+
+FACTORIES: dict[str, Factory] = {inp.id: partial(_factory, info, inp) for info, inp in entries("core")}
+#: The optimizer behind each name of the matrix.
+INFOS: dict[str, OptimizerInfo] = {inp.id: info for info, inp in entries("core")}
 OPTIMIZER_NAMES = sorted(FACTORIES)
-CPROP_NAMES = [name for name in OPTIMIZER_NAMES if name.startswith("cprop")]
-DTYPES = [np.float16, np.float32, np.float64]
+CPROP_NAMES = [name for name in OPTIMIZER_NAMES if INFOS[name].cprop]
+DTYPES = list(CATALOGUE_DTYPES)
 SHAPES = [(), (0,), (3,), (2, 3)]
 
 

@@ -37,80 +37,60 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cprop_ref import SGD, Adam, AdamW, CProp, CPropAdam, CPropSGD
+from cprop_ref import CProp, CPropAdam, CPropSGD
 from cprop_ref.cdf import CDF_NAMES
 from cprop_ref.tolerance import scale_tolerance, unit_roundoff
 from tests.hypothesis_budget import examples
+from tests.optimizer_catalogue import BY_NAME, CATALOGUE, DRAWS, DTYPES, KERNEL_DTYPES, OptimizerInfo, by_draw_id, drawn
 
-KINDS = ("sgd", "adam", "adamw", "cprop_sgd", "cprop_adam", "wrapper_sgd", "wrapper_adam")
+#: The drawn optimizers: the catalogue's entries with a ``draw_id`` (``tests/optimizer_catalogue.py``).
+KINDS = tuple(info.draw_id for info in drawn())
 SHAPES = [(), (0,), (1,), (3,), (2, 3), (4, 0), (2500,)]  # (2500,): more than one 2048-element chunk
 
 
 @st.composite
 def configurations(draw: Any, weight_decay: bool = True) -> dict[str, Any]:
+    """A drawn optimizer and a value for every hyperparameter (each optimizer takes its own)."""
     kind = draw(st.sampled_from(KINDS))
-    momentum = draw(st.sampled_from([0.0, 0.5, 0.9]))
+    momentum = draw(st.sampled_from(DRAWS["momentum"]))
     nesterov = momentum > 0.0 and draw(st.booleans())
-    cprop_beta = draw(st.sampled_from([0.0, 0.5, 0.9, 0.999]))
+    cprop_beta = draw(st.sampled_from(DRAWS["cprop_beta"]))
     betas = draw(st.sampled_from([(0.9, 0.999), (cprop_beta, cprop_beta), (0.9, cprop_beta), (0.5, 0.99)]))
     return {
         "kind": kind,
-        "lr": draw(st.sampled_from([1e-3, 0.1, 1.0])),
+        "lr": draw(st.sampled_from(DRAWS["lr"])),
         "momentum": momentum,
-        "dampening": 0.0 if nesterov else draw(st.sampled_from([0.0, 0.5])),
+        "dampening": 0.0 if nesterov else draw(st.sampled_from(DRAWS["dampening"])),
         "nesterov": nesterov,
-        "weight_decay": draw(st.sampled_from([0.0, 0.01])) if weight_decay else 0.0,
+        "weight_decay": draw(st.sampled_from(DRAWS["weight_decay"])) if weight_decay else 0.0,
         "betas": betas,
-        "eps": draw(st.sampled_from([1e-8, 0.0, 1e-3])),
+        "eps": draw(st.sampled_from(DRAWS["eps"])),
         "amsgrad": draw(st.booleans()),
         "cprop_beta": cprop_beta,
-        "cprop_c": draw(st.sampled_from([0.0, 0.5, 1.0, 3.0])),
-        "cprop_eps": draw(st.sampled_from([1e-8, 0.0, 1e-3])),
-        "cprop_cdf": draw(st.sampled_from(CDF_NAMES)),
+        "cprop_c": draw(st.sampled_from(DRAWS["cprop_c"])),
+        "cprop_eps": draw(st.sampled_from(DRAWS["cprop_eps"])),
+        "cprop_cdf": draw(st.sampled_from(DRAWS["cprop_cdf"])),
     }
 
 
-def _sgd(params: list[np.ndarray], cfg: dict[str, Any], backend: str) -> SGD:
-    keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
-    return SGD(params, **{k: cfg[k] for k in keys}, backend=backend)
-
-
-def _adam(params: list[np.ndarray], cfg: dict[str, Any], backend: str, cls: type = Adam) -> Adam:
-    keys = ("lr", "betas", "eps", "weight_decay", "amsgrad")
-    return cls(params, **{k: cfg[k] for k in keys}, backend=backend)
+def make(info: OptimizerInfo, params: list[np.ndarray], cfg: dict[str, Any], backend: str) -> Any:
+    """``info``'s optimizer with the hyperparameters of ``cfg`` it takes."""
+    return info.make(params, backend=backend, **{k: cfg[k] for k in info.hyperparameters})
 
 
 def build(params: list[np.ndarray], cfg: dict[str, Any], backend: str) -> Any:
-    kind = cfg["kind"]
-    cprop = {k: cfg[k] for k in ("cprop_beta", "cprop_c", "cprop_eps", "cprop_cdf")}
-    if kind == "sgd":
-        return _sgd(params, cfg, backend)
-    if kind == "adam":
-        return _adam(params, cfg, backend)
-    if kind == "adamw":
-        return _adam(params, cfg, backend, AdamW)
-    if kind == "cprop_sgd":
-        keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
-        return CPropSGD(params, **{k: cfg[k] for k in keys}, **cprop, backend=backend)
-    if kind == "cprop_adam":
-        keys = ("lr", "betas", "eps", "weight_decay", "amsgrad")
-        return CPropAdam(params, **{k: cfg[k] for k in keys}, **cprop, backend=backend)
-    base = _sgd(params, cfg, backend) if kind == "wrapper_sgd" else _adam(params, cfg, backend)
-    return CProp(
-        base, beta=cfg["cprop_beta"], c=cfg["cprop_c"], eps=cfg["cprop_eps"], cdf=cfg["cprop_cdf"], backend=backend
-    )
+    return make(by_draw_id(cfg["kind"]), params, cfg, backend)
 
 
 def unscaled_update(ref: Any, cfg: dict[str, Any], params: list[np.ndarray], grads: list) -> list[np.ndarray]:
     """``|U|`` per parameter (float64): the CProp optimizer's base stepped on the NumPy path
     from the reference's current state, before the reference steps."""
-    kind = cfg["kind"]
+    info = by_draw_id(cfg["kind"])
     twins = [p.copy() for p in params]
-    if kind.startswith("wrapper"):
-        base = _sgd(twins, cfg, "numpy") if kind == "wrapper_sgd" else _adam(twins, cfg, "numpy")
+    base = make(BY_NAME[info.unscaled], twins, cfg, "numpy")
+    if info.wraps:
         base.load_state_dict(ref.base_optimizer.state_dict())
     else:
-        base = _sgd(twins, cfg, "numpy") if kind == "cprop_sgd" else _adam(twins, cfg, "numpy")
         state = ref.state_dict()
         keep = set(base.state_schema)
         base_state = {
@@ -203,7 +183,7 @@ def gradients(rng: np.random.Generator, params: list[np.ndarray], step: int) -> 
 @settings(max_examples=examples(40))
 @given(
     cfg=configurations(),
-    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    dtype=st.sampled_from(DTYPES),
     shapes=st.lists(st.sampled_from(SHAPES), min_size=1, max_size=3),
     seed=st.integers(0, 2**16),
 )
@@ -212,7 +192,7 @@ def test_one_step_from_the_same_state_agrees(cfg, dtype, shapes, seed):
     ref_params = [rng.standard_normal(s).astype(dtype) for s in shapes]
     fast_params = [p.copy() for p in ref_params]
     ref, fast = build(ref_params, cfg, "numpy"), build(fast_params, cfg, "numba")
-    cprop = cfg["kind"].startswith(("cprop", "wrapper"))
+    cprop = by_draw_id(cfg["kind"]).cprop
     for step in range(4):
         grads = gradients(rng, ref_params, step)
         fast.load_state_dict(ref.state_dict())  # a checkpoint of one backend loads into the other
@@ -224,7 +204,7 @@ def test_one_step_from_the_same_state_agrees(cfg, dtype, shapes, seed):
         assert_states_identical(fast.state_dict(), ref.state_dict())
         tolerances = scale_tolerances(ref, cfg, dtype) if cprop else [None] * len(shapes)
         for k, (pr, pf) in enumerate(zip(ref_params, fast_params)):
-            if not cprop or dtype == np.float16 or grads[k] is None:  # float16 takes the NumPy path
+            if not cprop or dtype not in KERNEL_DTYPES or grads[k] is None:  # float16 takes the NumPy path
                 np.testing.assert_array_equal(pf, pr, err_msg=f"step {step} parameter {k}")
                 continue
             bound = parameter_bound(pr, pf, updates[k], tolerances[k])
@@ -235,7 +215,7 @@ def test_one_step_from_the_same_state_agrees(cfg, dtype, shapes, seed):
 @settings(max_examples=examples(20))
 @given(
     cfg=configurations(weight_decay=False),
-    dtype=st.sampled_from([np.float32, np.float64]),
+    dtype=st.sampled_from(KERNEL_DTYPES),
     shapes=st.lists(st.sampled_from(SHAPES), min_size=1, max_size=3),
     seed=st.integers(0, 2**16),
 )
@@ -244,7 +224,7 @@ def test_free_running_trajectories_stay_within_the_propagated_bounds(cfg, dtype,
     ref_params = [rng.standard_normal(s).astype(dtype) for s in shapes]
     fast_params = [p.copy() for p in ref_params]
     ref, fast = build(ref_params, cfg, "numpy"), build(fast_params, cfg, "numba")
-    cprop = cfg["kind"].startswith(("cprop", "wrapper"))
+    cprop = by_draw_id(cfg["kind"]).cprop
     errors = [np.zeros(s) for s in shapes]
     for step in range(6):
         grads = gradients(rng, ref_params, step)
@@ -433,7 +413,7 @@ def test_tiny_steady_state_path_agrees_and_notices_every_change():
         # Every step starts from the same parameters (reset below): the one-step bound.
         assert np.all(error <= parameter_bound(ref_params[0], fast_params[0], updates[0], tol)), step
         fast_params[0][...] = ref_params[0]
-    assert fast.__dict__.get("_kernel_plan") is not None  # the steady state was in use
+    assert fast.kernel_plan.steady is not None  # the steady state was in use
 
 
 def test_non_contiguous_and_float16_parameters_take_the_numpy_path_alongside_kernel_ones():
@@ -463,3 +443,11 @@ def test_non_contiguous_and_float16_parameters_take_the_numpy_path_alongside_ker
         np.testing.assert_array_equal(fast_params[1], ref_params[1])
         assert_states_identical(fast.state_dict(), ref.state_dict())
     np.testing.assert_array_equal(fast_base[:, 1::2], ref_base[:, 1::2])  # the rest of the base untouched
+
+
+def test_every_optimizer_with_kernels_is_drawn_or_says_why_not():
+    """A catalogue entry on the Numba backend joins the drawn matrix above (a ``draw_id``) or
+    states the reason it need not (a skip of ``test_backends``)."""
+    for info in CATALOGUE:
+        if "numba" in info.backends and info.draw_id is None:
+            assert info.skip_reason("test_backends"), f"{info.name}: neither drawn nor skipped with a reason"

@@ -94,7 +94,10 @@ def test_numba_step_with_an_unknown_cdf_raises_and_changes_nothing() -> None:
     before = param.copy()
     numpy_step = CPropAdam([param.copy()], lr=0.1, cprop_cdf=FAKE, backend="numpy")
     numpy_step.step([np.ones(5)])  # the reference runs it
-    optimizer = CPropAdam([param], lr=0.1, cprop_cdf=FAKE, backend="numba")
+    with pytest.raises(ValueError, match="invalid cprop_cdf='fake' for backend='numba'"):
+        CPropAdam([param], lr=0.1, cprop_cdf=FAKE, backend="numba")  # refused at construction
+    optimizer = CPropAdam([param], lr=0.1, cprop_cdf=FAKE, backend="numpy")
+    optimizer.backend = "numba"  # and at the step, if the backend changes afterwards
     with pytest.raises(ValueError, match="cdf='fake' has no Numba kernel"):
         optimizer.step([np.ones(5)])
     np.testing.assert_array_equal(param, before)

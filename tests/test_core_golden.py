@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.golden_core_cases import GOLDEN_DIR, SHAPES, replay, unstack_gradients
+from tests.golden_core_cases import CASES, GOLDEN_DIR, SHAPES, replay, unstack_gradients
 
 MANIFEST = json.loads((GOLDEN_DIR / "manifest.json").read_text())
 
@@ -24,3 +24,10 @@ def test_golden_trajectory_is_reproduced_bit_for_bit(case):
     for key, value in expected.items():
         assert replayed[key].dtype == value.dtype, key
         np.testing.assert_array_equal(replayed[key], value, err_msg=f"{case['file']} {key}")
+
+
+def test_the_manifest_holds_the_catalogues_golden_cases():
+    """The committed fixtures are those of the optimizer catalogue's ``golden`` configurations,
+    in order: a configuration added or changed there needs ``python -m tests.golden_core_cases``."""
+    recorded = [{k: v for k, v in case.items() if k != "file"} for case in MANIFEST["cases"]]
+    assert recorded == json.loads(json.dumps(CASES)), "regenerate: python -m tests.golden_core_cases"

@@ -8,6 +8,7 @@ import pytest
 from cprop_ref import SGD, Adam, AdamW, CPropAdam
 from cprop_ref.cdf import CDF_NAMES
 from cprop_ref.gradients import compute_dtype
+from tests.optimizer_catalogue import BACKENDS, sweep_marks
 from tests.optimizer_matrix import (
     CPROP_NAMES,
     DTYPES,
@@ -19,9 +20,20 @@ from tests.optimizer_matrix import (
 )
 
 
-@pytest.mark.parametrize("cdf", CDF_NAMES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def _matrix_cells() -> list:
+    """Every backend x optimizer x dtype x CDF; the Numba kernels in a CDF other than the
+    default one under ``-m slow`` (``optimizer_catalogue.sweep_marks``)."""
+    return [
+        pytest.param(backend, name, dtype, cdf, marks=sweep_marks(backend, dtype, cdf),
+                     id=f"{backend}-{name}-{np.dtype(dtype).name}-{cdf}")
+        for backend in BACKENDS
+        for name in OPTIMIZER_NAMES
+        for dtype in DTYPES
+        for cdf in CDF_NAMES
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("backend", "name", "dtype", "cdf"), _matrix_cells())
 def test_steps_keep_dtype_stay_finite_and_keep_state_in_compute_dtype(name, dtype, cdf, backend):
     params = make_params(dtype)
     ids = [id(p) for p in params]
@@ -90,11 +102,12 @@ def test_float16_zero_gradient_gives_no_nan(name, cdf, backend):
     np.testing.assert_array_equal(params[0], np.ones(4, np.float16))
 
 
-@pytest.mark.parametrize("cdf", CDF_NAMES)
+@pytest.mark.parametrize("cdf", [pytest.param(cdf, marks=sweep_marks("numba", np.float64, cdf)) for cdf in CDF_NAMES])
 @pytest.mark.parametrize("betas", [(0.9, 0.999), (0.999, 0.999), (0.999, 0.9)])
 def test_cprop_adam_shared_moments_equal_unshared_bit_for_bit(betas, cdf):
     """Sharing Adam's moment with CProp's is exact: a run that shares, and a run whose state was
-    made unshared after the first step (its own copies of m and v), give identical numbers."""
+    made unshared after the first step (its own copies of m and v), give identical numbers
+    (on the default backend, the Numba kernels, float64)."""
     rng = np.random.default_rng(3)
     x0 = rng.standard_normal(16)
     shared = CPropAdam([x0.copy()], lr=0.01, betas=betas, cprop_cdf=cdf)

@@ -1,4 +1,4 @@
-"""Hyperparameters per run (issue 13, deliverable 2): an optimizer whose numeric
+"""Hyperparameters per run: an optimizer whose numeric
 hyperparameters are arrays of shape ``(R, 1)`` over a parameter of shape ``(R, dim)`` moves
 each row exactly as the same optimizer built with that row's scalars, on both backends, in
 float16, float32 and float64, through a checkpoint; invalid elements are refused by index.

@@ -7,7 +7,8 @@ update) remain for AMSGrad, the float64 normal, and as the reference the loop is
 perform the same IEEE-754 operations in the same order on the same scalars, so the bound is
 **0**: every parameter and state element is the same bits (NaN compared as NaN, whatever its
 payload). The tests draw configurations (every CDF, shared and private moments, weight decay,
-``beta = 0``, ``eps = 0``, ``c = 0``), sizes (empty, one element, odd, several chunks) and
+``beta = 0``, ``eps = 0``, ``c = 0``; in the ``ci`` and ``dev`` profiles every CDF with private
+moments and every sharing with ``bft``, the whole cross-product under ``thorough``), sizes (empty, one element, odd, several chunks) and
 states with zeros, huge and tiny moments, and overflowed ones (``inf``), and check first that
 the flags do route the draw through the one loop, so that the comparison is never vacuous.
 """
@@ -29,6 +30,7 @@ from cprop_ref.kernels import dispatch
 from cprop_ref.kernels import sgd as sgd_kernels
 from cprop_ref.kernels.scale import CDF_CODES, CDF_MARKERS, cprop_scalars
 from tests.hypothesis_budget import examples
+from tests.optimizer_catalogue import BY_NAME, CATALOGUE, DRAWS, KERNEL_DTYPES, swept_cdf
 
 SIZES = [0, 1, 7, 33, 2047, 2048, 2049, 5000]
 #: Long enough for the software-pipelined loop (``adam._cprop_adam_pipeline``): exactly its
@@ -86,21 +88,37 @@ def initial_state(rng: np.random.Generator, n: int, dtype: Any, extreme: bool, a
     return arena
 
 
+#: The optimizers with a one loop, from the optimizer catalogue (``tests/optimizer_catalogue.py``).
+CPROP_ADAM, CPROP_SGD = BY_NAME["CPropAdam"], BY_NAME["CPropSGD"]
+assert [info.name for info in CATALOGUE if info.one_loop] == ["CPropSGD", "CPropAdam"], "a new one loop: test it here"
+
+
 @st.composite
 def configurations(draw: Any) -> dict[str, Any]:
-    cprop_beta = draw(st.sampled_from([0.0, 0.5, 0.9, 0.999]))
+    """CProp-Adam without AMSGrad (the one loop's domain); the pairs of betas share both
+    moments, one, or none with CProp's (``cprop_beta``)."""
+    cprop_beta = draw(st.sampled_from(DRAWS["cprop_beta"]))
     betas = draw(st.sampled_from([(0.9, 0.999), (cprop_beta, cprop_beta), (0.9, cprop_beta), (cprop_beta, 0.99)]))
-    return {
-        "lr": draw(st.sampled_from([1e-3, 0.1, 1.0])),
+    cfg = {
+        "lr": draw(st.sampled_from(DRAWS["lr"])),
         "betas": betas,
-        "eps": draw(st.sampled_from([1e-8, 0.0, 1e-3])),
-        "weight_decay": draw(st.sampled_from([0.0, 0.01])),
+        "eps": draw(st.sampled_from(DRAWS["eps"])),
+        "weight_decay": draw(st.sampled_from(DRAWS["weight_decay"])),
         "amsgrad": False,
         "cprop_beta": cprop_beta,
-        "cprop_c": draw(st.sampled_from([0.0, 0.5, 1.0, 3.0])),
-        "cprop_eps": draw(st.sampled_from([1e-8, 0.0, 1e-3])),
-        "cprop_cdf": draw(st.sampled_from(CDF_NAMES)),
+        "cprop_c": draw(st.sampled_from(DRAWS["cprop_c"])),
+        "cprop_eps": draw(st.sampled_from(DRAWS["cprop_eps"])),
+        "cprop_cdf": draw(st.sampled_from(CPROP_ADAM.cdfs)),
     }
+    # Every CDF with private moments, every sharing with one CDF; the cross-product (a
+    # compilation per CDF x sharing x dtype) under the thorough profile.
+    cfg["cprop_cdf"] = swept_cdf(cfg["cprop_cdf"], privacy(cfg) == ANCHOR_PRIVACY)
+    return cfg
+
+
+#: The sharing every CDF is drawn with in ``ci`` and ``dev``: both moments CProp's own (weight
+#: decay on, or betas unlike ``cprop_beta``), the sharing drawn most often.
+ANCHOR_PRIVACY = (True, True)
 
 
 def privacy(cfg: dict[str, Any]) -> tuple[bool, bool]:
@@ -133,7 +151,7 @@ def scalar_row(cfg: dict[str, Any], t: int, dtype: Any) -> np.ndarray:
 @settings(max_examples=examples(150), deadline=None)
 @given(
     cfg=configurations(),
-    dtype=st.sampled_from([np.float32, np.float64]),
+    dtype=st.sampled_from(CPROP_ADAM.kernel_dtypes),
     n=st.sampled_from(SIZES),
     extreme=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
@@ -145,7 +163,7 @@ def test_one_loop_is_the_stages_bit_for_bit(cfg, dtype, n, extreme, seed):
 @settings(max_examples=examples(40), deadline=None)
 @given(
     cfg=configurations(),
-    dtype=st.sampled_from([np.float32, np.float64]),
+    dtype=st.sampled_from(CPROP_ADAM.kernel_dtypes),
     n=st.sampled_from(PIPELINED_SIZES),
     extreme=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
@@ -192,8 +210,8 @@ def _parallel_launch_cases() -> list:
     bit by the serial tests above; each parallel kernel variant costs a compilation of its own
     (about 5 to 10 s of CPU on a cold cache), hence the sweep in the slow set."""
     cases = []
-    for dtype in (np.float32, np.float64):
-        for cdf in CDF_NAMES:
+    for dtype in CPROP_ADAM.kernel_dtypes:
+        for cdf in CPROP_ADAM.cdfs:
             marks = () if cdf == "bft" else (pytest.mark.slow,)
             cases.append(pytest.param(cdf, dtype, marks=marks, id=f"{np.dtype(dtype).name}-{cdf}"))
     return cases
@@ -247,25 +265,25 @@ def _sgd_run(cfg: dict[str, Any], dtype: Any, sizes: list[int], extreme: bool, s
 
 @st.composite
 def sgd_configurations(draw: Any) -> dict[str, Any]:
-    momentum = draw(st.sampled_from([0.0, 0.5, 0.9]))
+    momentum = draw(st.sampled_from(DRAWS["momentum"]))
     nesterov = momentum > 0.0 and draw(st.booleans())
     return {
-        "lr": draw(st.sampled_from([1e-3, 0.1, 1.0])),
+        "lr": draw(st.sampled_from(DRAWS["lr"])),
         "momentum": momentum,
-        "dampening": 0.0 if nesterov else draw(st.sampled_from([0.0, 0.5])),
+        "dampening": 0.0 if nesterov else draw(st.sampled_from(DRAWS["dampening"])),
         "nesterov": nesterov,
-        "weight_decay": draw(st.sampled_from([0.0, 0.01])),
-        "cprop_beta": draw(st.sampled_from([0.0, 0.5, 0.9, 0.999])),
-        "cprop_c": draw(st.sampled_from([0.0, 0.5, 1.0, 3.0])),
-        "cprop_eps": draw(st.sampled_from([1e-8, 0.0, 1e-3])),
-        "cprop_cdf": draw(st.sampled_from(CDF_NAMES)),
+        "weight_decay": draw(st.sampled_from(DRAWS["weight_decay"])),
+        "cprop_beta": draw(st.sampled_from(DRAWS["cprop_beta"])),
+        "cprop_c": draw(st.sampled_from(DRAWS["cprop_c"])),
+        "cprop_eps": draw(st.sampled_from(DRAWS["cprop_eps"])),
+        "cprop_cdf": draw(st.sampled_from(CPROP_SGD.cdfs)),
     }
 
 
 @settings(max_examples=examples(100), deadline=None)
 @given(
     cfg=sgd_configurations(),
-    dtype=st.sampled_from([np.float32, np.float64]),
+    dtype=st.sampled_from(CPROP_SGD.kernel_dtypes),
     sizes=st.lists(st.sampled_from(SIZES), min_size=1, max_size=3),
     extreme=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
@@ -323,14 +341,16 @@ LOOPS = {
 @pytest.mark.skipif(not _x86_with_avx(), reason="checks x86 AVX assembly")
 @pytest.mark.parametrize("family", list(LOOPS))
 @pytest.mark.parametrize("cdf", CDF_NAMES)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 def test_the_one_loop_is_vectorised(family, cdf, dtype):
     """The one loop is only fast while LLVM vectorises it, and that rests on LLVM inlining the
     whole chain down to the exponential (one more level of helper calls once made it stop, and
     the float32 normal ran ten times slower with every result still right). The compiled loop
     must hold packed divisions (Adam's or SGD's update, z, the CDF) in 256- or 512-bit registers."""
-    if dtype == np.float64 and cdf == "normal":
-        pytest.skip("the float64 normal takes the chunked stages (the C library's erf is scalar)")
+    info = CPROP_SGD if family == "sgd" else CPROP_ADAM
+    reason = info.skip_reason("test_the_one_loop_is_vectorised", dtype=dtype, cdf=cdf)
+    if reason is not None:
+        pytest.skip(reason)
     from numba import njit
 
     source, call = LOOPS[family]

@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from cprop_ref import SGD, Adam, CProp, CPropAdam
 from cprop_ref.gradients import first_overlap
-from tests.reliability_support import BACKENDS, OPTIMIZERS, assert_identical, build, make_grads, snapshot
+from tests.reliability_support import BACKENDS, INFOS, OPTIMIZERS, assert_identical, build, make_grads, snapshot
 
 KINDS = list(OPTIMIZERS)
-WRAPPERS = [kind for kind in KINDS if kind.startswith("CProp(")]
+WRAPPERS = [kind for kind in KINDS if INFOS[kind].wraps]
 #: float32 and float64 go through the Numba kernels on ``backend="numba"``; float16 never does.
 KERNEL_DTYPES = (np.float32, np.float64)
 

@@ -23,18 +23,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cprop_ref import SGD, Adam, AdamW, CProp, CPropSGD
+from cprop_ref import SGD, CProp
+from tests.optimizer_catalogue import BY_NAME
 from tests.reliability_support import (
     BACKENDS,
     DTYPES,
+    INFOS,
     OPTIMIZERS,
     PARAM_SHAPES,
     assert_identical,
-    backend_kwargs,
     build,
     make_grads,
     snapshot,
-    wrapper_backend_kwargs,
 )
 
 BAD_VALUES = (np.nan, np.inf, -np.inf)
@@ -194,9 +194,7 @@ def test_propagate_matches_torch_on_nonfinite_gradients(kind, backend):
     grads = _nonfinite_grad_sequence(rng, 8, size)
     torch_name, hyper = TORCH_PAIRS[kind]
     ours_param = start.copy()
-    cls = {"SGD": SGD, "Adam": Adam, "AdamW-amsgrad": AdamW}[kind]
-    extra = backend_kwargs(backend)
-    optimizer = cls([ours_param], **hyper, **extra, nonfinite="propagate")
+    optimizer = INFOS[kind].make([ours_param], **hyper, backend=backend, nonfinite="propagate")
     theirs_param = torch.tensor(start.copy(), dtype=torch.float64, requires_grad=True)
     theirs = getattr(torch.optim, torch_name)([theirs_param], **hyper)
     for t, g in enumerate(grads):
@@ -235,17 +233,10 @@ def test_propagate_follows_the_spec_on_nonfinite_gradients(wrapped, backend):
     start = rng.standard_normal(size)
     grads = _nonfinite_grad_sequence(rng, 8, size)
     param = start.copy()
-    extra = backend_kwargs(backend)
-    if wrapped:
-        base = SGD([param], lr=lr, momentum=momentum, **extra, nonfinite="propagate")
-        optimizer = CProp(
-            base, beta=beta, c=c, eps=eps, cdf="normal", **wrapper_backend_kwargs(backend), nonfinite="propagate"
-        )
-    else:
-        optimizer = CPropSGD(
-            [param], lr=lr, momentum=momentum, cprop_beta=beta, cprop_c=c, cprop_eps=eps, cprop_cdf="normal",
-            **extra, nonfinite="propagate",
-        )  # fmt: skip
+    cprop = {"cprop_beta": beta, "cprop_c": c, "cprop_eps": eps, "cprop_cdf": "normal"}
+    optimizer = BY_NAME["CProp(SGD)" if wrapped else "CPropSGD"].make(
+        [param], lr=lr, momentum=momentum, **cprop, backend=backend, nonfinite="propagate"
+    )
     x, m, v, buf = start.copy(), np.zeros(size), np.zeros(size), None
     with np.errstate(all="ignore"):
         for t, g in enumerate(grads, start=1):

@@ -106,6 +106,41 @@ def test_foreach_is_the_eager_port_bit_for_bit(name, dtype):
     _assert_same_state(eager, multi)
 
 
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_foreach_is_the_eager_port_bit_for_bit_on_large_tensors_and_at_the_edges(name):
+    """Vectorised kernels (thousands of elements) and the fast path's fallback: a tensor whose
+    moments overflow (gradients near float32's largest value: ``m_hat`` and ``g^2`` overflow)
+    and one with an infinite and a NaN gradient take the guarded operations, the others not."""
+    shapes = ((300, 67), (4099,), (257,), (3,))
+    eager_params, foreach_params = _params(torch.float32, shapes), _params(torch.float32, shapes)
+    eager, multi = MAKERS[name](eager_params), MAKERS[name](foreach_params, foreach=True)
+    gen = torch.Generator().manual_seed(7)
+    for i in range(5):
+        grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) + 0.3 for p in eager_params]
+        grads[1][:40] *= 1e38  # overflows m_hat's square, and g^2
+        grads[1][40:50] = 3.4e38  # near the largest float32: m_hat itself overflows after a bias correction
+        if i == 3:
+            grads[2][0], grads[2][1] = float("inf"), float("nan")
+        for params in (eager_params, foreach_params):
+            for p, g in zip(params, grads):
+                p.grad = g.to(p.dtype)
+        eager.step()
+        multi.step()
+    for a, b in zip(eager_params, foreach_params):
+        assert torch.equal(a.nan_to_num(), b.nan_to_num()) and torch.equal(a.isnan(), b.isnan())
+    _assert_same_state_nan(eager, multi)
+
+
+def _assert_same_state_nan(a, b):
+    for sa, sb in zip(_states(a), _states(b), strict=True):
+        for key in sa:
+            if torch.is_tensor(sa[key]):
+                assert torch.equal(sa[key].isnan(), sb[key].isnan()), key
+                assert torch.equal(sa[key].nan_to_num(), sb[key].nan_to_num()), key
+            else:
+                assert sa[key] == sb[key], key
+
+
 @pytest.mark.parametrize("check", CHECKS)
 def test_foreach_passes_the_harness(check):
     """Every check, float32 and float64, all optimizers and CDFs (40 derandomized examples)."""

@@ -104,10 +104,19 @@ class TensorBounds:
         self.base_step = zero.copy()
 
 
+#: The families (:data:`.config.FAMILIES`) whose base update the bounds below follow.
+BOUNDED_FAMILIES: tuple[str, ...] = ("sgd", "adam")
+
+
 class RunBounds:
     """Bounds for every tensor of a run of ``config``; :meth:`advance` once per step and tensor."""
 
     def __init__(self, config: PortConfig, shapes: list[tuple[int, ...]]) -> None:
+        if config.family not in BOUNDED_FAMILIES:
+            raise ValueError(
+                f"RunBounds: no error bounds for the family {config.family!r} of {config.name} "
+                f"(cprop_ref/conformance/bounds.py bounds {', '.join(BOUNDED_FAMILIES)})"
+            )
         self.config = config
         base_in_storage = config.optimizer == "CProp" and config.dtype in HALF_DTYPES
         self.tensors = [TensorBounds(shape, config.dtype, base_in_storage) for shape in shapes]
@@ -152,7 +161,7 @@ class RunBounds:
         p, p_new = _f64(param_before), _f64(param_after)
         if cfg.family == "sgd":
             update_bound = self._sgd(tb, p, g, e_g, state_before, s, scale_bound)
-        else:
+        else:  # "adam": RunBounds refuses any other family
             update_bound = self._adam(tb, p, g, e_g, state_before, state_after, s, scale_bound)
         # The final rounding into the parameter's format (for 16-bit parameters: from float32).
         rounding = BOTH_SIDES * (tb.p_u * np.abs(p_new) + tb.p_tiny)

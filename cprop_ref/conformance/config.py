@@ -31,6 +31,10 @@ from .dtypes import DTYPES, carrier
 
 OPTIMIZERS: tuple[str, ...] = ("CPropSGD", "CPropAdam", "CProp")
 BASE_OPTIMIZERS: tuple[str, ...] = ("SGD", "Adam", "AdamW")
+#: The base update each optimizer scales (the wrapper: each base), ``"sgd"`` or ``"adam"``: the
+#: bounds (:mod:`.bounds`) and the strategies branch on it. An optimizer or base without an
+#: entry is refused when a configuration is built, never counted as another family.
+FAMILIES: dict[str, str] = {"CPropSGD": "sgd", "CPropAdam": "adam", "SGD": "sgd", "Adam": "adam", "AdamW": "adam"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,12 @@ class PortConfig:
             raise ValueError(f"PortConfig: invalid base={self.base!r}: one of {', '.join(BASE_OPTIMIZERS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"PortConfig: invalid dtype={self.dtype!r}: one of {', '.join(DTYPES)}")
+        scaled = self.base or self.optimizer
+        if scaled not in FAMILIES:
+            raise ValueError(
+                f"PortConfig: {scaled!r} has no family (the base update it scales): add it to "
+                f"cprop_ref/conformance/config.py FAMILIES ({', '.join(FAMILIES)} have one)"
+            )
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -66,9 +76,8 @@ class PortConfig:
 
     @property
     def family(self) -> str:
-        """``"sgd"`` or ``"adam"``: which base update the optimizer scales."""
-        base = self.base or self.optimizer.removeprefix("CProp")
-        return "sgd" if base == "SGD" else "adam"
+        """``"sgd"`` or ``"adam"``: which base update the optimizer scales (:data:`FAMILIES`)."""
+        return FAMILIES[self.base or self.optimizer]
 
     @property
     def decoupled_weight_decay(self) -> bool:

@@ -3,7 +3,11 @@
 ``backend="numba"`` (the default of every optimizer) runs a step through the kernels
 of :mod:`.adam` (Adam, AdamW, CProp-Adam), :mod:`.sgd` (SGD, CProp-SGD) and
 :mod:`.wrapper` (the CProp wrapper), with the state of every parameter kept in one
-flat buffer per dtype (:mod:`.flat`); ``backend="numpy"`` runs the readable reference
+flat buffer per dtype (:mod:`.flat`). Each family of kernels is declared once, in its module
+(:mod:`.family`: arena rows, named scalar and flag columns, row builder, kernels); the
+dispatcher (:mod:`.dispatch`) is generic over the declarations and keeps what it reuses in the
+optimizer's launch plan (:mod:`.plan`); the CProp code the families share is in :mod:`.cprop`
+and :mod:`.scale`. ``backend="numpy"`` runs the readable reference
 in :mod:`cprop_ref.optim`. Both give the same numbers within the tolerance policy
 (``docs/algorithm.md``, "Tolerance policy"; the design: ``docs/design/kernels.md``). float16
 parameters and parameters that are not C-contiguous take the NumPy path on either backend.
@@ -46,6 +50,10 @@ def check_kernel_cdf(name: str, cdf: Any) -> str:
 
 def state_buffers(owner: Any) -> list[Any]:
     """The flat state buffers (arenas, :mod:`.flat`) that the kernels update in place for
-    ``owner``, an optimizer; none before its first fused step. A gradient sharing memory
-    with one of them is copied before a step (:func:`cprop_ref.gradients.unaliased`)."""
-    return [flat.arena for flat in owner.__dict__.get("_kernel_arenas", {}).values()]
+    ``owner``, an optimizer (its ``kernel_plan``, :class:`.plan.LaunchPlan`); none before its
+    first fused step, or for an object without a plan. A gradient sharing memory with one of
+    them is copied before a step (:func:`cprop_ref.gradients.unaliased`)."""
+    from .plan import LaunchPlan
+
+    plan = getattr(owner, "kernel_plan", None)
+    return plan.buffers() if isinstance(plan, LaunchPlan) else []

@@ -15,64 +15,125 @@ once to the dtype.
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from ..functional import cprop_adam_private_moments
+from .columns import column_count, column_numbers
+from .cprop import CHUNK, EDGE, EDGE_BLOCK, NO_EDGE, cprop_z_loop, scale_loop, slice_or_none
+from .family import KernelFamily, Kernels, SteadyKernels, TensorStep
+from .flat import FlatState
 from .pointers import array_at, chunks_finite, chunks_finite_parallel, finite
 from .scale import (
-    C_ONE,
-    C_TWO_C,
     C_ZERO,
+    CDF_CODES,
     CDF_MARKERS,
-    CPROP_SCALAR_COUNT,
+    NO_CPROP_SCALARS,
     NORMAL,
+    CPropScalars,
     cprop_constants,
     cprop_ema,
+    cprop_scalars,
     edge_scale,
     ema,
     fill_cprop_scalars,
     half_conformity,
     nan_maximum,
-    scale_in_place,
-    standardized,
     standardized_unguarded,
 )
 from .wide import prefer_wide_vectors
 
-CHUNK = 2048
 
-#: Columns of the scalar table: Adam's, then CProp's (``.scale.cprop_scalars``) from ``CPROP_BASE``.
-LR, BETA1, ONE_MINUS_BETA1, BETA2, ONE_MINUS_BETA2, EPS, WEIGHT_DECAY, DECAY_FACTOR, NEG_STEP_SIZE, BC2_SQRT = range(10)
-CPROP_BASE = 10
-SCALAR_COUNT = CPROP_BASE + CPROP_SCALAR_COUNT
-#: Columns of the flag table.
-#: ``ONE_LOOP``: 1 where the tensor runs the launch's one-loop variant (:func:`one_loop_variant`),
-#: 0 where it takes the chunked stages.
-DECOUPLED, HAS_WEIGHT_DECAY, AMSGRAD, CPROP, PRIVATE_M, PRIVATE_V, CDF, ONE_LOOP = range(8)
-FLAG_COUNT = 8
-#: Rows of the state arena.
-EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ, CPROP_M, CPROP_V = range(5)
+class AdamScalars(NamedTuple):
+    """Adam's scalars of a tensor's ``t``-th step, the first columns of the scalar table (CProp's,
+    :class:`.scale.CPropScalars`, follow from ``CPROP_BASE``), in double precision."""
+
+    lr: float
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    eps: float
+    weight_decay: float
+    #: ``1 - lr * wd``: AdamW's decay of the parameter.
+    decay_factor: float
+    #: ``-lr / (1 - beta1^t)``.
+    neg_step_size: float
+    #: ``sqrt(1 - beta2^t)``.
+    bc2_sqrt: float
+
+
+class AdamFlags(NamedTuple):
+    """The flag row of a tensor (0 or 1, and the CDF's code)."""
+
+    decoupled: bool
+    has_weight_decay: bool
+    amsgrad: bool
+    cprop: bool
+    #: CProp keeps its own first (second) moment: Adam's is not CProp's (:func:`cprop_ref.functional.cprop_adam_private_moments`).
+    private_m: bool
+    private_v: bool
+    cdf: int
+    #: 1 where the tensor runs the launch's one-loop variant (:func:`one_loop_variant`), 0 where
+    #: it takes the chunked stages.
+    one_loop: bool
+
+
+#: Rows of the state arena: the state entries the kernels keep.
 FIELDS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "cprop_m", "cprop_v")
+EXP_AVG = FIELDS.index("exp_avg")
+EXP_AVG_SQ = FIELDS.index("exp_avg_sq")
+MAX_EXP_AVG_SQ = FIELDS.index("max_exp_avg_sq")
+CPROP_M = FIELDS.index("cprop_m")
+CPROP_V = FIELDS.index("cprop_v")
+
+#: Columns of the scalar table (the Numba code indexes with these constants).
+_S = column_numbers(AdamScalars)
+LR = _S.lr
+BETA1 = _S.beta1
+ONE_MINUS_BETA1 = _S.one_minus_beta1
+BETA2 = _S.beta2
+ONE_MINUS_BETA2 = _S.one_minus_beta2
+EPS = _S.eps
+WEIGHT_DECAY = _S.weight_decay
+DECAY_FACTOR = _S.decay_factor
+NEG_STEP_SIZE = _S.neg_step_size
+BC2_SQRT = _S.bc2_sqrt
+CPROP_BASE = column_count(AdamScalars)
+SCALAR_COUNT = CPROP_BASE + column_count(CPropScalars)
+#: Columns of the flag table.
+_F = column_numbers(AdamFlags)
+DECOUPLED = _F.decoupled
+HAS_WEIGHT_DECAY = _F.has_weight_decay
+AMSGRAD = _F.amsgrad
+CPROP = _F.cprop
+PRIVATE_M = _F.private_m
+PRIVATE_V = _F.private_v
+CDF = _F.cdf
+ONE_LOOP = _F.one_loop
+FLAG_COUNT = column_count(AdamFlags)
 
 
-def adam_scalars(group: dict, t: int, decoupled: bool) -> list[float]:
-    """Adam's scalars for the ``t``-th step, in double precision (``functional.adam_delta``)."""
+def adam_scalars(group: dict, t: int, decoupled: bool = False) -> AdamScalars:
+    """Adam's scalars for the ``t``-th step, in double precision (``functional.adam_delta``).
+    (``decoupled`` changes none of them: the flags say which decay the kernel applies.)"""
     beta1, beta2 = group["betas"]
     lr, wd = group["lr"], group["weight_decay"]
-    return [
-        lr,
-        beta1,
-        1.0 - beta1,
-        beta2,
-        1.0 - beta2,
-        group["eps"],
-        wd,
-        1.0 - lr * wd,
-        -(lr / (1.0 - beta1**t)),
-        math.sqrt(1.0 - beta2**t),
-    ]
+    return AdamScalars(
+        lr=lr,
+        beta1=beta1,
+        one_minus_beta1=1.0 - beta1,
+        beta2=beta2,
+        one_minus_beta2=1.0 - beta2,
+        eps=group["eps"],
+        weight_decay=wd,
+        decay_factor=1.0 - lr * wd,
+        neg_step_size=-(lr / (1.0 - beta1**t)),
+        bc2_sqrt=math.sqrt(1.0 - beta2**t),
+    )
 
 
 # The loops below index chunk-sized views with ``j in range(count)``: an index that Numba
@@ -105,51 +166,6 @@ def _moments_loop(p, g, m1, m2, mx, delta, scalars, decoupled_wd, coupled_wd):
             second = nan_maximum(mx[j], second)
             mx[j] = second
         delta[j] = neg_step_size * (first / (np.sqrt(second) / bc2_sqrt + eps))
-
-
-@njit(error_model="numpy", cache=True)
-def cprop_z_loop(g, m_source, v_source, cm, cv, buf, scalars, base, private_m, private_v):
-    """CProp's private moments (where not shared) and ``z`` into ``buf``; ``m_source`` and
-    ``v_source`` are the arrays that hold ``m`` and ``v`` after the update."""
-    beta, one_minus_beta, inv_bias, inv_denominator, one_sample, eps, _, _, zero, infinity, largest = cprop_constants(
-        scalars, base
-    )
-    if private_m:
-        for j in range(g.size):
-            cm[j] = cprop_ema(cm[j], g[j], beta, one_minus_beta)
-    if private_v:
-        for j in range(g.size):
-            cv[j] = cprop_ema(cv[j], g[j] * g[j], beta, one_minus_beta)
-    for j in range(g.size):
-        buf[j] = standardized(
-            m_source[j], v_source[j], inv_bias, inv_denominator, one_sample, eps, zero, infinity, largest
-        )
-
-
-@njit(error_model="numpy", cache=True)
-def scale_loop(buf, count, scalars, base, cdf):
-    """``z`` in ``buf`` becomes the scale ``s`` (:func:`.scale.scale_in_place`)."""
-    scale_in_place(buf, count, cdf, scalars[base + C_TWO_C], scalars[base + C_ONE])
-
-
-#: Elements per block of the one loops. The fast path computes ``z`` without the guards for
-#: the edges of the range (:func:`.scale.standardized_unguarded`); a block in which some element
-#: met an edge has those elements redone with the guards, while the block is in cache.
-EDGE_BLOCK = 2048
-NO_EDGE = np.int32(0)
-EDGE = np.int32(1)
-
-
-def slice_or_none(array, lo, hi):  # pragma: no cover - a stub; Numba calls the overload below
-    raise NotImplementedError
-
-
-@overload(slice_or_none)
-def _slice_or_none(array, lo, hi):
-    """``array[lo:hi]``, and ``None`` for ``None`` (a moment shared with Adam's)."""
-    if isinstance(array, types.NoneType):
-        return lambda array, lo, hi: None
-    return lambda array, lo, hi: array[lo:hi]
 
 
 @njit(error_model="numpy", cache=True)
@@ -528,17 +544,51 @@ def adam_one(p, g, arena, offset, scalars, flags, check_finite, cdf_marker, m_ma
     return True
 
 
+class AdamHyperparameters(NamedTuple):
+    """A group's hyperparameters as :func:`adam_one_from_hyperparameters` reads them (CProp's
+    are 0 for Adam and AdamW), and ``largest``, the dtype's largest finite value."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    cprop_beta: float
+    cprop_c: float
+    cprop_eps: float
+    largest: float
+
+
 #: Columns of the hyperparameter row of :func:`adam_one_from_hyperparameters`.
-HP_LR, HP_BETA1, HP_BETA2, HP_EPS, HP_WEIGHT_DECAY, HP_CPROP_BETA, HP_CPROP_C, HP_CPROP_EPS, HP_LARGEST = range(9)
-HP_COUNT = 9
+_H = column_numbers(AdamHyperparameters)
+HP_LR = _H.lr
+HP_BETA1 = _H.beta1
+HP_BETA2 = _H.beta2
+HP_EPS = _H.eps
+HP_WEIGHT_DECAY = _H.weight_decay
+HP_CPROP_BETA = _H.cprop_beta
+HP_CPROP_C = _H.cprop_c
+HP_CPROP_EPS = _H.cprop_eps
+HP_LARGEST = _H.largest
+HP_COUNT = column_count(AdamHyperparameters)
 
 
-def hyperparameter_row(group: dict, largest: float) -> list[float]:
+def hyperparameter_row(group: dict, largest: float) -> AdamHyperparameters:
     """A group's hyperparameters in the columns ``HP_*`` (CProp's as 0 for Adam and AdamW),
     and ``largest``, the dtype's largest finite value."""
     beta1, beta2 = group["betas"]
-    cprop = [group["cprop_beta"], group["cprop_c"], group["cprop_eps"]] if "cprop_beta" in group else [0.0] * 3
-    return [group["lr"], beta1, beta2, group["eps"], group["weight_decay"], *cprop, largest]
+    cprop = "cprop_beta" in group
+    return AdamHyperparameters(
+        lr=group["lr"],
+        beta1=beta1,
+        beta2=beta2,
+        eps=group["eps"],
+        weight_decay=group["weight_decay"],
+        cprop_beta=group["cprop_beta"] if cprop else 0.0,
+        cprop_c=group["cprop_c"] if cprop else 0.0,
+        cprop_eps=group["cprop_eps"] if cprop else 0.0,
+        largest=largest,
+    )
 
 
 def powers(group: dict, t: int) -> tuple[float, float, float, float]:
@@ -674,3 +724,79 @@ def adam_parallel(
             v_marker,
         )
     return True
+
+
+class AdamFamily(KernelFamily):
+    """The declaration of Adam (``cprop=False``), AdamW (``decoupled=True``) and CProp-Adam
+    (``cprop=True``): the arena rows :data:`FIELDS`, the columns :class:`AdamScalars` (then
+    :class:`.scale.CPropScalars`) and :class:`AdamFlags`, and the kernels above. The NumPy rule
+    is :class:`cprop_ref.optim.Adam`'s (``AdamW``, ``CPropAdam``)."""
+
+    state_rows = FIELDS
+    chunk = CHUNK
+    no_one_loop = NO_ONE_LOOP
+
+    def __init__(self, name: str, *, cprop: bool = False, decoupled: bool = False) -> None:
+        self.name, self.cprop, self.decoupled = name, cprop, decoupled
+
+    @property
+    def kernels(self) -> Kernels:
+        return Kernels(adam_one, adam_serial, adam_parallel)
+
+    @property
+    def steady(self) -> SteadyKernels:
+        return SteadyKernels(hyperparameter_row, powers, adam_one_from_hyperparameters)
+
+    def tensor_step(
+        self, arena: FlatState, k: int, state: dict[str, Any], group: dict[str, Any], rows: dict
+    ) -> TensorStep:
+        fresh = not state
+        t = 1 if fresh else state["step"] + 1
+        new: dict[str, Any] = {"step": t}
+        new["exp_avg"] = arena.adopt(k, "exp_avg", None if fresh else state["exp_avg"])
+        new["exp_avg_sq"] = arena.adopt(k, "exp_avg_sq", None if fresh else state["exp_avg_sq"])
+        old_max = state.get("max_exp_avg_sq")
+        new["max_exp_avg_sq"] = arena.adopt(k, "max_exp_avg_sq", old_max) if group["amsgrad"] else old_max
+        private_m = private_v = False
+        if self.cprop:
+            private_m, private_v = cprop_adam_private_moments(state, group)
+            # A moment that stops being shared continues, private, from Adam's (CPropAdam._compute).
+            if private_m:
+                new["cprop_m"] = arena.adopt(k, "cprop_m", None if fresh else state.get("cprop_m", state["exp_avg"]))
+            if private_v:
+                source = None if fresh else state.get("cprop_v", state["exp_avg_sq"])
+                new["cprop_v"] = arena.adopt(k, "cprop_v", source)
+        key = (id(group), t, private_m, private_v)
+        shared = rows.get(key)
+        if shared is None:
+            shared = rows[key] = self._rows(group, t, private_m, private_v, arena)
+        return TensorStep(new, *shared)
+
+    def _rows(
+        self, group: dict[str, Any], t: int, private_m: bool, private_v: bool, arena: FlatState
+    ) -> tuple[tuple, AdamFlags, tuple | None]:
+        """The scalar row, the flag row and the one-loop variant of a tensor of ``group`` at its
+        ``t``-th step with this sharing of the moments (the same for every such tensor)."""
+        cdf_code = CDF_CODES[group["cprop_cdf"]] if self.cprop else 0
+        if self.cprop:
+            cprop_row = cprop_scalars(group["cprop_beta"], group["cprop_c"], group["cprop_eps"], t, arena.largest)
+        else:
+            cprop_row = NO_CPROP_SCALARS
+        flags = AdamFlags(
+            decoupled=self.decoupled,
+            has_weight_decay=group["weight_decay"] != 0.0,
+            amsgrad=group["amsgrad"],
+            cprop=self.cprop,
+            private_m=private_m,
+            private_v=private_v,
+            cdf=cdf_code,
+            one_loop=False,
+        )
+        variant = one_loop_variant(self.cprop, group["amsgrad"], arena.single, cdf_code, private_m, private_v)
+        return (*adam_scalars(group, t, self.decoupled), *cprop_row), flags, variant
+
+
+#: The declarations of the Adam family's members (:data:`.family.KERNEL_FAMILIES`).
+ADAM = AdamFamily("adam")
+ADAMW = AdamFamily("adamw", decoupled=True)
+CPROP_ADAM = AdamFamily("cprop_adam", cprop=True)

@@ -1,38 +1,60 @@
-"""Running an optimizer step through the fused kernels.
+"""Running an optimizer step through the fused kernels, generic over the kernel families.
 
 The shells in :mod:`cprop_ref.optim` validate the hyperparameters and the gradients
 first; then, with ``backend="numba"``, :func:`fused_step` updates in place every
 parameter the kernels handle (float32 and float64, C-contiguous), one kernel launch per
-dtype for all of them, and hands the rest back to the NumPy path. The per-parameter
-state dicts get views into the arena (:mod:`.flat`); their contents are what the NumPy
-path would have stored, within the tolerance policy.
+dtype for all of them, and hands the rest back to the NumPy path. What a launch needs of a
+family (arena rows, scalar and flag rows, kernels) comes from the family's declaration
+(:class:`.family.KernelFamily`, named by the optimizer's ``kernel_family``); what it needs of
+the optimizer is :class:`FusedOptimizer`; what it keeps between steps is the optimizer's
+:class:`.plan.LaunchPlan`. The per-parameter state dicts get views into the arena
+(:mod:`.flat`); their contents are what the NumPy path would have stored, within the
+tolerance policy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numba
 import numpy as np
 
 from ..gradients import unaliased
 from ..hyperparams import run_arrays
-from . import adam as adam_kernels
-from . import sgd as sgd_kernels
-from . import state_buffers
-from . import wrapper as wrapper_kernels
+from .family import KernelFamily, Kernels, SteadyKernels, kernel_family
 from .flat import FlatState, chunk_table, layout_key
-from .scale import CDF_CODES, CPROP_SCALAR_COUNT, cprop_scalars
+from .plan import LastLaunch, LaunchPlan
+from .wrapper import WRAPPER
 
 KERNEL_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float32), np.dtype(np.float64))
 #: Below this many elements in a launch one thread does the work: waking the others costs more.
 PARALLEL_THRESHOLD = 1 << 15
-_NO_CPROP = [0.0] * CPROP_SCALAR_COUNT
 #: Whether CProp-Adam and CProp-SGD may run in one loop per element (``adam._cprop_adam_loop``,
 #: ``sgd._cprop_sgd_loop``; one variant per launch: ``one_loop_variant``); the tests set it to
 #: False to compare with the chunked stages, which must give the same bits.
 ONE_LOOP = True
+
+
+class FusedOptimizer(Protocol):
+    """What :func:`fused_step` needs of an optimizer (:class:`cprop_ref.optim.Optimizer` has it):
+    its groups and state, its non-finite policy, the name of its kernel family, the plan it
+    owns, and its three public checks."""
+
+    param_groups: list[dict[str, Any]]
+    state: list[dict[str, Any]]
+    nonfinite: str
+    kernel_family: str | None
+    kernel_plan: LaunchPlan
+
+    @property
+    def hyperparams(self) -> Mapping[str, Any]: ...
+
+    def check_params(self) -> list[np.ndarray]: ...
+
+    def validated_groups(self) -> list[dict[str, Any]]: ...
+
+    def check_grads(self, grads: Sequence[np.ndarray | None]) -> list[np.ndarray | None]: ...
 
 
 def kernel_eligible(param: np.ndarray) -> bool:
@@ -40,14 +62,13 @@ def kernel_eligible(param: np.ndarray) -> bool:
     return param.dtype in KERNEL_DTYPES and param.flags.c_contiguous
 
 
-def _arena(owner: Any, rows: tuple[str, ...], dtype: np.dtype, params: Sequence[np.ndarray]) -> FlatState:
-    """The owner's arena for ``dtype``, rebuilt when its parameters changed."""
+def _arena(plan: LaunchPlan, rows: tuple[str, ...], dtype: np.dtype, params: Sequence[np.ndarray]) -> FlatState:
+    """The plan's arena for ``dtype``, rebuilt when its parameters changed."""
     members = [(k, p) for k, p in enumerate(params) if p.dtype == dtype and kernel_eligible(p)]
-    cache = owner.__dict__.setdefault("_kernel_arenas", {})
-    flat = cache.get(dtype)
+    flat = plan.arenas.get(dtype)
     if flat is None or flat.rows != rows or flat.key != layout_key(members):
         flat = FlatState(rows, members, dtype)
-        cache[dtype] = flat
+        plan.arenas[dtype] = flat
     return flat
 
 
@@ -63,21 +84,20 @@ class _Launch:
     """The tables of one kernel launch over the tensors ``ks`` of one arena."""
 
     def __init__(self, flat: FlatState, ks: list[int], chunk: int) -> None:
-        cache = flat.__dict__.setdefault("_launch_cache", {})
         key = tuple(ks)
-        cached = cache.get(key)
+        cached = flat.launches.get(key)
         if cached is None:
             idx = np.asarray([flat.position[k] for k in ks], dtype=np.intp)
             sizes, offsets, p_addr = flat.sizes[idx], flat.offsets[idx], flat.param_addresses[idx]
             cached = (sizes, offsets, p_addr, *chunk_table(sizes, chunk), int(sizes.sum()))
-            cache[key] = cached
+            flat.launches[key] = cached
         self.sizes, self.offsets, self.p_addr, self.tensor, self.lo, self.hi, self.total = cached
         self.flat = flat
         self.params = [flat.param(k) for k in ks] if len(ks) == 1 else []
 
     def run(
         self,
-        kernels: tuple[Callable, Callable, Callable | None],
+        kernels: Kernels,
         grads: Sequence[np.ndarray | None],
         ks: list[int],
         scalars: np.ndarray,
@@ -123,7 +143,7 @@ class _Launch:
         return ok is not False
 
 
-def _table(rows: list, dtype: np.dtype) -> np.ndarray:
+def _table(rows: list[tuple], dtype: np.dtype) -> np.ndarray:
     """The scalar table in the array dtype: each double rounded once, as NumPy rounds a
     Python float; a hyperparameter past float32's range becomes inf there too, silently."""
     with np.errstate(over="ignore"):
@@ -155,8 +175,8 @@ def frozen(value: Any) -> Any:
     return (kind, value)
 
 
-def validated_groups(opt: Any) -> list[dict[str, Any]]:
-    """``opt._validated_groups()``, reused while neither a hyperparameter nor the arrays of a
+def validated_groups(opt: FusedOptimizer) -> list[dict[str, Any]]:
+    """``opt.validated_groups()``, reused while neither a hyperparameter nor the arrays of a
     group changed: the values are compared with their types (so ``amsgrad=1`` is still
     refused), lists and arrays by their contents, the parameters by identity."""
     names = opt.hyperparams
@@ -165,14 +185,14 @@ def validated_groups(opt: Any) -> list[dict[str, Any]]:
         try:
             values = tuple(frozen(group[name]) for name in names)
         except KeyError:
-            values = None  # a hyperparameter was removed: _validated_groups says which
+            values = None  # a hyperparameter was removed: validated_groups says which
         key.append((tuple(group["params"]), values))
-    cached = opt.__dict__.get("_kernel_groups")
-    if cached is not None and _same_key(cached[0], key):
-        return cached[1]
-    groups = opt._validated_groups()
-    opt.__dict__["_kernel_groups"] = (key, groups)
-    opt.__dict__["_kernel_groups_per_run"] = any(run_arrays({n: g[n] for n in names}) for g in groups)
+    plan = opt.kernel_plan
+    if plan.groups_key is not None and plan.groups is not None and _same_key(plan.groups_key, key):
+        return plan.groups
+    groups = opt.validated_groups()
+    plan.groups_key, plan.groups = key, groups
+    plan.per_run = any(run_arrays({n: g[n] for n in names}) for g in groups)
     return groups
 
 
@@ -198,31 +218,38 @@ def _plain_gradients(params: list[np.ndarray], grads: Any) -> bool:
     return True
 
 
-def fused_step(opt: Any, grads: Any) -> tuple[list[dict[str, Any]], list[np.ndarray | None]]:
+def param_pairs(groups: list[dict[str, Any]]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+    """``(parameter, its group)`` for every parameter, group after group (``step``'s order)."""
+    return [(p, group) for group in groups for p in group["params"]]
+
+
+def fused_step(opt: FusedOptimizer, grads: Any) -> tuple[list[dict[str, Any]], list[np.ndarray | None]]:
     """Validate, then step every kernel-eligible parameter of ``opt`` in place; return the
     validated groups and the gradients left for the NumPy path (``None`` where done).
 
     When all the work is one kernel launch, the finiteness check of the gradients runs
     inside the kernel, before it writes anything; if it fails, the step falls back to
-    :meth:`Optimizer.check_grads`, which raises (``nonfinite="raise"``) or drops the
+    ``opt.check_grads``, which raises (``nonfinite="raise"``) or drops the
     gradients (``"skip"``) exactly as on the NumPy path. Otherwise the gradients are
     checked first, as there.
     """
-    plan = opt.__dict__.get("_kernel_plan")
-    if plan is not None:
-        stepped = plan.step(opt, grads)
+    plan = opt.kernel_plan
+    steady = plan.steady
+    if steady is not None:
+        stepped = steady.step(opt, grads)
         if stepped:
-            return plan.groups, [None]
-        # None: the plan no longer applies; False: a non-finite gradient, which the general
-        # path below finds again and handles (nothing was written).
+            return steady.groups, [None]
+        # None: the steady state no longer applies; False: a non-finite gradient, which the
+        # general path below finds again and handles (nothing was written).
     opt.check_params()
     groups = validated_groups(opt)
-    if opt.__dict__.get("_kernel_groups_per_run"):
+    if plan.per_run:
         # Per-run hyperparameter arrays: the NumPy path steps the whole optimizer, class by
         # class of runs (cprop_ref.optim.rows), with exactly the bits of the scalar NumPy path.
-        opt.__dict__["_kernel_plan"] = None
+        plan.steady = None
         return groups, opt.check_grads(grads)
-    pairs = opt._flat(groups)
+    family = kernel_family(opt.kernel_family)  # type: ignore[arg-type]
+    pairs = param_pairs(groups)
     params = [p for p, _ in pairs]
     by_dtype = _by_dtype(params, grads) if _plain_gradients(params, grads) else None
     one_launch = (
@@ -239,31 +266,32 @@ def fused_step(opt: Any, grads: Any) -> tuple[list[dict[str, Any]], list[np.ndar
         check_finite = False
     # The kernels read each gradient while they write parameters and state: one that shares
     # memory with them is copied first (the step uses the values of the call).
-    checked = unaliased(checked, params, state_buffers(opt), opt.__dict__)
-    step = _adam_family if opt.kernel_family == "adam" else _sgd_family
+    checked = unaliased(checked, params, plan.buffers(), plan.memory)
     remaining = list(checked)
-    opt.__dict__["_kernel_plan"] = None
-    for dtype, ks in by_dtype.items():
-        if not step(opt, pairs, checked, dtype, ks, check_finite):
+    plan.steady = None
+    for dtype, ks in by_dtype.items():  # type: ignore[union-attr]
+        if not _family_step(opt, family, pairs, checked, dtype, ks, check_finite):
             # A non-finite gradient, found before anything was written: the full check
             # raises or drops it, and the step runs on what is left.
-            checked = unaliased(opt.check_grads(grads), params, state_buffers(opt), opt.__dict__)
+            checked = unaliased(opt.check_grads(grads), params, plan.buffers(), plan.memory)
             return groups, fused_step_checked(opt, groups, pairs, checked)
         for k in ks:
             remaining[k] = None
-    if one_launch and opt.kernel_family == "adam" and len(params) == 1 and remaining[0] is None:
-        opt.__dict__["_kernel_plan"] = TinyPlan.for_optimizer(opt, groups)
+    if one_launch and family.steady is not None and len(params) == 1 and remaining[0] is None:
+        plan.steady = TinyPlan.for_optimizer(opt, groups, family.steady)
     return groups, remaining
 
 
 class TinyPlan:
-    """The steady state of an Adam-family optimizer over one small tensor (the Rosenbrock
-    case): while the hyperparameter values, the parameter, its state dict and the arena views
-    in it are the very objects of the previous step, a step is the kernel call alone, with the
-    scalars computed inside it (:func:`.adam.adam_one_from_hyperparameters`) and the step
-    count incremented in place. Anything else goes back to the general path."""
+    """The steady state of an optimizer over one small tensor (the Rosenbrock case), for a
+    family with steady-state kernels (:class:`.family.SteadyKernels`: the Adam family): while
+    the hyperparameter values, the parameter, its state dict and the arena views in it are the
+    very objects of the previous step, a step is the kernel call alone, with the scalars
+    computed inside it (:func:`.adam.adam_one_from_hyperparameters`) and the step count
+    incremented in place. Anything else goes back to the general path."""
 
-    def __init__(self, opt: Any, groups: list, flat: FlatState, flags: np.ndarray, variant: tuple) -> None:
+    def __init__(self, opt: FusedOptimizer, groups: list, last: LastLaunch, kernels: SteadyKernels) -> None:
+        flat = last.arena
         self.groups = groups
         self.param = opt.param_groups[0]["params"][0]
         self.flat_param = self.param.reshape(-1)
@@ -281,23 +309,24 @@ class TinyPlan:
         self.separate_grad: np.ndarray | None = None  # the last gradient found not to share memory
         self.param_owns_memory = self.param.base is None and bool(self.param.flags.owndata)
         self.hyperparameters = np.array(
-            adam_kernels.hyperparameter_row(self.group, float(np.finfo(flat.arena.dtype).max)), dtype=np.float64
+            kernels.hyperparameter_row(self.group, float(np.finfo(flat.arena.dtype).max)), dtype=np.float64
         )
-        self.flags = flags
-        self.variant = variant
+        self.powers = kernels.powers
+        self.kernel = kernels.one_from_hyperparameters
+        self.flags = last.flags
+        self.variant = last.variant
         self.arena = flat.arena
         self.offset = int(flat.offsets[0])
 
     @classmethod
-    def for_optimizer(cls, opt: Any, groups: list) -> TinyPlan | None:
-        last = opt.__dict__.get("_kernel_last")
+    def for_optimizer(cls, opt: FusedOptimizer, groups: list, kernels: SteadyKernels) -> TinyPlan | None:
+        last = opt.kernel_plan.last_launch
         p = opt.param_groups[0]["params"][0]
         if last is None or p.size >= PARALLEL_THRESHOLD or len(opt.state) != 1:
             return None
-        flat, flags, variant = last
-        return cls(opt, groups, flat, flags, variant)
+        return cls(opt, groups, last, kernels)
 
-    def step(self, opt: Any, grads: Any) -> bool | None:
+    def step(self, opt: FusedOptimizer, grads: Any) -> bool | None:
         if len(opt.param_groups) != 1 or type(grads) not in (list, tuple) or len(grads) != 1:
             return None
         raw = opt.param_groups[0]
@@ -327,13 +356,13 @@ class TinyPlan:
                 return None
         t = state["step"] + 1
         check_finite = opt.nonfinite != "propagate"
-        ok = adam_kernels.adam_one_from_hyperparameters(
+        ok = self.kernel(
             self.flat_param,
             g if g.ndim == 1 else g.reshape(-1),
             self.arena,
             self.offset,
             self.hyperparameters,
-            *adam_kernels.powers(self.group, t),
+            *self.powers(self.group, t),
             self.flags,
             check_finite,
             *self.variant,
@@ -343,127 +372,67 @@ class TinyPlan:
         return ok
 
 
-def fused_step_checked(opt: Any, groups: list, pairs: list, checked: list) -> list[np.ndarray | None]:
+def fused_step_checked(opt: FusedOptimizer, groups: list, pairs: list, checked: list) -> list[np.ndarray | None]:
     """The step for gradients already checked: every eligible tensor, no finiteness check."""
     params = [p for p, _ in pairs]
-    step = _adam_family if opt.kernel_family == "adam" else _sgd_family
+    family = kernel_family(opt.kernel_family)  # type: ignore[arg-type]
     remaining = list(checked)
     for dtype, ks in _by_dtype(params, checked).items():
-        step(opt, pairs, checked, dtype, ks, False)
+        _family_step(opt, family, pairs, checked, dtype, ks, False)
         for k in ks:
             remaining[k] = None
     return remaining
 
 
-def _launch_variant(variants: list[tuple | None], flags: list[list], column: int, none: tuple) -> tuple:
-    """The one-loop variant of a launch, as the kernel's marker arguments (``none`` if no
-    tensor has one, or the one loop is switched off): the first tensor's that has one (usually
-    all tensors share it). Sets the flag ``column`` of the tensors of that variant, which run
-    the one loop; any other tensor takes the chunked stages."""
+def _launch_variant(flags: list, variants: list[tuple | None], none: tuple) -> tuple[np.ndarray, tuple]:
+    """The flag table and the one-loop variant of a launch, as the kernel's marker arguments
+    (``none`` if no tensor has one, or the one loop is switched off): the first tensor's that
+    has one (usually all tensors share it). The tensors of that variant get the flag
+    ``one_loop`` (the rows' field of that name) and run the one loop; any other tensor takes
+    the chunked stages."""
+    table = np.array(flags, dtype=np.int64)
     variant = next((v for v in variants if v is not None), None) if ONE_LOOP else None
-    for row, own in zip(flags, variants):
-        row[column] = variant is not None and own == variant
-    return none if variant is None else variant
+    if variant is None:
+        return table, none  # every row's one_loop is False, as tensor_step builds it
+    table[:, flags[0]._fields.index("one_loop")] = [own == variant for own in variants]
+    return table, variant
 
 
-def _adam_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[int], check_finite: bool) -> bool:
-    cprop = "cprop_beta" in opt.hyperparams
-    decoupled = bool(opt.decoupled_weight_decay)
-    flat = _arena(opt, adam_kernels.FIELDS, dtype, [p for p, _ in pairs])
-    largest = float(np.finfo(dtype).max)
-    scalars, flags, variants, new_states = [], [], [], []
-    for k in ks:
-        group = pairs[k][1]
-        state = opt.state[k]
-        fresh = not state
-        t = 1 if fresh else state["step"] + 1
-        new = {"step": t}
-        new["exp_avg"] = flat.adopt(k, "exp_avg", None if fresh else state["exp_avg"])
-        new["exp_avg_sq"] = flat.adopt(k, "exp_avg_sq", None if fresh else state["exp_avg_sq"])
-        old_max = state.get("max_exp_avg_sq")
-        new["max_exp_avg_sq"] = flat.adopt(k, "max_exp_avg_sq", old_max) if group["amsgrad"] else old_max
-        private_m = private_v = False
-        cdf_code = 0
-        if cprop:
-            shares_m, shares_v = opt.shares_moments(state, group)
-            allowed_m, allowed_v = opt.sharing_allowed(group)
-            private_m, private_v = not (shares_m and allowed_m), not (shares_v and allowed_v)
-            # A moment that stops being shared continues, private, from Adam's (CPropAdam._compute).
-            if private_m:
-                source = None if fresh else state.get("cprop_m", state["exp_avg"])
-                new["cprop_m"] = flat.adopt(k, "cprop_m", source)
-            if private_v:
-                source = None if fresh else state.get("cprop_v", state["exp_avg_sq"])
-                new["cprop_v"] = flat.adopt(k, "cprop_v", source)
-            cdf_code = CDF_CODES[group["cprop_cdf"]]
-            row = cprop_scalars(group["cprop_beta"], group["cprop_c"], group["cprop_eps"], t, largest)
-        else:
-            row = _NO_CPROP
-        scalars.append(adam_kernels.adam_scalars(group, t, decoupled) + row)
-        flags.append(
-            [decoupled, group["weight_decay"] != 0.0, group["amsgrad"], cprop, private_m, private_v, cdf_code, False]
-        )
-        variants.append(
-            adam_kernels.one_loop_variant(cprop, group["amsgrad"], dtype == np.float32, cdf_code, private_m, private_v)
-        )
-        new_states.append(new)
-    extra = _launch_variant(variants, flags, adam_kernels.ONE_LOOP, adam_kernels.NO_ONE_LOOP)
-    launch = _Launch(flat, ks, adam_kernels.CHUNK)
-    kernels = (adam_kernels.adam_one, adam_kernels.adam_serial, adam_kernels.adam_parallel)
-    flag_table = np.array(flags, dtype=np.int64)
-    if not launch.run(kernels, grads, ks, _table(scalars, dtype), flag_table, check_finite, extra):
+def _family_step(
+    opt: FusedOptimizer,
+    family: KernelFamily,
+    pairs: list,
+    grads: list,
+    dtype: np.dtype,
+    ks: list[int],
+    check_finite: bool,
+) -> bool:
+    """One launch of ``family``'s kernels over the tensors ``ks`` of ``dtype``: each tensor's rows
+    from the declaration (:meth:`.family.KernelFamily.tensor_step`), then the kernel; the new
+    states are committed only if it ran (False: a non-finite gradient, nothing written)."""
+    plan = opt.kernel_plan
+    flat = _arena(plan, family.state_rows, dtype, [p for p, _ in pairs])
+    rows: dict = {}
+    steps = [family.tensor_step(flat, k, opt.state[k], pairs[k][1], rows) for k in ks]
+    flag_table, extra = _launch_variant([s.flags for s in steps], [s.variant for s in steps], family.no_one_loop)
+    launch = _Launch(flat, ks, family.chunk)
+    scalars = _table([s.scalars for s in steps], dtype)
+    if not launch.run(family.kernels, grads, ks, scalars, flag_table, check_finite, extra):
         return False
-    for k, new in zip(ks, new_states):
-        opt.state[k] = new
-    opt.__dict__["_kernel_last"] = (flat, flag_table[0], extra)
+    for k, step in zip(ks, steps):
+        opt.state[k] = step.state
+    plan.last_launch = LastLaunch(flat, flag_table[0], extra)
     return True
 
 
-def _sgd_family(opt: Any, pairs: list, grads: list, dtype: np.dtype, ks: list[int], check_finite: bool) -> bool:
-    cprop = "cprop_beta" in opt.hyperparams
-    flat = _arena(opt, sgd_kernels.FIELDS, dtype, [p for p, _ in pairs])
-    largest = float(np.finfo(dtype).max)
-    scalars, flags, variants, new_states = [], [], [], []
-    for k in ks:
-        group = pairs[k][1]
-        state = opt.state[k]
-        new: dict[str, Any] = {}
-        cdf_code = 0
-        if cprop:
-            fresh = not state
-            t = 1 if fresh else state["step"] + 1
-            new["step"] = t
-            new["cprop_m"] = flat.adopt(k, "cprop_m", None if fresh else state["cprop_m"])
-            new["cprop_v"] = flat.adopt(k, "cprop_v", None if fresh else state["cprop_v"])
-            cdf_code = CDF_CODES[group["cprop_cdf"]]
-            row = cprop_scalars(group["cprop_beta"], group["cprop_c"], group["cprop_eps"], t, largest)
-        else:
-            row = _NO_CPROP
-        has_momentum = group["momentum"] != 0.0
-        old_buffer = state.get("momentum_buffer")
-        first = old_buffer is None
-        if has_momentum:
-            # The first step writes the buffer whole; later ones continue from the saved one.
-            new["momentum_buffer"] = (
-                flat.view(k, "momentum_buffer") if first else flat.adopt(k, "momentum_buffer", old_buffer)
-            )
-        else:
-            new["momentum_buffer"] = None
-        scalars.append(sgd_kernels.sgd_scalars(group) + row)
-        flags.append([group["weight_decay"] != 0.0, has_momentum, first, group["nesterov"], cprop, cdf_code, False])
-        variants.append(sgd_kernels.one_loop_variant(cprop, dtype == np.float32, cdf_code, has_momentum))
-        new_states.append(new)
-    extra = _launch_variant(variants, flags, sgd_kernels.ONE_LOOP, sgd_kernels.NO_ONE_LOOP)
-    launch = _Launch(flat, ks, sgd_kernels.CHUNK)
-    kernels = (sgd_kernels.sgd_one, sgd_kernels.sgd_serial, sgd_kernels.sgd_parallel)
-    if not launch.run(kernels, grads, ks, _table(scalars, dtype), np.array(flags, dtype=np.int64), check_finite, extra):
-        return False
-    for k, new in zip(ks, new_states):
-        opt.state[k] = new
-    return True
+class FusedWrapper(Protocol):
+    """What :class:`WrapperStep` needs of the CProp wrapper: its parameters, state and plan."""
 
+    state: list[dict[str, Any]]
+    kernel_plan: LaunchPlan
 
-_WRAPPER_ROWS = (*wrapper_kernels.FIELDS, "before")
+    @property
+    def params(self) -> list[np.ndarray]: ...
 
 
 class WrapperStep:
@@ -471,43 +440,32 @@ class WrapperStep:
     the constructor saves the parameters it handles, :meth:`finish` scales the base
     optimizer's update and commits CProp's state. ``handled`` lists those parameters."""
 
-    def __init__(self, wrapper: Any, hp: dict[str, Any], grads: list[np.ndarray | None]) -> None:
+    def __init__(self, wrapper: FusedWrapper, hp: dict[str, Any], grads: list[np.ndarray | None]) -> None:
         self.wrapper, self.hp, self.grads = wrapper, hp, grads
         params = wrapper.params
         self.batches: list[tuple[FlatState, list[int], _Launch]] = []
         self.handled: set[int] = set()
+        save_serial, save_parallel = WRAPPER.save
         for dtype, ks in _by_dtype(params, grads).items():
-            flat = _arena(wrapper, _WRAPPER_ROWS, dtype, params)
-            launch = _Launch(flat, ks, wrapper_kernels.CHUNK)
+            flat = _arena(wrapper.kernel_plan, WRAPPER.state_rows, dtype, params)
+            launch = _Launch(flat, ks, WRAPPER.chunk)
             args = (launch.p_addr, launch.sizes, launch.offsets, flat.arena, launch.tensor, launch.lo, launch.hi)
             workers = min(numba.get_num_threads(), launch.tensor.size)
             if launch.total < PARALLEL_THRESHOLD or workers < 2:
-                wrapper_kernels.save_serial(*args)
+                save_serial(*args)
             else:
-                wrapper_kernels.save_parallel(*args, workers)
+                save_parallel(*args, workers)
             self.batches.append((flat, ks, launch))
             self.handled.update(ks)
 
     def finish(self) -> None:
         """After the base optimizer's step: CProp's moments, scale and the scaled update."""
-        hp, state = self.hp, self.wrapper.state
+        state = self.wrapper.state
         for flat, ks, launch in self.batches:
-            scalars, new_states = [], []
-            largest = float(np.finfo(flat.arena.dtype).max)
-            for k in ks:
-                old = state[k]
-                fresh = not old
-                t = 1 if fresh else old["step"] + 1
-                new_states.append(
-                    {
-                        "step": t,
-                        "cprop_m": flat.adopt(k, "cprop_m", None if fresh else old["cprop_m"]),
-                        "cprop_v": flat.adopt(k, "cprop_v", None if fresh else old["cprop_v"]),
-                    }
-                )
-                scalars.append(cprop_scalars(hp["beta"], hp["c"], hp["eps"], t, largest))
-            flags = np.full((len(ks), wrapper_kernels.FLAG_COUNT), CDF_CODES[hp["cdf"]], dtype=np.int64)
-            kernels = (None, wrapper_kernels.apply_serial, wrapper_kernels.apply_parallel)
-            launch.run(kernels, self.grads, ks, _table(scalars, flat.arena.dtype), flags, None)
-            for k, new in zip(ks, new_states):
-                state[k] = new
+            rows: dict = {}
+            steps = [WRAPPER.tensor_step(flat, k, state[k], self.hp, rows) for k in ks]
+            flags = np.array([s.flags for s in steps], dtype=np.int64)
+            scalars = _table([s.scalars for s in steps], flat.arena.dtype)
+            launch.run(WRAPPER.kernels, self.grads, ks, scalars, flags, None)
+            for k, step in zip(ks, steps):
+                state[k] = step.state

@@ -31,11 +31,17 @@ class FlatState:
         offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.intp)])[:-1] if sizes else np.zeros(0, np.intp)
         # np.zeros maps untouched pages lazily: rows a configuration never uses cost no memory.
         self.arena = np.zeros((len(self.rows), int(sum(sizes))), dtype)
+        #: The dtype's largest finite value (CProp's clamp of an overflowed ``m_hat``).
+        self.largest = float(np.finfo(self.arena.dtype).max)
+        #: Whether the arena is float32 (the one loops' variants depend on it).
+        self.single = self.arena.dtype == np.float32
         self.position = {k: i for i, (k, _) in enumerate(members)}
         self.sizes = np.asarray(sizes, dtype=np.intp)
         self.offsets = offsets.astype(np.intp)
         self.param_addresses = np.asarray([p.ctypes.data for _, p in members], dtype=np.intp)
         self._params = [p for _, p in members]
+        #: The tables of the launches over this arena, by the tensors launched (``dispatch._Launch``).
+        self.launches: dict[tuple[int, ...], tuple] = {}
         self._views: list[dict[str, np.ndarray]] = []
         for (_, p), off in zip(members, self.offsets):
             start, stop = int(off), int(off) + p.size

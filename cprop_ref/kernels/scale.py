@@ -11,6 +11,7 @@ the values :func:`cprop_scalars` computes.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, types
@@ -19,6 +20,7 @@ from numba.extending import overload
 from ..cdf import BFO_LINEAR, BFT_CUBIC, BFT_LINEAR, CDF_NAMES, LOGISTIC_SLOPE
 from ..scale import bias_correction, degrees_of_freedom
 from . import KERNEL_CDF_NAMES
+from .columns import column_count, column_numbers
 from .vector_math import SQRT_HALF, erf_double, erf_float32, tanh_half_double, tanh_half_float32
 from .wide import prefer_wide_vectors
 
@@ -64,48 +66,69 @@ check_kernel_cdfs(CDF_NAMES)
 CDF_CODES: CdfCodes = CdfCodes({name: code for code, name in enumerate(KERNEL_CDF_NAMES)})
 NORMAL, BFT, BFO, LOGISTIC = (CDF_CODES[name] for name in ("normal", "bft", "bfo", "logistic"))
 
-#: Columns of CProp's scalars in a kernel's scalar table, after the optimizer's own.
-(
-    C_BETA,
-    C_ONE_MINUS_BETA,
-    C_INV_BIAS,
-    C_INV_DENOMINATOR,
-    C_ONE_SAMPLE,
-    C_EPS,
-    C_TWO_C,
-    C_ONE,
-    C_ZERO,
-    C_INFINITY,
-    C_LARGEST,
-) = range(11)
-CPROP_SCALAR_COUNT = 11
+
+class CPropScalars(NamedTuple):
+    """CProp's scalars of a tensor's ``t``-th gradient, in a kernel's scalar table after the
+    optimizer's own columns (double precision here; the table rounds them once to the dtype)."""
+
+    beta: float
+    one_minus_beta: float
+    #: ``1 / (1 - beta^t)``.
+    inv_bias: float
+    #: ``1 / (n - 1 + eps)``, ``inf`` for ``0``.
+    inv_denominator: float
+    #: 1 when ``n - 1 = 0`` (one sample: the variance term is 0), else 0.
+    one_sample: float
+    eps: float
+    two_c: float
+    one: float
+    zero: float
+    infinity: float
+    #: The dtype's largest finite value, to which an overflowed ``m_hat`` is clamped.
+    largest: float
 
 
-def cprop_scalars(beta: float, c: float, eps: float, t: int, largest: float) -> list[float]:
-    """CProp's scalars for a tensor's ``t``-th gradient, in double precision, in column order.
+#: Columns of CProp's scalars, counted from the first of them (a kernel adds its ``CPROP_BASE``).
+_C = column_numbers(CPropScalars)
+C_BETA = _C.beta
+C_ONE_MINUS_BETA = _C.one_minus_beta
+C_INV_BIAS = _C.inv_bias
+C_INV_DENOMINATOR = _C.inv_denominator
+C_ONE_SAMPLE = _C.one_sample
+C_EPS = _C.eps
+C_TWO_C = _C.two_c
+C_ONE = _C.one
+C_ZERO = _C.zero
+C_INFINITY = _C.infinity
+C_LARGEST = _C.largest
+CPROP_SCALAR_COUNT = column_count(CPropScalars)
+#: The CProp columns of a family member without CProp (its kernels never read them).
+NO_CPROP_SCALARS = CPropScalars(*([0.0] * CPROP_SCALAR_COUNT))
 
-    ``C_INV_BIAS`` is ``1 / (1 - beta^t)``, ``C_INV_DENOMINATOR`` is ``1 / (n - 1 + eps)``
-    (``inf`` for ``0``), ``C_ONE_SAMPLE`` is 1 when ``n - 1 = 0``: one sample, the
-    variance term is 0 (:func:`cprop_ref.scale.standard_error`). ``C_LARGEST`` is
-    ``largest``, the dtype's largest finite value, to which an overflowed ``m_hat`` is clamped.
+
+def cprop_scalars(beta: float, c: float, eps: float, t: int, largest: float) -> CPropScalars:
+    """CProp's scalars for a tensor's ``t``-th gradient, in double precision (:class:`CPropScalars`).
+
+    ``inv_bias`` is ``1 / (1 - beta^t)``, ``inv_denominator`` is ``1 / (n - 1 + eps)``
+    (``inf`` for ``0``), ``one_sample`` is 1 when ``n - 1 = 0``: one sample, the
+    variance term is 0 (:func:`cprop_ref.scale.standard_error`). ``largest`` is the dtype's
+    largest finite value, to which an overflowed ``m_hat`` is clamped.
     """
     dof = degrees_of_freedom(beta, t)
     denominator = dof + eps
-    inv_denominator = 1.0 / denominator if denominator > 0.0 else math.inf
-    one_sample = 1.0 if dof == 0.0 else 0.0
-    return [
-        beta,
-        1.0 - beta,
-        1.0 / bias_correction(beta, t),
-        inv_denominator,
-        one_sample,
-        eps,
-        2.0 * c,
-        1.0,
-        0.0,
-        math.inf,
-        largest,
-    ]
+    return CPropScalars(
+        beta=beta,
+        one_minus_beta=1.0 - beta,
+        inv_bias=1.0 / bias_correction(beta, t),
+        inv_denominator=1.0 / denominator if denominator > 0.0 else math.inf,
+        one_sample=1.0 if dof == 0.0 else 0.0,
+        eps=eps,
+        two_c=2.0 * c,
+        one=1.0,
+        zero=0.0,
+        infinity=math.inf,
+        largest=largest,
+    )
 
 
 @njit(error_model="numpy", cache=True)

@@ -9,42 +9,92 @@ in :mod:`.adam`. Each operation mirrors :func:`cprop_ref.functional.sgd_directio
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .adam import CHUNK, EDGE, EDGE_BLOCK, NO_EDGE, cprop_z_loop, scale_loop, slice_or_none
+from .columns import column_count, column_numbers
+from .cprop import CHUNK, EDGE, EDGE_BLOCK, NO_EDGE, cprop_z_loop, scale_loop, slice_or_none
+from .family import KernelFamily, Kernels, TensorStep
+from .flat import FlatState
 from .pointers import array_at, chunks_finite, chunks_finite_parallel, finite
 from .scale import (
     C_ZERO,
+    CDF_CODES,
     CDF_MARKERS,
-    CPROP_SCALAR_COUNT,
+    NO_CPROP_SCALARS,
     NORMAL,
+    CPropScalars,
     cprop_constants,
     cprop_ema,
+    cprop_scalars,
     edge_scale,
     half_conformity,
     standardized_unguarded,
 )
 from .wide import prefer_wide_vectors
 
-#: Columns of the scalar table: SGD's, then CProp's from ``CPROP_BASE``.
-LR, MOMENTUM, ONE_MINUS_DAMPENING, WEIGHT_DECAY = range(4)
-CPROP_BASE = 4
-SCALAR_COUNT = CPROP_BASE + CPROP_SCALAR_COUNT
-#: Columns of the flag table.
-#: ``ONE_LOOP``: 1 where the tensor runs the launch's one-loop variant (:func:`one_loop_variant`),
-#: 0 where it takes the chunked stages.
-HAS_WEIGHT_DECAY, HAS_MOMENTUM, FIRST_BUFFER, NESTEROV, CPROP, CDF, ONE_LOOP = range(7)
-FLAG_COUNT = 7
-#: Rows of the state arena.
-MOMENTUM_BUFFER, CPROP_M, CPROP_V = range(3)
+
+class SgdScalars(NamedTuple):
+    """SGD's scalars, the first columns of the scalar table (CProp's, :class:`.scale.CPropScalars`,
+    follow from ``CPROP_BASE``), in double precision."""
+
+    lr: float
+    momentum: float
+    one_minus_dampening: float
+    weight_decay: float
+
+
+class SgdFlags(NamedTuple):
+    """The flag row of a tensor (0 or 1, and the CDF's code)."""
+
+    has_weight_decay: bool
+    has_momentum: bool
+    #: The momentum buffer's first step: the buffer is written whole (``buf <- d``).
+    first_buffer: bool
+    nesterov: bool
+    cprop: bool
+    cdf: int
+    #: 1 where the tensor runs the launch's one-loop variant (:func:`one_loop_variant`), 0 where
+    #: it takes the chunked stages.
+    one_loop: bool
+
+
+#: Rows of the state arena: the state entries the kernels keep.
 FIELDS = ("momentum_buffer", "cprop_m", "cprop_v")
+MOMENTUM_BUFFER = FIELDS.index("momentum_buffer")
+CPROP_M = FIELDS.index("cprop_m")
+CPROP_V = FIELDS.index("cprop_v")
+#: Columns of the scalar table (the Numba code indexes with these constants).
+_S = column_numbers(SgdScalars)
+LR = _S.lr
+MOMENTUM = _S.momentum
+ONE_MINUS_DAMPENING = _S.one_minus_dampening
+WEIGHT_DECAY = _S.weight_decay
+CPROP_BASE = column_count(SgdScalars)
+SCALAR_COUNT = CPROP_BASE + column_count(CPropScalars)
+#: Columns of the flag table.
+_F = column_numbers(SgdFlags)
+HAS_WEIGHT_DECAY = _F.has_weight_decay
+HAS_MOMENTUM = _F.has_momentum
+FIRST_BUFFER = _F.first_buffer
+NESTEROV = _F.nesterov
+CPROP = _F.cprop
+CDF = _F.cdf
+ONE_LOOP = _F.one_loop
+FLAG_COUNT = column_count(SgdFlags)
 
 
-def sgd_scalars(group: dict) -> list[float]:
-    """SGD's scalars, in double precision, in column order."""
-    return [group["lr"], group["momentum"], 1.0 - group["dampening"], group["weight_decay"]]
+def sgd_scalars(group: dict) -> SgdScalars:
+    """SGD's scalars, in double precision."""
+    return SgdScalars(
+        lr=group["lr"],
+        momentum=group["momentum"],
+        one_minus_dampening=1.0 - group["dampening"],
+        weight_decay=group["weight_decay"],
+    )
 
 
 @njit(error_model="numpy", cache=True)
@@ -69,7 +119,7 @@ def _cprop_sgd_loop(cdf_marker, p, g, buffer, cm, cv, scalars, has_wd, first, ne
     """CProp-SGD in one loop per element, gradient to parameter (``buffer`` is ``None``
     without momentum; ``cdf_marker`` names the CDF, :data:`.scale.CDF_MARKERS`). The
     operations and their order are those of the chunked stages (:func:`_direction_loop` or
-    :func:`_momentum_direction_loop`, :func:`.adam.cprop_z_loop`, :func:`.adam.scale_loop`
+    :func:`_momentum_direction_loop`, :func:`.cprop.cprop_z_loop`, :func:`.cprop.scale_loop`
     and the update in :func:`_chunk`): the same bits, in one pass, block by block with the
     edges of the range redone as in :func:`.adam._cprop_adam_loop`."""
     for lo in range(0, p.size, EDGE_BLOCK):
@@ -317,3 +367,77 @@ def sgd_parallel(
             momentum_marker,
         )
     return True
+
+
+class SgdFamily(KernelFamily):
+    """The declaration of SGD (``cprop=False``) and CProp-SGD (``cprop=True``): the arena rows
+    :data:`FIELDS`, the columns :class:`SgdScalars` (then :class:`.scale.CPropScalars`) and
+    :class:`SgdFlags`, and the kernels above. The NumPy rule is :class:`cprop_ref.optim.SGD`'s
+    (``CPropSGD``)."""
+
+    state_rows = FIELDS
+    chunk = CHUNK
+    no_one_loop = NO_ONE_LOOP
+
+    def __init__(self, name: str, *, cprop: bool = False) -> None:
+        self.name, self.cprop = name, cprop
+
+    @property
+    def kernels(self) -> Kernels:
+        return Kernels(sgd_one, sgd_serial, sgd_parallel)
+
+    def tensor_step(
+        self, arena: FlatState, k: int, state: dict[str, Any], group: dict[str, Any], rows: dict
+    ) -> TensorStep:
+        new: dict[str, Any] = {}
+        t = None
+        if self.cprop:
+            fresh = not state
+            t = 1 if fresh else state["step"] + 1
+            new["step"] = t
+            new["cprop_m"] = arena.adopt(k, "cprop_m", None if fresh else state["cprop_m"])
+            new["cprop_v"] = arena.adopt(k, "cprop_v", None if fresh else state["cprop_v"])
+        has_momentum = group["momentum"] != 0.0
+        old_buffer = state.get("momentum_buffer")
+        first = old_buffer is None
+        if has_momentum:
+            # The first step writes the buffer whole; later ones continue from the saved one.
+            new["momentum_buffer"] = (
+                arena.view(k, "momentum_buffer") if first else arena.adopt(k, "momentum_buffer", old_buffer)
+            )
+        else:
+            new["momentum_buffer"] = None
+        key = (id(group), t, first)
+        shared = rows.get(key)
+        if shared is None:
+            shared = rows[key] = self._rows(group, t, first, arena)
+        return TensorStep(new, *shared)
+
+    def _rows(
+        self, group: dict[str, Any], t: int | None, first: bool, arena: FlatState
+    ) -> tuple[tuple, SgdFlags, tuple | None]:
+        """The scalar row, the flag row and the one-loop variant of a tensor of ``group`` at its
+        ``t``-th step (CProp-SGD), at its momentum buffer's ``first`` step or not (the same for
+        every such tensor)."""
+        cdf_code = CDF_CODES[group["cprop_cdf"]] if self.cprop else 0
+        if self.cprop:
+            cprop_row = cprop_scalars(group["cprop_beta"], group["cprop_c"], group["cprop_eps"], t, arena.largest)
+        else:
+            cprop_row = NO_CPROP_SCALARS
+        has_momentum = group["momentum"] != 0.0
+        flags = SgdFlags(
+            has_weight_decay=group["weight_decay"] != 0.0,
+            has_momentum=has_momentum,
+            first_buffer=first,
+            nesterov=group["nesterov"],
+            cprop=self.cprop,
+            cdf=cdf_code,
+            one_loop=False,
+        )
+        variant = one_loop_variant(self.cprop, arena.single, cdf_code, has_momentum)
+        return (*sgd_scalars(group), *cprop_row), flags, variant
+
+
+#: The declarations of the SGD family's members (:data:`.family.KERNEL_FAMILIES`).
+SGD = SgdFamily("sgd")
+CPROP_SGD = SgdFamily("cprop_sgd", cprop=True)

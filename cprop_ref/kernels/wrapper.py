@@ -8,20 +8,38 @@ scale and set ``param <- before + (param - before) * s`` in one pass (``CProp.st
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
-from .adam import CHUNK, cprop_z_loop, scale_loop
+from .columns import column_count, column_numbers
+from .cprop import CHUNK, cprop_z_loop, scale_loop
+from .family import Kernels, TensorStep
+from .flat import FlatState
 from .pointers import array_at
-from .scale import CPROP_SCALAR_COUNT
+from .scale import CDF_CODES, CPropScalars, cprop_scalars
 
+
+class WrapperFlags(NamedTuple):
+    """The flag row of a tensor: the CDF's code."""
+
+    cdf: int
+
+
+#: The scalar table holds CProp's scalars alone (:class:`.scale.CPropScalars`).
 CPROP_BASE = 0
-SCALAR_COUNT = CPROP_SCALAR_COUNT
-CDF = 0
-FLAG_COUNT = 1
-#: Rows of the state arena.
-CPROP_M, CPROP_V, BEFORE = range(3)
+SCALAR_COUNT = column_count(CPropScalars)
+#: Columns of the flag table.
+CDF = column_numbers(WrapperFlags).cdf
+FLAG_COUNT = column_count(WrapperFlags)
+#: Rows of the state arena: CProp's state, then the parameters saved before the base step.
 FIELDS = ("cprop_m", "cprop_v")
+ROWS = (*FIELDS, "before")
+CPROP_M = ROWS.index("cprop_m")
+CPROP_V = ROWS.index("cprop_v")
+BEFORE = ROWS.index("before")
 
 
 @njit(error_model="numpy", cache=True)
@@ -94,3 +112,48 @@ def save_parallel(p_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_h
         first = w * n // workers
         last = (w + 1) * n // workers
         _save_chunks(first, last, p_addr, sizes, offsets, arena, chunk_tensor, chunk_lo, chunk_hi)
+
+
+class WrapperKernels:
+    """The declaration of the CProp wrapper's kernels: the arena rows :data:`ROWS` (CProp's
+    state and the saved parameters), the scalar columns :class:`.scale.CPropScalars`, the flag
+    columns :class:`WrapperFlags`, the save kernels and the scale-and-apply kernels. The NumPy
+    rule is :class:`cprop_ref.optim.CProp`'s; ``dispatch.WrapperStep`` drives the two halves
+    around the base optimizer's step."""
+
+    name = "cprop"
+    state_rows = ROWS
+    chunk = CHUNK
+
+    @property
+    def save(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """The save kernels: on the calling thread, on ``workers`` threads."""
+        return save_serial, save_parallel
+
+    @property
+    def kernels(self) -> Kernels:
+        """The scale-and-apply kernels (no single-tensor kernel)."""
+        return Kernels(None, apply_serial, apply_parallel)
+
+    def tensor_step(
+        self, arena: FlatState, k: int, state: dict[str, Any], hp: dict[str, Any], rows: dict
+    ) -> TensorStep:
+        """Tensor ``k``'s new CProp state (arena views), scalar and flag rows for the step after
+        ``state``, with the wrapper's checked hyperparameters ``hp``; ``rows``: the launch's memo
+        of rows by step (as :meth:`.family.KernelFamily.tensor_step`)."""
+        fresh = not state
+        t = 1 if fresh else state["step"] + 1
+        new = {
+            "step": t,
+            "cprop_m": arena.adopt(k, "cprop_m", None if fresh else state["cprop_m"]),
+            "cprop_v": arena.adopt(k, "cprop_v", None if fresh else state["cprop_v"]),
+        }
+        shared = rows.get(t)
+        if shared is None:
+            scalars = cprop_scalars(hp["beta"], hp["c"], hp["eps"], t, arena.largest)
+            shared = rows[t] = (scalars, WrapperFlags(cdf=CDF_CODES[hp["cdf"]]), None)
+        return TensorStep(new, *shared)
+
+
+#: The wrapper's declaration.
+WRAPPER = WrapperKernels()

@@ -7,7 +7,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..functional import AdamMoments, adam_delta, adam_moments
+from ..functional import (
+    AdamMoments,
+    adam_delta,
+    adam_moments,
+    cprop_adam_private_moments,
+    cprop_adam_shares_moments,
+    cprop_adam_sharing_allowed,
+)
 from ..hyperparams import ADAM_HYPERPARAMS, CPROP_HYPERPARAMS, Validator, accepting_runs
 from ..kernels import DEFAULT_BACKEND
 from ..scale import CPropStats, cprop_scale, ema, scale_update
@@ -31,6 +38,17 @@ class Adam(Optimizer):
     }
     decoupled_weight_decay: ClassVar[bool] = False
     kernel_family: ClassVar[str | None] = "adam"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # The kernels of "adam" and "adamw" differ in the decay alone: a subclass that changes
+        # decoupled_weight_decay must name the matching family (or None), never run the other's.
+        super().__init_subclass__(**kwargs)
+        wanted = "adamw" if cls.decoupled_weight_decay else "adam"
+        if cls.kernel_family in ("adam", "adamw") and cls.kernel_family != wanted:
+            raise TypeError(
+                f"{cls.__name__}: decoupled_weight_decay={cls.decoupled_weight_decay} needs "
+                f"kernel_family={wanted!r} (or None), not {cls.kernel_family!r}"
+            )
 
     def __init__(
         self,
@@ -91,6 +109,7 @@ class AdamW(Adam):
     """Adam with decoupled weight decay: ``param <- param * (1 - lr * wd)`` before the Adam step."""
 
     decoupled_weight_decay: ClassVar[bool] = True
+    kernel_family: ClassVar[str | None] = "adamw"
 
     def __init__(
         self,
@@ -121,6 +140,7 @@ class CPropAdam(CPropStatsMixin, Adam):
     hyperparams: ClassVar[dict[str, Validator]] = accepting_runs({**ADAM_HYPERPARAMS, **CPROP_HYPERPARAMS})
     # Runs of a per-run group that share a moment store it in Adam's entry: equal bit for bit.
     state_fill: ClassVar[dict[str, str]] = {"cprop_m": "exp_avg", "cprop_v": "exp_avg_sq"}
+    kernel_family: ClassVar[str | None] = "cprop_adam"
     state_schema: ClassVar[dict[str, str]] = {
         **Adam.state_schema,
         "cprop_m": "optional_array",
@@ -156,19 +176,12 @@ class CPropAdam(CPropStatsMixin, Adam):
         )
         Optimizer.__init__(self, params, defaults, nonfinite=nonfinite, backend=backend)
 
-    @staticmethod
-    def sharing_allowed(group: dict[str, Any]) -> tuple[bool, bool]:
-        """Whether Adam's first and second moments equal CProp's ``m`` and ``v`` under ``group``."""
-        beta1, beta2 = group["betas"]
-        raw = group["weight_decay"] == 0.0
-        return raw and beta1 == group["cprop_beta"], raw and beta2 == group["cprop_beta"]
-
-    @staticmethod
-    def shares_moments(state: ParamState, group: dict[str, Any]) -> tuple[bool, bool]:
-        """Whether this parameter's state holds CProp's ``m`` / ``v`` inside Adam's moments."""
-        if not state:
-            return CPropAdam.sharing_allowed(group)
-        return "cprop_m" not in state, "cprop_v" not in state
+    #: Whether Adam's first and second moments equal CProp's ``m`` and ``v`` under a group
+    #: (:func:`cprop_ref.functional.cprop_adam_sharing_allowed`).
+    sharing_allowed = staticmethod(cprop_adam_sharing_allowed)
+    #: Whether a parameter's state holds CProp's ``m`` / ``v`` inside Adam's moments
+    #: (:func:`cprop_ref.functional.cprop_adam_shares_moments`).
+    shares_moments = staticmethod(cprop_adam_shares_moments)
 
     def _cprop_stats(self, state: ParamState, p: np.ndarray) -> CPropStats:
         if not state:
@@ -180,19 +193,18 @@ class CPropAdam(CPropStatsMixin, Adam):
     def _compute(self, param: np.ndarray, grad: np.ndarray, state: ParamState, group: dict[str, Any]) -> Update:
         p, g = self._as_compute(param, grad)
         beta = group["cprop_beta"]
-        shares_m, shares_v = self.shares_moments(state, group)
-        allowed_m, allowed_v = self.sharing_allowed(group)
+        private_m, private_v = cprop_adam_private_moments(state, group)
         old = self._cprop_stats(state, p)
         p_decayed, moments, delta = self._adam(p, g, state, group)
         new_state = self._adam_state(moments)
         # Shared moments come out of Adam's update; the others get their own EMA of the raw
         # gradient. A shared moment whose equality no longer holds continues, unshared, from
         # its current value, which is exactly CProp's.
-        if shares_m and allowed_m:
+        if not private_m:
             m = moments.exp_avg
         else:
             m = new_state["cprop_m"] = ema(old.m, g, beta)
-        if shares_v and allowed_v:
+        if not private_v:
             v = moments.exp_avg_sq
         else:
             with np.errstate(over="ignore", under="ignore"):

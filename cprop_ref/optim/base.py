@@ -25,7 +25,9 @@ from ..gradients import (
     parameters_are_plain,
 )
 from ..hyperparams import Validator, check_broadcasts, check_fits_dtypes
-from ..kernels import DEFAULT_BACKEND, check_backend
+from ..kernels import DEFAULT_BACKEND, check_backend, check_kernel_cdf
+from ..kernels.family import check_kernel_family
+from ..kernels.plan import LaunchPlan
 from .rows import has_run_arrays, step_by_class
 
 ParamState = dict[str, Any]
@@ -64,8 +66,12 @@ class Optimizer:
     """
 
     hyperparams: ClassVar[dict[str, Validator]] = {}
-    #: Which fused kernel runs the step with ``backend="numba"`` (``None``: the NumPy path only).
+    #: The family of fused kernels that runs the step with ``backend="numba"``, by name
+    #: (:data:`cprop_ref.kernels.family.KERNEL_FAMILIES`; ``None``: the NumPy path only).
     kernel_family: ClassVar[str | None] = None
+    #: What the fused steps keep between steps (:class:`cprop_ref.kernels.plan.LaunchPlan`);
+    #: invalidated here when a group is added or a state dict loaded.
+    kernel_plan: LaunchPlan
 
     def __init__(
         self,
@@ -77,6 +83,9 @@ class Optimizer:
     ) -> None:
         self.nonfinite = check_nonfinite_policy(nonfinite)
         self.backend = check_backend(backend)
+        check_kernel_family(type(self).__name__, self.kernel_family)
+        self.kernel_plan = LaunchPlan()
+        self._per_run_scratch: dict[tuple, Optimizer] = {}
         self.defaults = {name: self._validate(name, value, type(self).__name__) for name, value in defaults.items()}
         self.param_groups: list[dict[str, Any]] = []
         self.state: list[ParamState] = []
@@ -132,8 +141,14 @@ class Optimizer:
             )
         values = {name: group.get(name, self.defaults[name]) for name in self.hyperparams}
         new_group = self._checked_group(params, values, where)
+        if self.backend == "numba" and self.kernel_family is not None and "cprop_cdf" in new_group:
+            try:
+                check_kernel_cdf("cprop_cdf", new_group["cprop_cdf"])
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
         self.param_groups.append(new_group)
         self.state.extend({} for _ in params)
+        self.kernel_plan.invalidate()
 
     def _checked_group(self, params: list[np.ndarray], values: dict[str, Any], where: str) -> dict[str, Any]:
         """The one check of a group's hyperparameters, at construction, at every step and at a
@@ -151,7 +166,7 @@ class Optimizer:
         )
         return checked
 
-    def _validated_groups(self) -> list[dict[str, Any]]:
+    def validated_groups(self) -> list[dict[str, Any]]:
         """Re-check the groups' hyperparameters (users change ``lr`` and others between
         steps) and return normalised copies, so a bad value is caught before anything moves."""
         groups = []
@@ -200,7 +215,7 @@ class Optimizer:
                 return  # every parameter was stepped by the kernels (or had no gradient)
         else:
             self.check_params()
-            groups = self._validated_groups()
+            groups = self.validated_groups()
             checked = self.check_grads(grads)
         updates: list[tuple[int, Update]] = []
         # IEEE results (inf on overflow) are the defined ones; a user's np.seterr(all="raise")
@@ -247,7 +262,7 @@ class Optimizer:
         tables and plans; they hold no state of their own between steps."""
         values = {name: group[name] for name in self.hyperparams}
         key = (param.dtype.str, param.size, repr(tuple(values.values())))  # repr: -0.0 is not 0.0
-        cache = self.__dict__.setdefault("_per_run_scratch", {})
+        cache = self._per_run_scratch
         scratch = cache.get(key)
         if scratch is None:
             if len(cache) >= _SCRATCH_LIMIT:
@@ -378,6 +393,7 @@ class Optimizer:
             group.update(new_group)
         self.state = new_state
         self.nonfinite = nonfinite
+        self.kernel_plan.invalidate()
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`state_dict` to an ``.npz`` checkpoint (atomically; no pickle)."""

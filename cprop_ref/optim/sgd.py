@@ -78,6 +78,7 @@ class CPropSGD(CPropStatsMixin, SGD):
         "cprop_v": "array",
         "momentum_buffer": "optional_array",
     }
+    kernel_family: ClassVar[str | None] = "cprop_sgd"
 
     def __init__(
         self,

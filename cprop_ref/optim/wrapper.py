@@ -11,7 +11,8 @@ import numpy as np
 from .. import checkpoint
 from ..gradients import check_gradients, check_nonfinite_policy, compute_dtype, unaliased
 from ..hyperparams import cdf_name, check_broadcasts, check_fits_dtypes, decay_rate, non_negative, run_arrays
-from ..kernels import DEFAULT_BACKEND, check_backend, state_buffers
+from ..kernels import DEFAULT_BACKEND, check_backend, check_kernel_cdf, state_buffers
+from ..kernels.plan import LaunchPlan
 from ..scale import CPropStats, cprop_scale, cprop_step, init_stats, update_stats
 from .base import (
     check_params_of,
@@ -86,9 +87,17 @@ class CProp:
         self.cdf = cdf
         self.nonfinite = check_nonfinite_policy(nonfinite)
         self.backend = check_backend(backend)
+        #: What the fused steps keep between steps (:class:`cprop_ref.kernels.plan.LaunchPlan`).
+        self.kernel_plan = LaunchPlan()
+        self._per_run_scratch: dict[tuple, tuple[_Replay, CProp]] = {}
         self.state: list[dict[str, Any]] = [{} for _ in self.params]
         check_params_of(self, self.state, "CProp")
-        self._check_hyperparams()
+        checked = self._check_hyperparams()
+        if self.backend == "numba":
+            try:
+                check_kernel_cdf("cdf", checked["cdf"])
+            except ValueError as err:
+                raise ValueError(f"CProp: {err}") from None
 
     def _check_hyperparams(self, values: dict[str, Any] | None = None, where: str = "CProp") -> dict[str, Any]:
         """The wrapper's hyperparameters (its attributes, or ``values``) validated as the
@@ -135,8 +144,8 @@ class CProp:
             # The fused half reads the gradients after the base optimizer's step: one sharing
             # memory with a parameter or a state buffer (the wrapper's or the base optimizer's)
             # would have changed by then, so it is copied (the NumPy half reads them before).
-            base_buffers = state_buffers(self.base_optimizer) if hasattr(self.base_optimizer, "__dict__") else []
-            checked = unaliased(checked, params, state_buffers(self) + base_buffers, self.__dict__)
+            buffers = self.kernel_plan.buffers() + state_buffers(self.base_optimizer)
+            checked = unaliased(checked, params, buffers, self.kernel_plan.memory)
             fused = WrapperStep(self, hp, checked)  # saves the parameters it will update
         new_stats: list[tuple[int, CPropStats, np.ndarray, np.ndarray]] = []
         by_kernels: list[tuple[int, list, np.ndarray]] = []
@@ -191,7 +200,7 @@ class CProp:
         after = param.reshape(-1)
         result = np.array(after, copy=True)
         m, v = np.empty_like(result), np.empty_like(result)
-        cache = self.__dict__.setdefault("_per_run_scratch", {})
+        cache = self._per_run_scratch
         for indices, scalar, grad in classes:
             values = {name: scalar[name] for name in _WRAPPER_HYPERPARAMS}
             # Kept between steps, one per dtype, size and setting (their kernels' tables reused);
@@ -295,6 +304,7 @@ class CProp:
         )
         self.nonfinite = nonfinite
         self.state = new_state
+        self.kernel_plan.invalidate()
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`state_dict` to an ``.npz`` checkpoint (atomically; no pickle)."""

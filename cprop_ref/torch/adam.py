@@ -155,12 +155,15 @@ class CPropAdam(CPropOptimizerMixin, torch.optim.Optimizer):
             states = [self.state[p] for p in originals]
             for p, state in zip(ps, states):
                 self._prepare_state(p, state, hp)
+            # On the CPU: a temporary, Adam's update and two for the scale (multi.Workspace).
+            temp, out_deltas, work1, work2 = self._workspace().lists(ps, 4)
             wd = hp["weight_decay"]
             ds = gs if wd == 0.0 else torch._foreach_add(gs, torch._foreach_mul(ps, wd))
             exp_avgs = [st["exp_avg"] for st in states]
             exp_avg_sqs = [st["exp_avg_sq"] for st in states]
-            multi.update_ema_(exp_avgs, ds, beta1)
-            multi.update_ema_(exp_avg_sqs, torch._foreach_mul(ds, ds), beta2)
+            multi.update_ema_(exp_avgs, ds, beta1, temp)
+            squares = multi.into(temp, "mul", ds, ds)
+            multi.update_ema_(exp_avg_sqs, squares, beta2, temp)  # (1 - beta2) d^2 in place
             second = exp_avg_sqs
             if hp["amsgrad"]:
                 second = [st["max_exp_avg_sq"] for st in states]
@@ -168,28 +171,34 @@ class CPropAdam(CPropOptimizerMixin, torch.optim.Optimizer):
             for state in states:
                 state["step"] += 1
             ts = [st["step"] for st in states]
-            denoms = torch._foreach_sqrt(second)
+            denoms = multi.into(out_deltas, "sqrt", second)
             torch._foreach_div_(denoms, [math.sqrt(1.0 - beta2**t) for t in ts])
             torch._foreach_add_(denoms, hp["eps"])
-            deltas = torch._foreach_div(exp_avgs, denoms)
+            deltas = multi.into(out_deltas, "div", exp_avgs, denoms)  # into the denominators' buffer
             torch._foreach_mul_(deltas, [-(hp["lr"] / (1.0 - beta1**t)) for t in ts])
             # CProp's private moments take the raw gradient (shared ones were updated as Adam's).
             own_m = [k for k, st in enumerate(states) if "cprop_m" in st]
             own_v = [k for k, st in enumerate(states) if "cprop_v" in st]
             raw_m, raw_v = [gs[k] for k in own_m], [gs[k] for k in own_v]
-            multi.update_cprop_moment_([states[k]["cprop_m"] for k in own_m], raw_m, hp["cprop_beta"])
+            cprop_beta = hp["cprop_beta"]
+            multi.update_cprop_moment_(
+                [states[k]["cprop_m"] for k in own_m], raw_m, cprop_beta, multi.pick(temp, own_m)
+            )
             if own_v:
-                squares = torch._foreach_mul(raw_v, raw_v)
-                multi.update_cprop_moment_([states[k]["cprop_v"] for k in own_v], squares, hp["cprop_beta"])
+                squares = multi.into(multi.pick(temp, own_v), "mul", raw_v, raw_v)
+                multi.update_cprop_moment_(
+                    [states[k]["cprop_v"] for k in own_v], squares, cprop_beta, multi.pick(temp, own_v)
+                )
             views = [self._cprop_view(p, st) for p, st in zip(ps, states)]
             scales = multi.cprop_scales(
                 [m for m, _, _ in views],
                 [v for _, v, _ in views],
                 ts,
-                beta=hp["cprop_beta"],
+                beta=cprop_beta,
                 c=hp["cprop_c"],
                 eps=hp["cprop_eps"],
                 cdf_name=hp["cprop_cdf"],
+                scratch=(work1, work2, temp),
             )
             torch._foreach_add_(ps, multi.scale_updates(deltas, scales))
             for p, original in zip(ps, originals):

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..hyperparams import Validator, validated
+from .foreach import Workspace
 from .functional import cprop_scale, statistics_dtype, update_statistics_
 from .variants import check_options, check_parameters, implementation
 
@@ -76,6 +77,14 @@ class CPropOptimizerMixin:
                 how = implementation([p for p, _, _ in items], group.get("foreach"), group.get("fused"))
                 getattr(self, f"_step_{how}")(items)
         return loss
+
+    def _workspace(self) -> Workspace:
+        """The scratch of the ``foreach`` path (:class:`.foreach.Workspace`): kept between steps,
+        not state (``torch.optim.Optimizer.__getstate__`` leaves it out of copies and pickles)."""
+        workspace = self.__dict__.get("_foreach_workspace")
+        if workspace is None:
+            workspace = self.__dict__["_foreach_workspace"] = Workspace()
+        return workspace
 
     def _step_single(self, items: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
         """The per-tensor path: the eager operations, one parameter at a time."""

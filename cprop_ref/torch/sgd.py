@@ -98,7 +98,9 @@ class CPropSGD(CPropOptimizerMixin, torch.optim.Optimizer):
             states = [self.state[p] for p in originals]
             stats = [self._statistics(p, state) for p, state in zip(ps, states)]
             ms, vs = [m for m, _ in stats], [v for _, v in stats]
-            multi.update_statistics_(ms, vs, gs, hp["cprop_beta"])
+            # On the CPU: three lists of scratch for the statistics and the scale (multi.Workspace).
+            work = self._workspace().lists(ps, 3)
+            multi.update_statistics_(ms, vs, gs, hp["cprop_beta"], work[0])
             for state in states:
                 state["step"] = state.get("step", 0) + 1
             scales = multi.cprop_scales(
@@ -109,6 +111,7 @@ class CPropSGD(CPropOptimizerMixin, torch.optim.Optimizer):
                 c=hp["cprop_c"],
                 eps=hp["cprop_eps"],
                 cdf_name=hp["cprop_cdf"],
+                scratch=work,
             )
             wd, momentum = hp["weight_decay"], hp["momentum"]
             ds = gs if wd == 0.0 else torch._foreach_add(gs, torch._foreach_mul(ps, wd))
