@@ -29,6 +29,7 @@ import numpy as np
 from .cases import ClosedLoopCase, InjectedCase, OpenLoopCase, ResumeCase
 from .config import PortConfig
 from .dtypes import to_storage
+from .usage import GroupsCase, RefusalCase, invalid_variants
 
 _SGD = dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False)
 _ADAM = dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False)
@@ -201,6 +202,46 @@ def resume_edges() -> list[ResumeCase]:
     return cases
 
 
+def refusal_edges() -> list[RefusalCase]:
+    """Every invalid value of :data:`.usage.INVALID_VALUES` (and combination) in each of the five
+    optimizers, float32 (the refusal does not depend on the dtype; the generated cases draw it)."""
+    configs = [sgd(momentum=0.9), adam(), wrapper("SGD"), wrapper("Adam"), wrapper("AdamW", weight_decay=0.01)]
+    return [
+        RefusalCase(invalid, _params(config.dtype), change)
+        for config in configs
+        for invalid, change in invalid_variants(config)
+    ]
+
+
+def groups_edges() -> list[GroupsCase]:
+    """Each optimizer family over two groups whose hyperparameters differ where the update does:
+    the learning rate, CProp's ``beta`` and CDF, momentum, Adam's betas, weight decay; a 16-bit pair."""
+    pairs = [
+        (sgd(cprop=dict(beta=0.9, c=3.0), momentum=0.9), sgd(cprop=dict(beta=0.5, c=1.0, cdf="normal"), lr=0.5)),
+        (adam(cprop=dict(beta=0.9, c=3.0)), adam(cprop=dict(beta=0.0, c=1.0, cdf="logistic"), betas=(0.5, 0.9))),
+        (adam(cprop=dict(beta=0.9)), adam(cprop=dict(beta=0.9), amsgrad=True, weight_decay=0.5, lr=0.1)),
+        (
+            wrapper("SGD", cprop=dict(beta=0.9, c=3.0)),
+            wrapper("SGD", cprop=dict(beta=0.9, c=3.0), lr=0.5, momentum=0.9),
+        ),
+        (
+            wrapper("Adam", cprop=dict(beta=0.9, c=3.0)),
+            wrapper("Adam", cprop=dict(beta=0.9, c=3.0), lr=0.1, betas=(0.5, 0.9)),
+        ),
+        (
+            sgd("float16", cprop=dict(beta=0.9, c=3.0)),
+            sgd("float16", cprop=dict(beta=0.5, c=3.0), lr=0.5, weight_decay=1.0),
+        ),
+    ]
+    cases = []
+    for first, second in pairs:
+        stream = _stream(_FLIPS, first.dtype)
+        other = _stream([[2.0 * x for x in row] for row in reversed(_FLIPS)], first.dtype, (2, 3))
+        grads = [row + other_row for row, other_row in zip(stream, other)]
+        cases.append(GroupsCase([first, second], [_params(first.dtype), _params(first.dtype, (2, 3))], grads))
+    return cases
+
+
 def edge_cases(check: str, dtypes: tuple[str, ...]) -> list[Any]:
     """The explicit cases of ``check`` whose dtype is among ``dtypes``."""
     make = {
@@ -208,5 +249,7 @@ def edge_cases(check: str, dtypes: tuple[str, ...]) -> list[Any]:
         "injected": injected_edges,
         "closed_loop": closed_loop_edges,
         "resume": resume_edges,
+        "refusals": refusal_edges,
+        "groups": groups_edges,
     }[check]
     return [case for case in make() if case.config.dtype in dtypes]

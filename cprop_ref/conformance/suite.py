@@ -18,7 +18,7 @@ from .edges import edge_cases
 from .protocol import Unsupported
 from .report import ConformanceMismatch, Coverage, SuiteReport
 
-CHECKS: tuple[str, ...] = ("open_loop", "injected", "closed_loop", "resume")
+CHECKS: tuple[str, ...] = ("open_loop", "injected", "closed_loop", "resume", "refusals", "groups")
 
 
 def case_strategy(check: str, dtypes: tuple[str, ...] = DTYPES) -> Any:
@@ -33,6 +33,10 @@ def case_strategy(check: str, dtypes: tuple[str, ...] = DTYPES) -> Any:
         return strategies.closed_loop_cases(dtypes)
     if check == "resume":
         return strategies.resume_cases(dtypes)
+    if check == "refusals":
+        return strategies.refusal_cases(dtypes)
+    if check == "groups":
+        return strategies.groups_cases(dtypes)
     raise ValueError(f"invalid check={check!r}: one of {', '.join(CHECKS)}")
 
 
