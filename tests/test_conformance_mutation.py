@@ -47,6 +47,7 @@ import numpy as np
 
 from cprop_ref.conformance import Unsupported
 from cprop_ref.functional import sgd_direction
+from cprop_ref.hyperparams import CPROP_HYPERPARAMS, SGD_HYPERPARAMS, check_sgd_group, validated
 from cprop_ref.scale import cprop_scale, init_stats, scale_update, update_stats
 
 
@@ -54,7 +55,8 @@ class Run:
     def __init__(self, config, params: list[np.ndarray]) -> None:
         if config.optimizer != "CPropSGD" or config.dtype not in ("float32", "float64"):
             raise Unsupported("only CPropSGD in float32 and float64")
-        self.hp = dict(config.hyperparams)
+        self.hp = validated({**CPROP_HYPERPARAMS, **SGD_HYPERPARAMS}, config.hyperparams, "CPropSGD")
+        check_sgd_group(self.hp, "CPropSGD")
         self.tensors = [np.array(p, copy=True) for p in params]
         self.stats = [None for _ in params]
         self.buffers = [None for _ in params]

@@ -15,7 +15,7 @@ from typing import Any
 
 from .dtypes import DTYPES
 from .edges import edge_cases
-from .protocol import Unsupported
+from .protocol import MissingMethod, Unsupported
 from .report import ConformanceMismatch, Coverage, SuiteReport
 
 CHECKS: tuple[str, ...] = ("open_loop", "injected", "closed_loop", "resume", "refusals", "groups")
@@ -45,7 +45,7 @@ def run_case(case: Any, port: Any, coverage: Coverage, port_spec: str | None) ->
     try:
         case.run(port, port_spec=port_spec, coverage=coverage)
     except Unsupported as err:
-        coverage.add_unsupported(str(err) or type(err).__name__)
+        coverage.add_unsupported(str(err) or type(err).__name__, missing_method=isinstance(err, MissingMethod))
 
 
 def run_check(

@@ -40,7 +40,7 @@ from .checks import (
 )
 from .config import PortConfig
 from .dtypes import to_storage
-from .protocol import Unsupported
+from .protocol import MissingMethod, Unsupported
 from .reference import ReferenceRun
 from .report import Coverage, array_literal, snippet
 
@@ -180,7 +180,7 @@ def check_groups(
             )
     hook = getattr(port, "groups", None)
     if not callable(hook):
-        raise Unsupported("the port has no groups(configs, params) hook: the parameter-groups check needs it")
+        raise MissingMethod("the port has no groups(configs, params) hook: the parameter-groups check needs it")
 
     def make_snippet(step: int) -> str:
         stream = "[" + ", ".join("[" + ", ".join(array_literal(g) for g in gs) + "]" for gs in grads[:step]) + "]"
