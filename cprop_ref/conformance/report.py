@@ -264,6 +264,19 @@ def _literal(x: Any) -> str:
     return repr(x)
 
 
+def python_literal(x: Any) -> str:
+    """Python source for plain data (dicts, lists, tuples, numbers, strings), non-finite floats as
+    ``float('inf')`` so that the source runs (``repr`` writes a bare ``inf``)."""
+    if isinstance(x, dict):
+        return "{" + ", ".join(f"{python_literal(k)}: {python_literal(v)}" for k, v in x.items()) + "}"
+    if isinstance(x, (list, tuple)):
+        inner = ", ".join(python_literal(v) for v in x)
+        return f"[{inner}]" if isinstance(x, list) else f"({inner}{',' if len(x) == 1 else ''})"
+    if isinstance(x, float) and not math.isfinite(x):
+        return f"float('{x}')"
+    return repr(x)
+
+
 def array_literal(a: np.ndarray | None) -> str:
     """Python source that rebuilds ``a`` exactly (``tolist`` floats repr round-trip)."""
     if a is None:
@@ -287,7 +300,7 @@ def snippet(port_spec: str | None, config: PortConfig, call: str, **arrays_sourc
     lines = [
         "import numpy as np",
         "from cprop_ref.conformance import PortConfig, load_port, " + call.split("(")[0],
-        f"config = PortConfig.from_json({config.to_json()!r})",
+        f"config = PortConfig.from_json({python_literal(config.to_json())})",
         port_line,
         *(f"{name} = {source}" for name, source in arrays_source.items()),
         call,

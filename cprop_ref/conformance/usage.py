@@ -42,7 +42,7 @@ from .config import PortConfig
 from .dtypes import to_storage
 from .protocol import MissingMethod, Unsupported
 from .reference import ReferenceRun
-from .report import Coverage, array_literal, snippet
+from .report import Coverage, array_literal, python_literal, snippet
 
 Grads = Sequence[np.ndarray | None]
 
@@ -188,7 +188,7 @@ def check_groups(
             port_spec,
             config,
             "check_groups(port, configs, params, grads)",
-            configs="[" + ", ".join(f"PortConfig.from_json({c.to_json()!r})" for c in configs) + "]",
+            configs="[" + ", ".join(f"PortConfig.from_json({python_literal(c.to_json())})" for c in configs) + "]",
             params="["
             + ", ".join(
                 "[" + ", ".join(array_literal(np.asarray(p, c.np_dtype)) for p in ps) + "]"
