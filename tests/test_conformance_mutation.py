@@ -254,8 +254,103 @@ def _torch_target() -> Target:
     return Target.resolve("cprop_ref.torch")
 
 
-#: Mutants of the torch port in CI: a seeded sample, run with verify's defaults.
+#: The CI regression set: one mutant of the torch port per check family, each of which that
+#: check alone must kill with one generated example (the edge cases by construction do the
+#: work, whatever the seed): ``(check, factory, file, operator, line before, line after)``. If
+#: a check loses its power (an edge case dropped, a comparison loosened, the check switched
+#: off), its mutant survives and the test fails.
+REGRESSION_MUTANTS = (
+    (
+        "open_loop",
+        "torch_port",
+        "functional.py",
+        "core/ReplaceBinaryOperator_Add_Sub",
+        "return torch.sqrt(ratio) + eps",
+        "return torch.sqrt(ratio) - eps",
+    ),
+    ("open_loop", "torch_port", "base.py", "core/RemoveDecorator", "@torch.no_grad()", "(line removed)"),
+    (
+        "injected",
+        "torch_port",
+        "adam.py",
+        "core/ReplaceBinaryOperator_Pow_Mul",
+        'step_size = hp["lr"] / (1.0 - beta1**t)',
+        'step_size = hp["lr"] / (1.0 - beta1*t)',
+    ),
+    (
+        "closed_loop",
+        "torch_port",
+        "sgd.py",
+        "core/ReplaceBinaryOperator_Sub_Add",
+        'return p - hp["lr"] * scale_update(d, s)',
+        'return p + hp["lr"] * scale_update(d, s)',
+    ),
+    (
+        "resume",
+        "torch_port",
+        "base.py",
+        "core/ReplaceComparisonOperator_Eq_NotEq",
+        "if wanted == p.dtype or p not in self.state:",
+        "if wanted != p.dtype or p not in self.state:",
+    ),
+    ("refusals", "torch_port", "sgd.py", "cprop/DropCallStatement", "check_sgd_group(defaults, name)", "None"),
+    (
+        "groups",
+        "torch_port_foreach",
+        "base.py",
+        "core/NumberReplacer",
+        "work[-1].append((p, grad, hp))",
+        "work[- 0].append((p, grad, hp))",
+    ),
+)
+
+#: Mutants of the torch port in the slow sample: a seeded sample, run with verify's defaults.
 CI_SAMPLE = 3
+
+
+def _find_mutant(target: Target, items: list, file: str, operator: str, before: str, after: str) -> object:
+    for item in items:
+        m = item.mutations[0]
+        if Path(m.module_path).name == file and m.operator_name == operator:
+            if mutation.changed_line(*mutated_source(target, m), m.start_pos[0]) == (before, after):
+                return item
+    raise AssertionError(f"regression mutant not found (the source changed?): {file} {operator} `{before}`")
+
+
+@pytest.fixture(scope="module")
+def regression_items():
+    target = _torch_target()
+    items = enumerate_mutants(target)
+    return target, {spec: _find_mutant(target, items, *spec[2:]) for spec in REGRESSION_MUTANTS}
+
+
+@pytest.mark.parametrize(
+    "spec", REGRESSION_MUTANTS, ids=[f"{s[0]}-{s[2]}-{s[3].split('/')[1]}" for s in REGRESSION_MUTANTS]
+)
+def test_each_check_family_kills_its_regression_mutant(spec, regression_items):
+    """The score's regression test within the CI budget: each mutant, run as ``cprop-ref mutate``
+    runs it (a private copy of the port's source, a process of its own), is killed by its check
+    alone with one generated example besides the edge cases (each a few seconds of CPU)."""
+    target, items = regression_items
+    check, factory = spec[0], f"cprop_ref.conformance:{spec[1]}"
+    settings = Settings(1, (check,), Settings.verify_defaults().dtypes)
+    payload = mutation.run_job(mutation._job(target, settings, items[spec].mutations[0], factory), timeout=600)
+    assert payload["outcome"] == "killed" and payload["killed_by"] == check, payload
+    assert not payload.get("harness_crash"), payload
+
+
+def test_the_regression_kills_are_the_checks_doing(regression_items):
+    """Controls: the refusal mutant survives the groups check (it breaks no step), and the groups
+    mutant survives the groups check under the per-tensor factory (each gradient there carries its
+    own group's hyperparameters; the ``foreach`` path takes one group's for all): what kills each
+    is the behaviour its own check looks at, through the factory that runs the mutated line."""
+    target, items = regression_items
+    for killer, check, factory in (("refusals", "groups", "torch_port"), ("groups", "groups", "torch_port")):
+        spec = next(s for s in REGRESSION_MUTANTS if s[0] == killer)
+        settings = Settings(1, (check,), ("float32",))
+        job = mutation._job(target, settings, items[spec].mutations[0], f"cprop_ref.conformance:{factory}")
+        payload = mutation.run_job(job, timeout=600)
+        assert payload["outcome"] == "survived", payload
 
 
 @pytest.mark.slow  # about 130 s of CPU (the unmutated port's traced verify run, then each mutant's)

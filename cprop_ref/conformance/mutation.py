@@ -484,7 +484,7 @@ def _run_in_child(job: dict[str, Any], result_file: str) -> None:
     """The body of one job's process (forked from the server, see :func:`run_job`)."""
     import threading
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     threading.Thread(target=_exit_when_gone, args=(job["runner"],), daemon=True).start()
     sys.path[:0] = job.get("sys_path", [])
     if "torch" in sys.modules:  # one thread per mutant: ``--jobs`` mutants share the cores
@@ -494,6 +494,7 @@ def _run_in_child(job: dict[str, Any], result_file: str) -> None:
     except Exception as err:  # the runner's own failure, reported as an error, not a kill
         result = {"outcome": "error", "detail": f"{type(err).__name__}: {err}"}
     result["seconds"] = round(time.perf_counter() - started, 3)
+    result["cpu_seconds"] = round(time.process_time() - cpu_started, 3)
     Path(result_file).write_text(json.dumps(result))
 
 
