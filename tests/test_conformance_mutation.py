@@ -178,6 +178,30 @@ def test_a_session_refuses_another_target(tmp_path, user_port):
         mutation.Session(session, target, Settings(4, ("open_loop",), ("float64",))).open()
 
 
+def test_survivors_can_be_run_again_and_first(tmp_path, user_port):
+    """``--retry-survivors`` makes a session's survivors pending again (a grown harness kills what
+    it killed, so only they need running); ``--survivors-first`` reads another session's."""
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+
+    path = tmp_path / "session.sqlite"
+    session = mutation.Session(
+        path, Target.resolve("user_port", str(user_port), "user_port:make"), Settings(3, ("open_loop",), ("float64",))
+    )
+    db = session.open()
+    first, second = [item.job_id for item in list(db.pending_work_items)[:2]]
+    for job_id, outcome in ((first, TestOutcome.SURVIVED), (second, TestOutcome.KILLED)):
+        db.set_result(job_id, WorkResult(worker_outcome=WorkerOutcome.NORMAL, output="{}", test_outcome=outcome))
+    pending = len(list(db.pending_work_items))
+    db.close()
+    assert mutation.survivors_of(path) == [first]
+    session.forget(mutation.survivors_of(path))
+    db = session.open()
+    assert len(list(db.pending_work_items)) == pending + 1 and mutation.survivors_of(path) == []
+    db.close()
+    with pytest.raises(ValueError, match="no such session file"):
+        mutation.survivors_of(tmp_path / "missing.sqlite")
+
+
 def test_a_port_that_fails_unmutated_is_refused(tmp_path, user_port):
     user_port.write_text(user_port.read_text().replace('- hp["lr"]', '+ hp["lr"]'))
     target = Target.resolve("user_port", str(user_port), "user_port:make")

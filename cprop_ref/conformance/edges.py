@@ -111,6 +111,16 @@ def open_loop_edges() -> list[OpenLoopCase]:
     for c in (0.0, 1.0):
         add(sgd(cprop=dict(c=c), lr=1.0, momentum=0.9, nesterov=True), huge)
         add(wrapper("SGD", cprop=dict(c=c), lr=1.0, momentum=0.9, nesterov=True), huge)
+    # CPropAdam's update past the largest value (lr 1e38 near 3e38), then more steps from an
+    # infinite parameter: without weight decay the direction is the gradient (0 * inf is NaN)
+    for config in (
+        adam(cprop=dict(beta=0.5, c=1.0), lr=1e38),
+        adam(cprop=dict(beta=0.5, c=1.0), lr=1e38, amsgrad=True),
+    ):
+        params = [to_storage(np.array([3.0e38, -3.0e38, 1.0]), config.dtype)]
+        cases.append(
+            OpenLoopCase(config, params, _stream([[-1.0, 1.0, -1.0], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0]], config.dtype))
+        )
     # torch.optim.Adam's first moment in lerp form overflows (|g - m| > max) where the
     # reference's weighted sum does not: the framework's difference, counted apart
     add(

@@ -749,6 +749,16 @@ class Session:
             self._set_meta(session=self._described())
         return db
 
+    def forget(self, job_ids: Sequence[str]) -> None:
+        """Drop the results of ``job_ids``: they are pending again (``--retry-survivors``). A harness
+        that only grew kills what it killed before, so only the survivors need running again."""
+        db = self._connect()
+        try:
+            with db:
+                db.executemany("DELETE FROM work_results WHERE job_id = ?", [(j,) for j in job_ids])
+        finally:
+            db.close()
+
     def baseline(self) -> float:
         return float(self._meta().get("baseline_seconds", "nan"))
 
@@ -901,16 +911,25 @@ def run_session(
     equivalents: Sequence[EquivalentMutant] | None = None,
     progress: Callable[[str], None] | None = None,
     first: Sequence[str] = (),
+    retry_survivors: bool = False,
 ) -> MutationReport:
     """Run the pending mutants of the session (``sample`` of them, drawn with ``seed``, when
-    given; those whose job ids are in ``first`` before the others), ``jobs`` at a time, and
-    report on every finished one. Each result is written to
+    given; those whose job ids are in ``first`` before the others; with ``retry_survivors``, the
+    session's survivors pending again and first of all), ``jobs`` at a time, and report on every
+    finished one. Each result is written to
     the session as it arrives: stopping the run loses at most the mutants in flight."""
     if jobs < 1:
         raise ValueError(f"cprop-ref mutate: invalid jobs={jobs}: must be >= 1")
     session = Session(session_path, target, settings)
     db = session.open()
     say = progress or (lambda line: None)
+    if retry_survivors:  # after open(): only a session of this target and these settings
+        db.close()
+        again = survivors_of(session_path)
+        session.forget(again)
+        first = [*again, *first]
+        db = session.open()
+        say(f"running the {len(again)} survivors again first")
     try:
         if session.baseline() != session.baseline():  # NaN: the unmutated port has not been run yet
             baselines, covered = {}, {}
@@ -1025,6 +1044,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     mutate.add_argument("--json", default=None, help="also write the report as JSON to this file")
     mutate.add_argument(
+        "--retry-survivors",
+        action="store_true",
+        help="run this session's survivors again (after the harness grew), before the pending mutants",
+    )
+    mutate.add_argument(
         "--survivors-first",
         default=None,
         metavar="SESSION",
@@ -1060,6 +1084,7 @@ def run_mutate(args: argparse.Namespace) -> int:
             if value is not None and value <= 0:
                 raise ValueError(f"cprop-ref mutate: invalid {option}={value}: must be > 0")
         settings = Settings.verify_defaults()
+        first = survivors_of(args.survivors_first) if args.survivors_first else []
         if args.examples is not None:
             if args.examples < 1:
                 raise ValueError(f"cprop-ref mutate: invalid --examples={args.examples}: must be >= 1")
@@ -1073,7 +1098,8 @@ def run_mutate(args: argparse.Namespace) -> int:
             seed=args.seed,
             timeout=args.timeout,
             progress=lambda line: print(line, file=sys.stderr),
-            first=survivors_of(args.survivors_first) if args.survivors_first else (),
+            first=first,
+            retry_survivors=args.retry_survivors,
         )
     except (ValueError, ImportError) as err:
         print(str(err), file=sys.stderr)
