@@ -200,12 +200,12 @@ class Settings:
         """What ``cprop-ref verify PORT`` runs, read from its own parser (one source of truth)."""
         from .commands import _split, register
         from .config import DTYPES
-        from .suite import CHECKS
+        from .suite import VERIFY_CHECKS
 
         parser = argparse.ArgumentParser()
         register(parser.add_subparsers(dest="command"))
         args = parser.parse_args(["verify", "PORT"])
-        return cls(args.examples, _split(args.checks, CHECKS, "--checks"), _split(args.dtypes, DTYPES, "--dtypes"))
+        return cls(args.examples, _split(args.checks, VERIFY_CHECKS, "--checks"), _split(args.dtypes, DTYPES, "--dtypes"))
 
 
 def _unreachable_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -583,6 +583,30 @@ TORCH_EQUIVALENTS: tuple[EquivalentMutant, ...] = (
         "check, so only a group edited into an invalid state between steps reaches it. The protocol's "
         "configurations are valid and never edited: for every input it can give, no output changes "
         "(bad input is the port's own tests' business, not verify's).",
+    ),
+)
+
+TORCH_EQUIVALENTS += (
+    EquivalentMutant(
+        "functional.py",
+        "core/ReplaceUnaryOperator_USub_UAdd",
+        "limit = torch.where(m_hat == 0.0, torch.zeros_like(m_hat), -torch.sign(m_hat) * torch.inf)",
+        "limit = torch.where(m_hat == 0.0, torch.zeros_like(m_hat), +torch.sign(m_hat) * torch.inf)",
+        "Where se == 0 the standardized mean's limit is -sign(m_hat) inf; the mutant gives +sign(m_hat) inf. "
+        "Every CDF maps +inf to 1 and -inf to 0, and the scale is 2c |F(z) - 1/2| = c either way (then "
+        "clamped to 1): the same value, bit for bit.",
+    ),
+    EquivalentMutant(
+        "functional.py",
+        "core/NumberReplacer",
+        "if t < 1:",
+        "if t < 0:",
+        "cprop_scale's refusal of t < 1 (no gradient yet) made a refusal of t < 0. The optimizers call it "
+        "only with the step count after its increment (t >= 1) or, reading scales(), for tensors that "
+        "have a state, whose t is >= 1; so through the optimizers t = 0 never arrives and no output "
+        "changes. (Called directly, the module function cprop_scale would return NaN at t = 0 instead "
+        "of raising: a guard of the functional helper, not of the port's optimizers, which are what "
+        "the harness checks.)",
     ),
 )
 

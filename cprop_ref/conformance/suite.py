@@ -18,7 +18,12 @@ from .edges import edge_cases
 from .protocol import MissingMethod, Unsupported
 from .report import ConformanceMismatch, Coverage, SuiteReport
 
-CHECKS: tuple[str, ...] = ("open_loop", "injected", "closed_loop", "resume", "refusals", "groups")
+#: The checks that compare a port's numbers with the reference's after every step.
+CHECKS: tuple[str, ...] = ("open_loop", "injected", "closed_loop", "resume")
+#: The checks of what users rely on besides one parameter list's numbers (:mod:`.usage`).
+USAGE_CHECKS: tuple[str, ...] = ("refusals", "groups")
+#: What ``cprop-ref verify`` runs by default (and the mutation score is defined with): all of them.
+VERIFY_CHECKS: tuple[str, ...] = CHECKS + USAGE_CHECKS
 
 
 def case_strategy(check: str, dtypes: tuple[str, ...] = DTYPES) -> Any:
@@ -37,7 +42,7 @@ def case_strategy(check: str, dtypes: tuple[str, ...] = DTYPES) -> Any:
         return strategies.refusal_cases(dtypes)
     if check == "groups":
         return strategies.groups_cases(dtypes)
-    raise ValueError(f"invalid check={check!r}: one of {', '.join(CHECKS)}")
+    raise ValueError(f"invalid check={check!r}: one of {', '.join(VERIFY_CHECKS)}")
 
 
 def run_case(case: Any, port: Any, coverage: Coverage, port_spec: str | None) -> None:
@@ -161,7 +166,7 @@ def run_suite(
     port: Any,
     *,
     port_spec: str | None = None,
-    checks: tuple[str, ...] = CHECKS,
+    checks: tuple[str, ...] = VERIFY_CHECKS,
     max_examples: int = 50,
     derandomize: bool = True,
     dtypes: tuple[str, ...] = DTYPES,
