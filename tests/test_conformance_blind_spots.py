@@ -326,3 +326,21 @@ def test_a_port_that_declines_nearly_everything_does_not_pass():
     report = run_suite(minimal, max_examples=2, checks=("open_loop", "injected", "resume", "groups"))
     assert report.passed, report.format()
     assert "the port has no load_state()" in report.format()
+
+
+def test_the_edge_cases_alone_exercise_every_path_switch():
+    """Rare edges by construction, not by luck: the edge cases of the checks, without a single
+    generated example (so whatever the seed), exercise every path switch that the coverage
+    report accounts for (``checks.PATH_SWITCHES``) in some check."""
+    from cprop_ref.conformance.checks import PATH_SWITCHES
+    from cprop_ref.conformance.dtypes import DTYPES
+    from cprop_ref.conformance.edges import edge_cases
+    from cprop_ref.conformance.suite import VERIFY_CHECKS
+
+    seen: set[str] = set()
+    for check in VERIFY_CHECKS:
+        coverage = Coverage()
+        for case in edge_cases(check, DTYPES):
+            case.run(reference_port, coverage=coverage)
+        seen |= coverage.paths
+    assert [p for p in PATH_SWITCHES if p not in seen] == []
