@@ -608,6 +608,18 @@ TORCH_EQUIVALENTS += (
         "of raising: a guard of the functional helper, not of the port's optimizers, which are what "
         "the harness checks.)",
     ),
+    EquivalentMutant(
+        "base.py",
+        "core/ReplaceTrueWithFalse",
+        "self.state[p][key] = value.to(device=p.device, dtype=wanted, copy=True)",
+        "self.state[p][key] = value.to(device=p.device, dtype=wanted, copy=False)",
+        "load_state_dict re-reads the float32 statistics of 16-bit parameters from the loaded state "
+        "dict; without copy=True it keeps the dict's own tensors where they are float32 already. The "
+        "values are the same; only whether the optimizer shares those tensors with the dict changes, "
+        "and torch's own load_state_dict shares them likewise wherever the dtype already matches "
+        "(.to() returns the tensor itself). A restore from saved bytes (a checkpoint, the protocol's "
+        "save/restore) never shares anything with a live object.",
+    ),
 )
 
 KNOWN_EQUIVALENTS: dict[str, tuple[EquivalentMutant, ...]] = {"cprop_ref.torch": TORCH_EQUIVALENTS}
