@@ -621,6 +621,18 @@ TORCH_EQUIVALENTS += (
         "save/restore) never shares anything with a live object.",
     ),
 )
+_SAME_IN_GROUP = (
+    "The multi-tensor path reads a property that every entry of its list shares from the first "
+    "entry; the mutant reads it from the last: the hyperparameters of one param group (every item "
+    "of a group's list carries the group's one checked dict) or the dtype of one device-and-dtype "
+    "bucket (group_by_device_and_dtype puts only tensors of one dtype together). The same object, "
+    "whichever entry it is read from."
+)
+TORCH_EQUIVALENTS += tuple(
+    EquivalentMutant(file, "core/NumberReplacer", before, before.replace("[0]", "[ -1]"), _SAME_IN_GROUP)
+    for file in ("sgd.py", "adam.py")
+    for before in ("hp = items[0][2]", "dtype = statistics_dtype(originals[0].dtype)")
+)
 
 KNOWN_EQUIVALENTS: dict[str, tuple[EquivalentMutant, ...]] = {"cprop_ref.torch": TORCH_EQUIVALENTS}
 
