@@ -205,7 +205,9 @@ class Settings:
         parser = argparse.ArgumentParser()
         register(parser.add_subparsers(dest="command"))
         args = parser.parse_args(["verify", "PORT"])
-        return cls(args.examples, _split(args.checks, VERIFY_CHECKS, "--checks"), _split(args.dtypes, DTYPES, "--dtypes"))
+        return cls(
+            args.examples, _split(args.checks, VERIFY_CHECKS, "--checks"), _split(args.dtypes, DTYPES, "--dtypes")
+        )
 
 
 def _unreachable_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -1092,6 +1094,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     mutate.add_argument("--json", default=None, help="also write the report as JSON to this file")
     mutate.add_argument(
+        "--report-only", action="store_true", help="print the session's report without running anything"
+    )
+    mutate.add_argument(
         "--retry-survivors",
         action="store_true",
         help="run this session's survivors again (after the harness grew), before the pending mutants",
@@ -1137,18 +1142,23 @@ def run_mutate(args: argparse.Namespace) -> int:
             if args.examples < 1:
                 raise ValueError(f"cprop-ref mutate: invalid --examples={args.examples}: must be >= 1")
             settings = Settings(args.examples, settings.checks, settings.dtypes)
-        report = run_session(
-            session,
-            target,
-            settings,
-            jobs=args.jobs,
-            sample=args.sample,
-            seed=args.seed,
-            timeout=args.timeout,
-            progress=lambda line: print(line, file=sys.stderr),
-            first=first,
-            retry_survivors=args.retry_survivors,
-        )
+        if args.report_only:
+            if not session.exists():
+                raise ValueError(f"cprop-ref mutate: --report-only: no session {str(session)!r}")
+            report = load_report(session, target, settings)
+        else:
+            report = run_session(
+                session,
+                target,
+                settings,
+                jobs=args.jobs,
+                sample=args.sample,
+                seed=args.seed,
+                timeout=args.timeout,
+                progress=lambda line: print(line, file=sys.stderr),
+                first=first,
+                retry_survivors=args.retry_survivors,
+            )
     except (ValueError, ImportError) as err:
         print(str(err), file=sys.stderr)
         return 2
