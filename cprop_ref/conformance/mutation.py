@@ -623,6 +623,18 @@ TORCH_EQUIVALENTS += (
         "save/restore) never shares anything with a live object.",
     ),
 )
+TORCH_EQUIVALENTS += (
+    EquivalentMutant(
+        "variants.py",
+        "core/AddNot",
+        "return FOREACH if foreach else SINGLE",
+        "return FOREACH if not foreach else SINGLE",
+        "The choice between the per-tensor and the foreach path turned round (foreach=True steps per "
+        "tensor, the CPU default steps with foreach). The two compute the same numbers bit for bit "
+        "and keep the same state (tests/test_torch_variants.py compares them with torch.equal), so only "
+        "the speed changes, which no conformance check is about.",
+    ),
+)
 _SAME_IN_GROUP = (
     "The multi-tensor path reads a property that every entry of its list shares from the first "
     "entry; the mutant reads it from the last: the hyperparameters of one param group (every item "
