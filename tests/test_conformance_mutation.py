@@ -333,10 +333,16 @@ REGRESSION_MUTANTS = (
 CI_SAMPLE = 3
 
 
+def _original_line(target: Target, mutation_spec) -> str:
+    """The mutated line before the mutation, from the source (cheap: no parse)."""
+    text = target.file_path(str(mutation_spec.module_path)).read_text(encoding="utf-8")
+    return text.splitlines()[mutation_spec.start_pos[0] - 1].strip()
+
+
 def _find_mutant(target: Target, items: list, file: str, operator: str, before: str, after: str) -> object:
     for item in items:
         m = item.mutations[0]
-        if Path(m.module_path).name == file and m.operator_name == operator:
+        if Path(m.module_path).name == file and m.operator_name == operator and _original_line(target, m) == before:
             if mutation.changed_line(*mutated_source(target, m), m.start_pos[0]) == (before, after):
                 return item
     raise AssertionError(f"regression mutant not found (the source changed?): {file} {operator} `{before}`")
@@ -409,8 +415,10 @@ def _equivalent_items(target: Target) -> list[tuple[mutation.EquivalentMutant, o
         matching = []
         for item in items:
             m = item.mutations[0]
-            before, after = mutation.changed_line(*mutated_source(target, m), m.start_pos[0])
             if Path(m.module_path).name == equivalent.file and m.operator_name == equivalent.operator:
+                if _original_line(target, m) != equivalent.before:  # the cheap test first: no parse
+                    continue
+                before, after = mutation.changed_line(*mutated_source(target, m), m.start_pos[0])
                 if (before, after) == (equivalent.before, equivalent.after):
                     matching.append(item)
         assert matching, f"listed equivalent mutant not found (the source changed?): {equivalent}"
