@@ -1305,10 +1305,15 @@ def first_difference(a: Any, b: Any, where: str = "") -> str | None:
 
 
 def differential_check(
-    target: Target, mutation: Any, cases: Sequence[Any], reference_outputs: Any | None = None
+    target: Target,
+    mutation: Any,
+    cases: Sequence[Any],
+    reference_outputs: Any | None = None,
+    factory: str | None = None,
 ) -> tuple[str | None, Any]:
-    """Run the unmutated port and the mutant on ``cases`` (each in its own process) and return
-    where their outputs first differ (``None``: identical) and the unmutated outputs (reusable)."""
+    """Run the unmutated port and the mutant on ``cases`` (each in its own process, through
+    ``factory``, default the target's first) and return where their outputs first differ
+    (``None``: identical) and the unmutated outputs (reusable for the same factory)."""
     import pickle
 
     with tempfile.TemporaryDirectory(prefix="cprop-differential-") as tmp:
@@ -1316,7 +1321,7 @@ def differential_check(
         cases_file.write_bytes(pickle.dumps(list(cases)))
 
         def outputs(m: Any) -> Any:
-            job = _job(target, Settings(1, (), ()), m)
+            job = _job(target, Settings(1, (), ()), m, factory)
             job["record"] = str(cases_file)
             payload = run_job(job, timeout=None)
             if payload["outcome"] == "error":
