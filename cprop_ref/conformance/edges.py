@@ -111,6 +111,17 @@ def open_loop_edges() -> list[OpenLoopCase]:
     for c in (0.0, 1.0):
         add(sgd(cprop=dict(c=c), lr=1.0, momentum=0.9, nesterov=True), huge)
         add(wrapper("SGD", cprop=dict(c=c), lr=1.0, momentum=0.9, nesterov=True), huge)
+    # the bias-corrected mean of the largest gradients rounds past the range at beta = 0.7,
+    # t = 2: clamped to the largest value, as the reference (never inf from finite gradients)
+    top = float(np.finfo(np.float32).max)
+    add(sgd(cprop=dict(beta=0.7, c=3.0)), [[top, -top, 1.0]] * 3)
+    # CPropSGD's update past the largest value, then more steps from an infinite parameter:
+    # without weight decay the direction is the gradient (0 * inf would be NaN)
+    # (squares that stay finite, so that the scale is not 0 there: lr 1e20 times g 1e19)
+    config = sgd(cprop=dict(beta=0.5, c=3.0), lr=1.0e20)
+    params = [to_storage(np.array([-3.0e38, 3.0e38, 1.0]), config.dtype)]
+    rows = [[1.0e19, -1.0e19, 1.0], [1.0e19, -1.0e19, 1.0], [2.0e19, -2.0e19, 1.0]]
+    cases.append(OpenLoopCase(config, params, _stream(rows, config.dtype)))
     # CPropAdam's update past the largest value (lr 1e38 near 3e38), then more steps from an
     # infinite parameter: without weight decay the direction is the gradient (0 * inf is NaN)
     for config in (
