@@ -120,18 +120,16 @@ def open_loop_edges() -> list[OpenLoopCase]:
     # (squares that stay finite, so that the scale is not 0 there: lr 1e20 times g 1e19)
     config = sgd(cprop=dict(beta=0.5, c=3.0), lr=1.0e20)
     params = [to_storage(np.array([-3.0e38, 3.0e38, 1.0]), config.dtype)]
-    rows = [[1.0e19, -1.0e19, 1.0], [1.0e19, -1.0e19, 1.0], [2.0e19, -2.0e19, 1.0]]
+    rows = [[1.0e19, -1.0e19, 1.0], [1.0e19, -1.0e19, 1.0], [0.5e19, -0.5e19, 1.0]]
     cases.append(OpenLoopCase(config, params, _stream(rows, config.dtype)))
-    # CPropAdam's update past the largest value (lr 1e38 near 3e38), then more steps from an
+    # CPropAdam's update past the largest value (lr 1e38 near 3e38; beta1 = 0 keeps the step
+    # size lr / (1 - beta1^t) inside float32, as a fused addcdiv needs), then more steps from an
     # infinite parameter: without weight decay the direction is the gradient (0 * inf is NaN)
-    for config in (
-        adam(cprop=dict(beta=0.5, c=1.0), lr=1e38),
-        adam(cprop=dict(beta=0.5, c=1.0), lr=1e38, amsgrad=True),
-    ):
+    for amsgrad in (False, True):
+        config = adam(cprop=dict(beta=0.5, c=1.0), lr=1e38, betas=(0.0, 0.999), amsgrad=amsgrad)
         params = [to_storage(np.array([3.0e38, -3.0e38, 1.0]), config.dtype)]
-        cases.append(
-            OpenLoopCase(config, params, _stream([[-1.0, 1.0, -1.0], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0]], config.dtype))
-        )
+        rows = [[-1.0, 1.0, -1.0], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0]]
+        cases.append(OpenLoopCase(config, params, _stream(rows, config.dtype)))
     # torch.optim.Adam's first moment in lerp form overflows (|g - m| > max) where the
     # reference's weighted sum does not: the framework's difference, counted apart
     add(
