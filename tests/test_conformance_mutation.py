@@ -418,6 +418,8 @@ def _equivalent_items(target: Target) -> list[tuple[mutation.EquivalentMutant, o
             if Path(m.module_path).name == equivalent.file and m.operator_name == equivalent.operator:
                 if _original_line(target, m) != equivalent.before:  # the cheap test first: no parse
                     continue
+                if equivalent.definition is not None and m.definition_name != equivalent.definition:
+                    continue
                 before, after = mutation.changed_line(*mutated_source(target, m), m.start_pos[0])
                 if (before, after) == (equivalent.before, equivalent.after):
                     matching.append(item)

@@ -537,6 +537,8 @@ class EquivalentMutant:
     before: str
     after: str
     reason: str
+    #: The function the site is in, where the same line occurs in several (``None``: any).
+    definition: str | None = None
 
     def matches(self, result: MutantResult) -> bool:
         return (
@@ -544,6 +546,7 @@ class EquivalentMutant:
             and result.operator == self.operator
             and result.before == self.before
             and result.after == self.after
+            and (self.definition is None or result.definition == self.definition)
         )
 
 
@@ -572,8 +575,10 @@ TORCH_EQUIVALENTS: tuple[EquivalentMutant, ...] = (
         "self._init_state(p, state, hp)",
         "None",
         "CPropAdam._step_tensor creates an empty state before calling _new_param, whose first call, "
-        "_prepare_state, does the same when the state is empty: dropping the first call leaves the "
-        "second to do it, before any arithmetic. (The mutant that drops the second is killed.)",
+        "_prepare_state, does the same when the state is empty: dropping the call in _step_tensor leaves "
+        "_prepare_state's to do it, before any arithmetic. (The same call dropped in _prepare_state is "
+        "killed: the foreach path calls _prepare_state directly, and torch_port_foreach runs it.)",
+        definition="_step_tensor",
     ),
     EquivalentMutant(
         "sgd.py",
