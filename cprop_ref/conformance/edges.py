@@ -92,6 +92,9 @@ def open_loop_edges() -> list[OpenLoopCase]:
     add(sgd(cprop=dict(eps=0.0, c=3.0)), [[1.0, -2.0, 0.0]] * 3)
     add(sgd(cprop=dict(eps=0.0, c=3.0, cdf="normal")), [[0.0, 0.0, 0.0], [1.0, -1.0, 0.0], [0.0, 0.0, 0.0]])
     add(sgd(cprop=dict(beta=0.0, eps=1e-4, c=3.0)), _FLIPS)
+    # a tiny beta: n - 1 = 1e-300 is 0 in float32, and a zero variance (a constant gradient)
+    # over it must stay 0, not 0/0 (with eps = 0 nothing else keeps the denominator positive)
+    add(sgd(cprop=dict(beta=1e-300, eps=0.0, c=3.0)), [[1.0, -2.0, 0.5]] * 3)
     # each CDF saturated (a nearly constant gradient: |z| large) and in its steep part
     for cdf in ("normal", "bft", "bfo", "logistic"):
         add(sgd("float64", cprop=dict(beta=0.9, c=100.0, eps=0.0, cdf=cdf)), _NEARLY_CONSTANT)
