@@ -640,6 +640,28 @@ TORCH_EQUIVALENTS += (
         "the speed changes, which no conformance check is about.",
     ),
 )
+TORCH_EQUIVALENTS += (
+    EquivalentMutant(
+        "sgd.py",
+        "core/ZeroIterationForLoop",
+        "for i, hp in enumerate(groups):",
+        "for i, hp in []:",
+        "The loop of the step-time re-check of every group's SGD hyperparameters emptied: the same "
+        "as dropping its one call (listed above). The protocol's configurations are valid and never "
+        "edited between steps.",
+    ),
+    EquivalentMutant(
+        "wrapper.py",
+        "cprop/DropCallStatement",
+        "super().add_param_group(param_group)",
+        "None",
+        "While CProp's constructor runs, torch's Optimizer.__init__ adds the parameters to the "
+        "wrapper's own param_groups, which the constructor then replaces by the base optimizer's "
+        "list (param_groups is the base's): without the call the list replaced is empty instead, "
+        "and nothing reads it.",
+        definition="add_param_group",
+    ),
+)
 _SAME_IN_GROUP = (
     "The multi-tensor path reads a property that every entry of its list shares from the first "
     "entry; the mutant reads it from the last: the hyperparameters of one param group (every item "
