@@ -15,6 +15,7 @@ import torch
 
 from cprop_ref.conformance.torch_adapter import TorchPort
 from cprop_ref.torch import CPropAdam, CPropSGD
+from cprop_ref.torch.base import gradients_to_apply
 from cprop_ref.torch.functional import BFT_CUBIC, cdf, scale_update, standardized_mean, statistics_dtype
 from cprop_ref.torch.sgd import sgd_direction
 
@@ -355,3 +356,47 @@ class DampeningOnFirstStep(CPropSGD):
 no_beta_zero_case = broken_port(NoBetaZeroCase)
 bias_correction_dropped_after_500 = broken_port(BiasCorrectionDroppedAfter500)
 dampening_on_first_step = broken_port(DampeningOnFirstStep)
+
+
+# -- Broken ports for what users rely on besides one parameter list's numbers.
+
+
+class AcceptsInvalidHyperparameters(CPropSGD):
+    """No check of the hyperparameters' ranges (only the constructor's cross-check of Nesterov
+    remains): a negative learning rate or a ``cprop_beta`` of 1 is taken as given."""
+
+    hyperparams = {name: (lambda name, value: value) for name in CPropSGD.hyperparams}
+
+
+class StepRecordsAutograd(CPropSGD):
+    """The step without ``torch.no_grad()``: on a model's parameters (leaves that require grad)
+    the in-place update raises, or an autograd graph is recorded."""
+
+    def step(self, closure=None):
+        work = gradients_to_apply(self.param_groups, self._check_groups(), type(self).__name__)
+        for items in work:
+            self._step_single(items)
+
+
+class FirstGroupsHyperparameters(CPropSGD):
+    """Every parameter stepped with the first parameter group's hyperparameters."""
+
+    def _check_groups(self):
+        groups = super()._check_groups()
+        return [groups[0] for _ in groups]
+
+
+accepts_invalid_hyperparameters = broken_port(AcceptsInvalidHyperparameters)
+step_records_autograd = broken_port(StepRecordsAutograd)
+first_groups_hyperparameters = broken_port(FirstGroupsHyperparameters)
+
+
+def declines_nearly_everything(config, params):
+    """A port that implements only CPropSGD in float64 with the bft CDF and no weight decay,
+    and declines the rest (each as Unsupported): whatever it runs is right, but it runs little."""
+    from cprop_ref.conformance import Unsupported, torch_port
+
+    hp = config.hyperparams
+    if config.optimizer != "CPropSGD" or config.dtype != "float64" or hp["cprop_cdf"] != "bft" or hp["weight_decay"]:
+        raise Unsupported(f"only CPropSGD in float64 with the bft CDF, no weight decay (not {config.name})")
+    return torch_port(config, params)

@@ -101,6 +101,9 @@ CAUGHT_BY = {
     "no_beta_zero_case": ("open_loop", {"cprop_m", "cprop_v"}),
     "bias_correction_dropped_after_500": ("injected", {"scale"}),
     "dampening_on_first_step": ("open_loop", {"param"}),
+    "accepts_invalid_hyperparameters": ("refusals", {"refusal"}),
+    "step_records_autograd": ("open_loop", {"exception"}),
+    "first_groups_hyperparameters": ("groups", {"cprop_m", "cprop_v", "scale", "param"}),
 }
 
 
@@ -272,7 +275,14 @@ def test_injected_headline_names_the_injected_t():
 
 
 @pytest.mark.parametrize(
-    "name", ["lossy_state_dict", "lost_non_contiguous_update", "bias_correction_dropped_after_500"]
+    "name",
+    [
+        "lossy_state_dict",
+        "lost_non_contiguous_update",
+        "bias_correction_dropped_after_500",
+        "accepts_invalid_hyperparameters",
+        "first_groups_hyperparameters",
+    ],
 )
 def test_the_snippets_of_the_new_checks_reproduce_the_mismatch(name):
     """The resume check's, a layout's and an injected state's reports carry a snippet that
@@ -284,3 +294,53 @@ def test_the_snippets_of_the_new_checks_reproduce_the_mismatch(name):
     with pytest.raises(ConformanceMismatch) as again:
         exec(mismatch.snippet, {})  # noqa: S102 - the harness's own output
     assert (again.value.mismatch.check, again.value.mismatch.quantity) == (mismatch.check, mismatch.quantity)
+
+
+def test_a_port_that_declines_nearly_everything_does_not_pass():
+    """The minimum-coverage rule: a port that runs under 5% of the open loop's cases (and none of
+    several checks) fails with INSUFFICIENT COVERAGE, naming what it declined, although nothing it
+    ran differs; a port that leaves out an optional method (here: every optional one) is not
+    failed for that alone."""
+    spec = "tests.conformance_broken_ports:declines_nearly_everything"
+    report = run_suite(load_port(spec), port_spec=spec, max_examples=5, checks=("open_loop", "closed_loop"))
+    assert not report.failures and not report.passed
+    text = report.format()
+    assert "INSUFFICIENT COVERAGE" in text.splitlines()[0]
+    assert "open_loop: the port ran" in text and "at least 5% needed" in text
+    assert "closed_loop: the port ran none of its" in text
+    assert "only CPropSGD in float64 with the bft CDF" in text
+
+    class Minimal:  # step() and params() only: no scales, statistics, load_state, save/restore, groups
+        def __init__(self, run):
+            self.run = run
+
+        def step(self, grads):
+            self.run.step(grads)
+
+        def params(self):
+            return self.run.params()
+
+    def minimal(config, params):
+        return Minimal(reference_port(config, params))
+
+    report = run_suite(minimal, max_examples=2, checks=("open_loop", "injected", "resume", "groups"))
+    assert report.passed, report.format()
+    assert "the port has no load_state()" in report.format()
+
+
+def test_the_edge_cases_alone_exercise_every_path_switch():
+    """Rare edges by construction, not by luck: the edge cases of the checks, without a single
+    generated example (so whatever the seed), exercise every path switch that the coverage
+    report accounts for (``checks.PATH_SWITCHES``) in some check."""
+    from cprop_ref.conformance.checks import PATH_SWITCHES
+    from cprop_ref.conformance.dtypes import DTYPES
+    from cprop_ref.conformance.edges import edge_cases
+    from cprop_ref.conformance.suite import VERIFY_CHECKS
+
+    seen: set[str] = set()
+    for check in VERIFY_CHECKS:
+        coverage = Coverage()
+        for case in edge_cases(check, DTYPES):
+            case.run(reference_port, coverage=coverage)
+        seen |= coverage.paths
+    assert [p for p in PATH_SWITCHES if p not in seen] == []

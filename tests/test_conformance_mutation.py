@@ -5,8 +5,9 @@
 - isolation and resumption, with a real ``cprop-ref mutate`` process killed with SIGKILL
   mid-run on a user's port outside the project: the source is left as it was, and the
   next run keeps the finished mutants and runs the rest;
-- the score of the torch port: a seeded sample of its mutants in CI, every mutant in the
-  ``slow`` run (at least 98% of the behaviour-changing ones killed);
+- the score of the torch port: in CI, one mutant per check family that its check alone must
+  kill (the regression set: a check that loses its power fails it), with controls; a seeded
+  sample and every mutant in the ``slow`` run (at least 98% of the behaviour-changing ones killed);
 - the listed equivalent mutants of the torch port are equivalent: each, run on drawn inputs
   beside the unmutated port, gives the same outputs (values equal, NaN where NaN).
 """
@@ -47,6 +48,7 @@ import numpy as np
 
 from cprop_ref.conformance import Unsupported
 from cprop_ref.functional import sgd_direction
+from cprop_ref.hyperparams import CPROP_HYPERPARAMS, SGD_HYPERPARAMS, check_sgd_group, validated
 from cprop_ref.scale import cprop_scale, init_stats, scale_update, update_stats
 
 
@@ -54,7 +56,8 @@ class Run:
     def __init__(self, config, params: list[np.ndarray]) -> None:
         if config.optimizer != "CPropSGD" or config.dtype not in ("float32", "float64"):
             raise Unsupported("only CPropSGD in float32 and float64")
-        self.hp = dict(config.hyperparams)
+        self.hp = validated({**CPROP_HYPERPARAMS, **SGD_HYPERPARAMS}, config.hyperparams, "CPropSGD")
+        check_sgd_group(self.hp, "CPropSGD")
         self.tensors = [np.array(p, copy=True) for p in params]
         self.stats = [None for _ in params]
         self.buffers = [None for _ in params]
@@ -176,6 +179,30 @@ def test_a_session_refuses_another_target(tmp_path, user_port):
         mutation.Session(session, target, Settings(4, ("open_loop",), ("float64",))).open()
 
 
+def test_survivors_can_be_run_again_and_first(tmp_path, user_port):
+    """``--retry-survivors`` makes a session's survivors pending again (a grown harness kills what
+    it killed, so only they need running); ``--survivors-first`` reads another session's."""
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+
+    path = tmp_path / "session.sqlite"
+    session = mutation.Session(
+        path, Target.resolve("user_port", str(user_port), "user_port:make"), Settings(3, ("open_loop",), ("float64",))
+    )
+    db = session.open()
+    first, second = [item.job_id for item in list(db.pending_work_items)[:2]]
+    for job_id, outcome in ((first, TestOutcome.SURVIVED), (second, TestOutcome.KILLED)):
+        db.set_result(job_id, WorkResult(worker_outcome=WorkerOutcome.NORMAL, output="{}", test_outcome=outcome))
+    pending = len(list(db.pending_work_items))
+    db.close()
+    assert mutation.survivors_of(path) == [first]
+    session.forget(mutation.survivors_of(path))
+    db = session.open()
+    assert len(list(db.pending_work_items)) == pending + 1 and mutation.survivors_of(path) == []
+    db.close()
+    with pytest.raises(ValueError, match="no such session file"):
+        mutation.survivors_of(tmp_path / "missing.sqlite")
+
+
 def test_a_port_that_fails_unmutated_is_refused(tmp_path, user_port):
     user_port.write_text(user_port.read_text().replace('- hp["lr"]', '+ hp["lr"]'))
     target = Target.resolve("user_port", str(user_port), "user_port:make")
@@ -252,8 +279,109 @@ def _torch_target() -> Target:
     return Target.resolve("cprop_ref.torch")
 
 
-#: Mutants of the torch port in CI: a seeded sample, run with verify's defaults.
+#: The CI regression set: one mutant of the torch port per check family, each of which that
+#: check alone must kill with one generated example (the edge cases by construction do the
+#: work, whatever the seed): ``(check, factory, file, operator, line before, line after)``. If
+#: a check loses its power (an edge case dropped, a comparison loosened, the check switched
+#: off), its mutant survives and the test fails.
+REGRESSION_MUTANTS = (
+    (
+        "open_loop",
+        "torch_port",
+        "functional.py",
+        "core/ReplaceBinaryOperator_Add_Sub",
+        "return torch.sqrt(ratio) + eps",
+        "return torch.sqrt(ratio) - eps",
+    ),
+    ("open_loop", "torch_port", "base.py", "core/RemoveDecorator", "@torch.no_grad()", "(line removed)"),
+    (
+        "injected",
+        "torch_port",
+        "adam.py",
+        "core/ReplaceBinaryOperator_Pow_Mul",
+        'step_size = hp["lr"] / (1.0 - beta1**t)',
+        'step_size = hp["lr"] / (1.0 - beta1*t)',
+    ),
+    (
+        "closed_loop",
+        "torch_port",
+        "sgd.py",
+        "core/ReplaceBinaryOperator_Sub_Add",
+        'return p - hp["lr"] * scale_update(d, s)',
+        'return p + hp["lr"] * scale_update(d, s)',
+    ),
+    (
+        "resume",
+        "torch_port",
+        "base.py",
+        "core/ReplaceComparisonOperator_Eq_NotEq",
+        "if wanted == p.dtype or p not in self.state:",
+        "if wanted != p.dtype or p not in self.state:",
+    ),
+    ("refusals", "torch_port", "sgd.py", "cprop/DropCallStatement", "check_sgd_group(defaults, name)", "None"),
+    (
+        "groups",
+        "torch_port_foreach",
+        "base.py",
+        "core/NumberReplacer",
+        "work[-1].append((p, grad, hp))",
+        "work[- 0].append((p, grad, hp))",
+    ),
+)
+
+#: Mutants of the torch port in the slow sample: a seeded sample, run with verify's defaults.
 CI_SAMPLE = 3
+
+
+def _original_line(target: Target, mutation_spec) -> str:
+    """The mutated line before the mutation, from the source (cheap: no parse)."""
+    text = target.file_path(str(mutation_spec.module_path)).read_text(encoding="utf-8")
+    return text.splitlines()[mutation_spec.start_pos[0] - 1].strip()
+
+
+def _find_mutant(target: Target, items: list, file: str, operator: str, before: str, after: str) -> object:
+    for item in items:
+        m = item.mutations[0]
+        if Path(m.module_path).name == file and m.operator_name == operator and _original_line(target, m) == before:
+            if mutation.changed_line(*mutated_source(target, m), m.start_pos[0]) == (before, after):
+                return item
+    raise AssertionError(f"regression mutant not found (the source changed?): {file} {operator} `{before}`")
+
+
+@pytest.fixture(scope="module")
+def regression_items():
+    target = _torch_target()
+    items = enumerate_mutants(target)
+    return target, {spec: _find_mutant(target, items, *spec[2:]) for spec in REGRESSION_MUTANTS}
+
+
+@pytest.mark.parametrize(
+    "spec", REGRESSION_MUTANTS, ids=[f"{s[0]}-{s[2]}-{s[3].split('/')[1]}" for s in REGRESSION_MUTANTS]
+)
+def test_each_check_family_kills_its_regression_mutant(spec, regression_items):
+    """The score's regression test within the CI budget: each mutant, run as ``cprop-ref mutate``
+    runs it (a private copy of the port's source, a process of its own), is killed by its check
+    alone with one generated example besides the edge cases (each a few seconds of CPU)."""
+    target, items = regression_items
+    check, factory = spec[0], f"cprop_ref.conformance:{spec[1]}"
+    settings = Settings(1, (check,), Settings.verify_defaults().dtypes)
+    payload = mutation.run_job(mutation._job(target, settings, items[spec].mutations[0], factory), timeout=600)
+    assert payload["outcome"] == "killed" and payload["killed_by"] == check, payload
+    assert not payload.get("harness_crash"), payload
+
+
+def test_the_regression_kills_are_the_checks_doing(regression_items):
+    """Controls: the refusal mutant survives the groups check (it breaks no step), and the groups
+    mutant survives the groups check under the per-tensor factory (each gradient there carries its
+    own group's hyperparameters; the ``foreach`` path takes one group's for all): what kills each
+    is the behaviour its own check looks at, through the factory that runs the mutated line."""
+    target, items = regression_items
+    for killer, check, factory in (("refusals", "groups", "torch_port"), ("groups", "groups", "torch_port")):
+        spec = next(s for s in REGRESSION_MUTANTS if s[0] == killer)
+        settings = Settings(1, (check,), ("float32",))
+        job = mutation._job(target, settings, items[spec].mutations[0], f"cprop_ref.conformance:{factory}")
+        payload = mutation.run_job(job, timeout=600)
+        assert payload["outcome"] == "survived", payload
 
 
 @pytest.mark.slow  # about 130 s of CPU (the unmutated port's traced verify run, then each mutant's)
@@ -270,8 +398,8 @@ def test_sampled_torch_mutants_are_killed(tmp_path):
 
 @pytest.mark.slow
 def test_torch_port_mutation_score(tmp_path):
-    """Every mutant of the torch port (about 20 minutes on two cores): at least 98% of the
-    behaviour-changing ones killed by verify with its defaults."""
+    """Every mutant of the torch port under both eager factories (hours on two cores): at least
+    98% of the behaviour-changing ones killed by verify with its defaults."""
     target = _torch_target()
     report = mutation.run_session(
         tmp_path / "torch.sqlite", target, Settings.verify_defaults(), jobs=os.cpu_count() or 1
@@ -287,8 +415,12 @@ def _equivalent_items(target: Target) -> list[tuple[mutation.EquivalentMutant, o
         matching = []
         for item in items:
             m = item.mutations[0]
-            before, after = mutation.changed_line(*mutated_source(target, m), m.start_pos[0])
             if Path(m.module_path).name == equivalent.file and m.operator_name == equivalent.operator:
+                if _original_line(target, m) != equivalent.before:  # the cheap test first: no parse
+                    continue
+                if equivalent.definition is not None and m.definition_name != equivalent.definition:
+                    continue
+                before, after = mutation.changed_line(*mutated_source(target, m), m.start_pos[0])
                 if (before, after) == (equivalent.before, equivalent.after):
                     matching.append(item)
         assert matching, f"listed equivalent mutant not found (the source changed?): {equivalent}"
@@ -311,9 +443,12 @@ def _check_equivalents(examples: int) -> None:
     )
     difference, original = mutation.differential_check(target, control.mutations[0], cases)
     assert difference is not None and difference.startswith("case[")
-    for equivalent, item in _equivalent_items(target):
-        difference, _ = mutation.differential_check(target, item.mutations[0], cases, original)
-        assert difference is None, f"{equivalent} is not equivalent: {difference}"
+    # Under every factory of the port: a mutant of the foreach path runs only under its factory.
+    for factory in target.factories:
+        original = None
+        for equivalent, item in _equivalent_items(target):
+            difference, original = mutation.differential_check(target, item.mutations[0], cases, original, factory)
+            assert difference is None, f"{equivalent} is not equivalent under {factory}: {difference}"
 
 
 @pytest.mark.slow  # about 270 s of CPU on the 2-core machine: past the CI budget

@@ -34,7 +34,7 @@ def _run_entry(port: str, examples: int) -> subprocess.CompletedProcess:
 def test_entry_passes_the_torch_port():
     result = _run_entry("cprop_ref.conformance:torch_port", 5)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 passed" in result.stdout  # four checks and the golden fixtures
+    assert "7 passed" in result.stdout  # six checks and the golden fixtures
 
 
 def test_entry_fails_a_broken_port_with_the_report():

@@ -3,7 +3,8 @@ numbers, and if not, where does it first differ? (``docs/conformance.md``)
 
 - :mod:`.protocol`: the adapter interface every port implements;
 - :mod:`.config`: the optimizer configurations the harness builds;
-- :mod:`.checks`: open loop, injected state, closed loop, resume;
+- :mod:`.checks`: open loop, injected state, closed loop, resume; :mod:`.usage`: refusals of
+  invalid hyperparameters, parameter groups;
 - :mod:`.edges`: the edge cases every run includes; :mod:`.dtypes`, :mod:`.layouts`: 16-bit
   dtypes and memory layouts;
 - :mod:`.report`: the mismatch report and the coverage summary;
@@ -22,6 +23,7 @@ from .config import PortConfig
 from .protocol import Port, PortRun, Unsupported, copy_keeping_layout
 from .reference import ReferenceRun, reference_port
 from .report import ConformanceMismatch, Coverage, Mismatch, SuiteReport
+from .usage import check_groups, check_refusal
 
 
 def load_port(spec: str) -> Any:
@@ -65,6 +67,8 @@ __all__ = [
     "check_injected_step",
     "check_closed_loop",
     "check_resume",
+    "check_refusal",
+    "check_groups",
     "copy_keeping_layout",
     "ConformanceMismatch",
     "Coverage",

@@ -29,7 +29,7 @@ from .bounds import RunBounds
 from .config import PortConfig
 from .dtypes import storage_floor, storage_roundoff, to_storage
 from .layouts import apply_layouts, gradient_layouts
-from .protocol import Unsupported, optional
+from .protocol import MissingMethod, Unsupported, optional
 from .reference import ReferenceRun
 from .report import ConformanceMismatch, Coverage, Mismatch, array_literal, snippet, state_literal
 
@@ -538,7 +538,7 @@ def check_injected_step(
     run, ref = _start(comparer, port, config, params, layouts)
     load = optional(run, "load_state")
     if load is None:
-        raise Unsupported("the port has no load_state(): the injected-state check needs it")
+        raise MissingMethod("the port has no load_state(): the injected-state check needs it")
     ref.load_state(states)
     _port_call(comparer, 0, "load_state(states)", lambda: load([dict(st) for st in states]))
     _step_both(comparer, 1, run, ref, RunBounds(config, [np.shape(p) for p in params]), grads, layouts)
@@ -640,7 +640,7 @@ def check_resume(
     comparer = _Comparer("resume", config, coverage, make_snippet)
     straight, _ = _start(comparer, port, config, params, layouts)
     if optional(straight, "save") is None or optional(straight, "restore") is None:
-        raise Unsupported("the port has no save() / restore(): the resume check needs them")
+        raise MissingMethod("the port has no save() / restore(): the resume check needs them")
     uninterrupted = []
     shapes = [np.shape(p) for p in params]
     for step, gs in enumerate(grads, start=1):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .dtypes import DTYPES
-from .suite import CHECKS
+from .suite import VERIFY_CHECKS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("--examples", type=int, default=100, help="hypothesis examples per check (default 100)")
     verify.add_argument(
         "--checks",
-        default=",".join(CHECKS),
-        help=f"comma-separated checks to run (default {','.join(CHECKS)})",
+        default=",".join(VERIFY_CHECKS),
+        help=f"comma-separated checks to run (default {','.join(VERIFY_CHECKS)})",
     )
     verify.add_argument(
         "--dtypes", default=",".join(DTYPES), help=f"comma-separated dtypes (default {','.join(DTYPES)})"
@@ -70,13 +70,13 @@ def run_verify(args: argparse.Namespace) -> int:
     """Exit status 0: the port conforms; 1: a mismatch (the report says where); 2: the port
     cannot be loaded or hypothesis is missing."""
     from . import load_port
-    from .suite import CHECKS, run_suite
+    from .suite import run_suite
 
     if not args.time_limit > 0:
         raise SystemExit(f"cprop-ref verify: invalid --time-limit={args.time_limit}: must be > 0 seconds")
     if args.examples < 1:
         raise SystemExit(f"cprop-ref verify: invalid --examples={args.examples}: must be >= 1")
-    checks = _split(args.checks, CHECKS, "--checks")
+    checks = _split(args.checks, VERIFY_CHECKS, "--checks")
     dtypes = _split(args.dtypes, DTYPES, "--dtypes")
     if args.fixtures is not None and not (Path(args.fixtures) / "manifest.json").is_file():
         raise SystemExit(f"cprop-ref verify: --fixtures={args.fixtures!r} has no manifest.json")

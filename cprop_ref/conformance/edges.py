@@ -29,6 +29,7 @@ import numpy as np
 from .cases import ClosedLoopCase, InjectedCase, OpenLoopCase, ResumeCase
 from .config import PortConfig
 from .dtypes import to_storage
+from .usage import GroupsCase, RefusalCase, invalid_variants
 
 _SGD = dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False)
 _ADAM = dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False)
@@ -91,6 +92,9 @@ def open_loop_edges() -> list[OpenLoopCase]:
     add(sgd(cprop=dict(eps=0.0, c=3.0)), [[1.0, -2.0, 0.0]] * 3)
     add(sgd(cprop=dict(eps=0.0, c=3.0, cdf="normal")), [[0.0, 0.0, 0.0], [1.0, -1.0, 0.0], [0.0, 0.0, 0.0]])
     add(sgd(cprop=dict(beta=0.0, eps=1e-4, c=3.0)), _FLIPS)
+    # a tiny beta: n - 1 = 1e-300 is 0 in float32, and a zero variance (a constant gradient)
+    # over it must stay 0, not 0/0 (with eps = 0 nothing else keeps the denominator positive)
+    add(sgd(cprop=dict(beta=1e-300, eps=0.0, c=3.0)), [[1.0, -2.0, 0.5]] * 3)
     # each CDF saturated (a nearly constant gradient: |z| large) and in its steep part
     for cdf in ("normal", "bft", "bfo", "logistic"):
         add(sgd("float64", cprop=dict(beta=0.9, c=100.0, eps=0.0, cdf=cdf)), _NEARLY_CONSTANT)
@@ -110,6 +114,25 @@ def open_loop_edges() -> list[OpenLoopCase]:
     for c in (0.0, 1.0):
         add(sgd(cprop=dict(c=c), lr=1.0, momentum=0.9, nesterov=True), huge)
         add(wrapper("SGD", cprop=dict(c=c), lr=1.0, momentum=0.9, nesterov=True), huge)
+    # the bias-corrected mean of the largest gradients rounds past the range at beta = 0.7,
+    # t = 2: clamped to the largest value, as the reference (never inf from finite gradients)
+    top = float(np.finfo(np.float32).max)
+    add(sgd(cprop=dict(beta=0.7, c=3.0)), [[top, -top, 1.0]] * 3)
+    # CPropSGD's update past the largest value, then more steps from an infinite parameter:
+    # without weight decay the direction is the gradient (0 * inf would be NaN)
+    # (squares that stay finite, so that the scale is not 0 there: lr 1e20 times g 1e19)
+    config = sgd(cprop=dict(beta=0.5, c=3.0), lr=1.0e20)
+    params = [to_storage(np.array([-3.0e38, 3.0e38, 1.0]), config.dtype)]
+    rows = [[1.0e19, -1.0e19, 1.0], [1.0e19, -1.0e19, 1.0], [0.5e19, -0.5e19, 1.0]]
+    cases.append(OpenLoopCase(config, params, _stream(rows, config.dtype)))
+    # CPropAdam's update past the largest value (lr 1e38 near 3e38; beta1 = 0 keeps the step
+    # size lr / (1 - beta1^t) inside float32, as a fused addcdiv needs), then more steps from an
+    # infinite parameter: without weight decay the direction is the gradient (0 * inf is NaN)
+    for amsgrad in (False, True):
+        config = adam(cprop=dict(beta=0.5, c=1.0), lr=1e38, betas=(0.0, 0.999), amsgrad=amsgrad)
+        params = [to_storage(np.array([3.0e38, -3.0e38, 1.0]), config.dtype)]
+        rows = [[-1.0, 1.0, -1.0], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0]]
+        cases.append(OpenLoopCase(config, params, _stream(rows, config.dtype)))
     # torch.optim.Adam's first moment in lerp form overflows (|g - m| > max) where the
     # reference's weighted sum does not: the framework's difference, counted apart
     add(
@@ -201,6 +224,46 @@ def resume_edges() -> list[ResumeCase]:
     return cases
 
 
+def refusal_edges() -> list[RefusalCase]:
+    """Every invalid value of :data:`.usage.INVALID_VALUES` (and combination) in each of the five
+    optimizers, float32 (the refusal does not depend on the dtype; the generated cases draw it)."""
+    configs = [sgd(momentum=0.9), adam(), wrapper("SGD"), wrapper("Adam"), wrapper("AdamW", weight_decay=0.01)]
+    return [
+        RefusalCase(invalid, _params(config.dtype), change)
+        for config in configs
+        for invalid, change in invalid_variants(config)
+    ]
+
+
+def groups_edges() -> list[GroupsCase]:
+    """Each optimizer family over two groups whose hyperparameters differ where the update does:
+    the learning rate, CProp's ``beta`` and CDF, momentum, Adam's betas, weight decay; a 16-bit pair."""
+    pairs = [
+        (sgd(cprop=dict(beta=0.9, c=3.0), momentum=0.9), sgd(cprop=dict(beta=0.5, c=1.0, cdf="normal"), lr=0.5)),
+        (adam(cprop=dict(beta=0.9, c=3.0)), adam(cprop=dict(beta=0.0, c=1.0, cdf="logistic"), betas=(0.5, 0.9))),
+        (adam(cprop=dict(beta=0.9)), adam(cprop=dict(beta=0.9), amsgrad=True, weight_decay=0.5, lr=0.1)),
+        (
+            wrapper("SGD", cprop=dict(beta=0.9, c=3.0)),
+            wrapper("SGD", cprop=dict(beta=0.9, c=3.0), lr=0.5, momentum=0.9),
+        ),
+        (
+            wrapper("Adam", cprop=dict(beta=0.9, c=3.0)),
+            wrapper("Adam", cprop=dict(beta=0.9, c=3.0), lr=0.1, betas=(0.5, 0.9)),
+        ),
+        (
+            sgd("float16", cprop=dict(beta=0.9, c=3.0)),
+            sgd("float16", cprop=dict(beta=0.5, c=3.0), lr=0.5, weight_decay=1.0),
+        ),
+    ]
+    cases = []
+    for first, second in pairs:
+        stream = _stream(_FLIPS, first.dtype)
+        other = _stream([[2.0 * x for x in row] for row in reversed(_FLIPS)], first.dtype, (2, 3))
+        grads = [row + other_row for row, other_row in zip(stream, other)]
+        cases.append(GroupsCase([first, second], [_params(first.dtype), _params(first.dtype, (2, 3))], grads))
+    return cases
+
+
 def edge_cases(check: str, dtypes: tuple[str, ...]) -> list[Any]:
     """The explicit cases of ``check`` whose dtype is among ``dtypes``."""
     make = {
@@ -208,5 +271,7 @@ def edge_cases(check: str, dtypes: tuple[str, ...]) -> list[Any]:
         "injected": injected_edges,
         "closed_loop": closed_loop_edges,
         "resume": resume_edges,
+        "refusals": refusal_edges,
+        "groups": groups_edges,
     }[check]
     return [case for case in make() if case.config.dtype in dtypes]

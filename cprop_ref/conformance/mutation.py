@@ -72,9 +72,14 @@ OPERATORS: tuple[str, ...] = (
     "cprop/DropCallStatement",
 )
 
-#: Ports of this project: module -> factory (``cprop-ref mutate cprop_ref.torch`` needs no --factory).
+#: Ports of this project: module -> factories (``cprop-ref mutate cprop_ref.torch`` needs no
+#: --factory). The torch port is three implementations behind one API (per tensor, ``foreach``,
+#: ``fused``); its eager two are the mutated port's factories, so that a mutant of ``foreach.py``
+#: meets the factory that runs it. The compiled one (``torch_port_fused``) is measured on its own
+#: (``--factory cprop_ref.conformance:torch_port_fused``): each mutant of it compiles its kernels
+#: afresh (docs/conformance.md, "Which factory runs a mutant").
 KNOWN_FACTORIES: dict[str, str] = {
-    "cprop_ref.torch": "cprop_ref.conformance:torch_port",
+    "cprop_ref.torch": "cprop_ref.conformance:torch_port,cprop_ref.conformance:torch_port_foreach",
     "cprop_ref.jax": "cprop_ref.conformance:jax_port",
 }
 
@@ -130,7 +135,8 @@ def _register_operators(plugins: Any) -> None:
 @dataclass(frozen=True)
 class Target:
     """A port to mutate: ``module`` (importable name), ``source`` (its package directory or
-    ``.py`` file) and ``factory`` (``MODULE:FACTORY``, as ``verify`` takes it)."""
+    ``.py`` file) and ``factory`` (``MODULE:FACTORY``, as ``verify`` takes it; several,
+    comma-separated, for a port with several implementations: :attr:`factories`)."""
 
     module: str
     source: str
@@ -164,6 +170,11 @@ class Target:
     def root(self) -> Path:
         return Path(self.source)
 
+    @property
+    def factories(self) -> list[str]:
+        """The factories, in the order a mutant meets them (the first that kills it ends its run)."""
+        return [f.strip() for f in self.factory.split(",") if f.strip()]
+
     def files(self) -> list[str]:
         """The module's ``.py`` files, relative to :attr:`root` (its directory for a single file)."""
         if self.root.is_dir():
@@ -189,12 +200,14 @@ class Settings:
         """What ``cprop-ref verify PORT`` runs, read from its own parser (one source of truth)."""
         from .commands import _split, register
         from .config import DTYPES
-        from .suite import CHECKS
+        from .suite import VERIFY_CHECKS
 
         parser = argparse.ArgumentParser()
         register(parser.add_subparsers(dest="command"))
         args = parser.parse_args(["verify", "PORT"])
-        return cls(args.examples, _split(args.checks, CHECKS, "--checks"), _split(args.dtypes, DTYPES, "--dtypes"))
+        return cls(
+            args.examples, _split(args.checks, VERIFY_CHECKS, "--checks"), _split(args.dtypes, DTYPES, "--dtypes")
+        )
 
 
 def _unreachable_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -315,18 +328,18 @@ def _copy_tree(target: Target, into: Path) -> Path:
     return copy
 
 
-def _first_failure(target: Target, settings: Settings) -> dict[str, Any]:
+def _first_failure(factory: str, settings: Settings) -> dict[str, Any]:
     """The harness against the (already installed) port: the first check that fails, if any."""
     from . import load_port
     from .suite import run_check
 
-    port = load_port(target.factory)
+    port = load_port(factory)
     for check in settings.checks:
         try:
             _, failure = run_check(
                 check,
                 port,
-                port_spec=target.factory,
+                port_spec=factory,
                 max_examples=settings.examples,
                 derandomize=True,
                 dtypes=settings.dtypes,
@@ -358,13 +371,14 @@ def run_mutant(job: dict[str, Any]) -> dict[str, Any]:
             destination.write_text(mutated, encoding="utf-8")
         install_module_copy(target.module, copy)
         try:
+            factory = job.get("factory") or target.factories[0]
             if job.get("record") is not None:
-                return record_outputs(target, job["record"])
+                return record_outputs(factory, job["record"])
             if job.get("trace"):
                 with _LineTracer(copy) as tracer:
-                    result = _first_failure(target, settings)
+                    result = _first_failure(factory, settings)
                 return {**result, "covered": tracer.lines()}
-            return _first_failure(target, settings)
+            return _first_failure(factory, settings)
         except ImportError as err:
             return {"killed_by": "import", "detail": f"{type(err).__name__}: {err}", "config": ""}
 
@@ -421,13 +435,41 @@ def _statement_starts(source: str) -> dict[int, int]:
     return starts
 
 
+def _function_body_lines(source: str) -> set[int]:
+    """The lines inside function bodies: they run when the function is called, the rest of a
+    module (imports, constants, class bodies, decorators, ``def`` lines) when it is imported."""
+    import ast
+
+    lines: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            body = node.body if isinstance(node.body, list) else [node.body]
+            lines.update(range(body[0].lineno, (node.end_lineno or body[0].lineno) + 1))
+    return lines
+
+
 def reached(target: Target, mutation: Any, covered: dict[str, list[int]]) -> bool:
-    """Whether the unmutated run executed the statement ``mutation`` changes."""
+    """Whether the unmutated run executed the statement ``mutation`` changes. A statement that
+    runs at import (a module constant, a decorator, a dataclass default) counts as reached only
+    where some function of its file ran too: importing a file whose functions the factory never
+    calls (``fused.py`` under the per-tensor factory) exercises nothing a mutant could change."""
     relative = str(mutation.module_path)
     lines = set(covered.get(relative, ()))
-    starts = _statement_starts(target.file_path(relative).read_text(encoding="utf-8"))
+    source = target.file_path(relative).read_text(encoding="utf-8")
+    starts = _statement_starts(source)
     first, last = mutation.start_pos[0], mutation.end_pos[0]
-    return any(line in lines or starts.get(line, line) in lines for line in range(first, last + 1))
+    ran = any(line in lines or starts.get(line, line) in lines for line in range(first, last + 1))
+    if not ran:
+        return False
+    in_functions = _function_body_lines(source)
+    if any(line in in_functions for line in range(first, last + 1)):
+        return True
+    return bool(lines & in_functions)
+
+
+def reaching_factories(target: Target, mutation: Any, covered: dict[str, dict[str, list[int]]]) -> list[str]:
+    """The factories (in :attr:`Target.factories` order) whose unmutated run reached ``mutation``."""
+    return [f for f in target.factories if f in covered and reached(target, mutation, covered[f])]
 
 
 def _exit_when_gone(runner: int) -> None:
@@ -444,7 +486,7 @@ def _run_in_child(job: dict[str, Any], result_file: str) -> None:
     """The body of one job's process (forked from the server, see :func:`run_job`)."""
     import threading
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     threading.Thread(target=_exit_when_gone, args=(job["runner"],), daemon=True).start()
     sys.path[:0] = job.get("sys_path", [])
     if "torch" in sys.modules:  # one thread per mutant: ``--jobs`` mutants share the cores
@@ -454,6 +496,7 @@ def _run_in_child(job: dict[str, Any], result_file: str) -> None:
     except Exception as err:  # the runner's own failure, reported as an error, not a kill
         result = {"outcome": "error", "detail": f"{type(err).__name__}: {err}"}
     result["seconds"] = round(time.perf_counter() - started, 3)
+    result["cpu_seconds"] = round(time.process_time() - cpu_started, 3)
     Path(result_file).write_text(json.dumps(result))
 
 
@@ -477,6 +520,7 @@ class MutantResult:
     detail: str = ""
     seconds: float = 0.0
     equivalent: str | None = None  # the reason, for a survivor listed as equivalent
+    factory: str = ""  # the factory that killed it (a survivor: the last one that ran it)
 
     @property
     def location(self) -> str:
@@ -493,6 +537,8 @@ class EquivalentMutant:
     before: str
     after: str
     reason: str
+    #: The function the site is in, where the same line occurs in several (``None``: any).
+    definition: str | None = None
 
     def matches(self, result: MutantResult) -> bool:
         return (
@@ -500,6 +546,7 @@ class EquivalentMutant:
             and result.operator == self.operator
             and result.before == self.before
             and result.after == self.after
+            and (self.definition is None or result.definition == self.definition)
         )
 
 
@@ -528,8 +575,10 @@ TORCH_EQUIVALENTS: tuple[EquivalentMutant, ...] = (
         "self._init_state(p, state, hp)",
         "None",
         "CPropAdam._step_tensor creates an empty state before calling _new_param, whose first call, "
-        "_prepare_state, does the same when the state is empty: dropping the first call leaves the "
-        "second to do it, before any arithmetic. (The mutant that drops the second is killed.)",
+        "_prepare_state, does the same when the state is empty: dropping the call in _step_tensor leaves "
+        "_prepare_state's to do it, before any arithmetic. (The same call dropped in _prepare_state is "
+        "killed: the foreach path calls _prepare_state directly, and torch_port_foreach runs it.)",
+        definition="_step_tensor",
     ),
     EquivalentMutant(
         "sgd.py",
@@ -542,6 +591,88 @@ TORCH_EQUIVALENTS: tuple[EquivalentMutant, ...] = (
         "configurations are valid and never edited: for every input it can give, no output changes "
         "(bad input is the port's own tests' business, not verify's).",
     ),
+)
+
+TORCH_EQUIVALENTS += (
+    EquivalentMutant(
+        "functional.py",
+        "core/ReplaceUnaryOperator_USub_UAdd",
+        "limit = torch.where(m_hat == 0.0, torch.zeros_like(m_hat), -torch.sign(m_hat) * torch.inf)",
+        "limit = torch.where(m_hat == 0.0, torch.zeros_like(m_hat), +torch.sign(m_hat) * torch.inf)",
+        "Where se == 0 the standardized mean's limit is -sign(m_hat) inf; the mutant gives +sign(m_hat) inf. "
+        "Every CDF maps +inf to 1 and -inf to 0, and the scale is 2c |F(z) - 1/2| = c either way (then "
+        "clamped to 1): the same value, bit for bit.",
+    ),
+    EquivalentMutant(
+        "functional.py",
+        "core/NumberReplacer",
+        "if t < 1:",
+        "if t < 0:",
+        "cprop_scale's refusal of t < 1 (no gradient yet) made a refusal of t < 0. The optimizers call it "
+        "only with the step count after its increment (t >= 1) or, reading scales(), for tensors that "
+        "have a state, whose t is >= 1; so through the optimizers t = 0 never arrives and no output "
+        "changes. (Called directly, the module function cprop_scale would return NaN at t = 0 instead "
+        "of raising: a guard of the functional helper, not of the port's optimizers, which are what "
+        "the harness checks.)",
+    ),
+    EquivalentMutant(
+        "base.py",
+        "core/ReplaceTrueWithFalse",
+        "self.state[p][key] = value.to(device=p.device, dtype=wanted, copy=True)",
+        "self.state[p][key] = value.to(device=p.device, dtype=wanted, copy=False)",
+        "load_state_dict re-reads the float32 statistics of 16-bit parameters from the loaded state "
+        "dict; without copy=True it keeps the dict's own tensors where they are float32 already. The "
+        "values are the same; only whether the optimizer shares those tensors with the dict changes, "
+        "and torch's own load_state_dict shares them likewise wherever the dtype already matches "
+        "(.to() returns the tensor itself). A restore from saved bytes (a checkpoint, the protocol's "
+        "save/restore) never shares anything with a live object.",
+    ),
+)
+TORCH_EQUIVALENTS += (
+    EquivalentMutant(
+        "variants.py",
+        "core/AddNot",
+        "return FOREACH if foreach else SINGLE",
+        "return FOREACH if not foreach else SINGLE",
+        "The choice between the per-tensor and the foreach path turned round (foreach=True steps per "
+        "tensor, the CPU default steps with foreach). The two compute the same numbers bit for bit "
+        "and keep the same state (tests/test_torch_variants.py compares them with torch.equal), so only "
+        "the speed changes, which no conformance check is about.",
+    ),
+)
+TORCH_EQUIVALENTS += (
+    EquivalentMutant(
+        "sgd.py",
+        "core/ZeroIterationForLoop",
+        "for i, hp in enumerate(groups):",
+        "for i, hp in []:",
+        "The loop of the step-time re-check of every group's SGD hyperparameters emptied: the same "
+        "as dropping its one call (listed above). The protocol's configurations are valid and never "
+        "edited between steps.",
+    ),
+    EquivalentMutant(
+        "wrapper.py",
+        "cprop/DropCallStatement",
+        "super().add_param_group(param_group)",
+        "None",
+        "While CProp's constructor runs, torch's Optimizer.__init__ adds the parameters to the "
+        "wrapper's own param_groups, which the constructor then replaces by the base optimizer's "
+        "list (param_groups is the base's): without the call the list replaced is empty instead, "
+        "and nothing reads it.",
+        definition="add_param_group",
+    ),
+)
+_SAME_IN_GROUP = (
+    "The multi-tensor path reads a property that every entry of its list shares from the first "
+    "entry; the mutant reads it from the last: the hyperparameters of one param group (every item "
+    "of a group's list carries the group's one checked dict) or the dtype of one device-and-dtype "
+    "bucket (group_by_device_and_dtype puts only tensors of one dtype together). The same object, "
+    "whichever entry it is read from."
+)
+TORCH_EQUIVALENTS += tuple(
+    EquivalentMutant(file, "core/NumberReplacer", before, before.replace("[0]", "[ -1]"), _SAME_IN_GROUP)
+    for file in ("sgd.py", "adam.py")
+    for before in ("hp = items[0][2]", "dtype = statistics_dtype(originals[0].dtype)")
 )
 
 KNOWN_EQUIVALENTS: dict[str, tuple[EquivalentMutant, ...]] = {"cprop_ref.torch": TORCH_EQUIVALENTS}
@@ -609,6 +740,14 @@ class MutationReport:
             + ")",
             f"  survived      : {len(self.survivors)} ({len(self.equivalent)} of them listed as equivalent)",
         ]
+        factories = self.target.factories
+        if len(factories) > 1:
+            per_factory = {f: sum(1 for r in self.killed if r.factory == f) for f in factories}
+            lines.append(
+                "  killed under  : "
+                + ", ".join(f"{f.rpartition(':')[2]} {n}" for f, n in per_factory.items())
+                + " (each mutant runs under the factories that reach its line, in this order, until one kills it)"
+            )
         if self.errors:
             lines.append(f"  errors        : {len(self.errors)} (the runner failed; not counted)")
         lines.append(
@@ -699,15 +838,26 @@ class Session:
             self._set_meta(session=self._described())
         return db
 
+    def forget(self, job_ids: Sequence[str]) -> None:
+        """Drop the results of ``job_ids``: they are pending again (``--retry-survivors``). A harness
+        that only grew kills what it killed before, so only the survivors need running again."""
+        db = self._connect()
+        try:
+            with db:
+                db.executemany("DELETE FROM work_results WHERE job_id = ?", [(j,) for j in job_ids])
+        finally:
+            db.close()
+
     def baseline(self) -> float:
         return float(self._meta().get("baseline_seconds", "nan"))
 
 
-def _job(target: Target, settings: Settings, mutation: Any | None) -> dict[str, Any]:
+def _job(target: Target, settings: Settings, mutation: Any | None, factory: str | None = None) -> dict[str, Any]:
     import cprop_ref
 
     job: dict[str, Any] = {
         "target": asdict(target),
+        "factory": factory or target.factories[0],
         "examples": settings.examples,
         "checks": list(settings.checks),
         "dtypes": list(settings.dtypes),
@@ -801,6 +951,7 @@ def _mutant_result(target: Target, item: Any, payload: dict[str, Any]) -> Mutant
         killed_by=payload.get("killed_by"),
         detail=payload.get("detail", ""),
         seconds=float(payload.get("seconds", 0.0)),
+        factory=payload.get("factory", ""),
     )
 
 
@@ -819,13 +970,13 @@ def _to_work_result(payload: dict[str, Any], diff: str) -> Any:
     return WorkResult(worker_outcome=WorkerOutcome.NORMAL, output=json.dumps(payload), test_outcome=test, diff=diff)
 
 
-def _skip_unreached(db: Any, target: Target, covered: dict[str, list[int]]) -> None:
-    """Mark the mutants on lines the unmutated run never executes as skipped (cosmic-ray's
-    outcome for a filtered mutant): this factory cannot kill them, whatever the harness does."""
+def _skip_unreached(db: Any, target: Target, covered: dict[str, dict[str, list[int]]]) -> None:
+    """Mark the mutants on lines no factory's unmutated run executes as skipped (cosmic-ray's
+    outcome for a filtered mutant): these factories cannot kill them, whatever the harness does."""
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
     for item in db.pending_work_items:
-        if not reached(target, item.mutations[0], covered):
+        if not reaching_factories(target, item.mutations[0], covered):
             db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output="{}"))
 
 
@@ -848,35 +999,71 @@ def run_session(
     timeout: float | None = None,
     equivalents: Sequence[EquivalentMutant] | None = None,
     progress: Callable[[str], None] | None = None,
+    first: Sequence[str] = (),
+    retry_survivors: bool = False,
 ) -> MutationReport:
     """Run the pending mutants of the session (``sample`` of them, drawn with ``seed``, when
-    given), ``jobs`` at a time, and report on every finished one. Each result is written to
+    given; those whose job ids are in ``first`` before the others; with ``retry_survivors``, the
+    session's survivors pending again and first of all), ``jobs`` at a time, and report on every
+    finished one. Each result is written to
     the session as it arrives: stopping the run loses at most the mutants in flight."""
     if jobs < 1:
         raise ValueError(f"cprop-ref mutate: invalid jobs={jobs}: must be >= 1")
     session = Session(session_path, target, settings)
     db = session.open()
     say = progress or (lambda line: None)
+    if retry_survivors:  # after open(): only a session of this target and these settings
+        db.close()
+        again = survivors_of(session_path)
+        session.forget(again)
+        first = [*again, *first]
+        db = session.open()
+        say(f"running the {len(again)} survivors again first")
     try:
-        baseline = session.baseline()
-        if baseline != baseline:  # NaN: the unmutated port has not been run yet
-            say("running the harness on the unmutated port")
-            payload = run_job({**_job(target, settings, None), "trace": True}, timeout=None)
-            if payload["outcome"] != "survived":
-                raise ValueError(
-                    f"cprop-ref mutate: the unmutated port {target.factory} does not pass the harness "
-                    f"({payload.get('killed_by')}: {payload.get('detail')}); fix it before mutating it"
-                )
-            baseline = float(payload["seconds"])
-            session._set_meta(baseline_seconds=str(baseline), covered=json.dumps(payload["covered"]))
-            _skip_unreached(db, target, json.loads(session._meta()["covered"]))
-        limit = timeout if timeout is not None else max(60.0, 10.0 * baseline)
+        if session.baseline() != session.baseline():  # NaN: the unmutated port has not been run yet
+            baselines, covered = {}, {}
+            for factory in target.factories:
+                say(f"running the harness on the unmutated port ({factory})")
+                payload = run_job({**_job(target, settings, None, factory), "trace": True}, timeout=None)
+                if payload["outcome"] != "survived":
+                    raise ValueError(
+                        f"cprop-ref mutate: the unmutated port {factory} does not pass the harness "
+                        f"({payload.get('killed_by')}: {payload.get('detail')}); fix it before mutating it"
+                    )
+                baselines[factory], covered[factory] = float(payload["seconds"]), payload["covered"]
+            session._set_meta(
+                baseline_seconds=str(sum(baselines.values())),
+                baselines=json.dumps(baselines),
+                covered=json.dumps(covered),
+            )
+            _skip_unreached(db, target, covered)
+        meta = session._meta()
+        baselines, covered = json.loads(meta["baselines"]), json.loads(meta["covered"])
+        limits = {f: (timeout if timeout is not None else max(60.0, 10.0 * b)) for f, b in baselines.items()}
         pending = sample_items(list(db.pending_work_items), sample, seed)
         # In a random (seeded) order: the mutants finished at any moment are a random sample.
         random.Random(seed).shuffle(pending)
-        say(f"{len(pending)} mutants to run, {jobs} at a time (limit {limit:.0f} s each)")
+        if first:  # named mutants first (e.g. an earlier session's survivors), in the order given
+            rank = {job_id: i for i, job_id in enumerate(first)}
+            pending.sort(key=lambda item: rank.get(item.job_id, len(rank)))
+        say(
+            f"{len(pending)} mutants to run, {jobs} at a time (limit "
+            + ", ".join(f"{limit:.0f} s under {f.rpartition(':')[2]}" for f, limit in limits.items())
+            + ")"
+        )
+
+        def run_all(item: Any) -> dict[str, Any]:
+            """The mutant under each factory that reaches it, until one kills it."""
+            payload: dict[str, Any] = {"outcome": "error", "detail": "no factory reaches it"}
+            for factory in reaching_factories(target, item.mutations[0], covered):
+                payload = run_job(_job(target, settings, item.mutations[0], factory), limits[factory])
+                payload["factory"] = factory
+                if payload["outcome"] != "survived":
+                    break
+            return payload
+
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(run_job, _job(target, settings, item.mutations[0]), limit): item for item in pending}
+            futures = {pool.submit(run_all, item): item for item in pending}
             for n, future in enumerate(concurrent.futures.as_completed(futures), start=1):
                 item = futures[future]
                 payload = future.result()
@@ -885,7 +1072,7 @@ def run_session(
                 db.set_result(item.job_id, _to_work_result(payload, diff))
                 say(
                     f"[{n}/{len(pending)}] {result.outcome:<8} {result.location} {result.operator} "
-                    f"{result.killed_by or ''}"
+                    f"{result.killed_by or ''} {result.factory.rpartition(':')[2]}"
                 )
         return load_report(session_path, target, settings, equivalents=equivalents, db=db)
     finally:
@@ -945,7 +1132,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--examples", type=int, default=None, help="hypothesis examples per check (default: verify's, for the score)"
     )
     mutate.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    mutate.add_argument(
+        "--report-only", action="store_true", help="print the session's report without running anything"
+    )
+    mutate.add_argument(
+        "--retry-survivors",
+        action="store_true",
+        help="run this session's survivors again (after the harness grew), before the pending mutants",
+    )
+    mutate.add_argument(
+        "--survivors-first",
+        default=None,
+        metavar="SESSION",
+        help="run the mutants that survived in this other session file (an earlier harness) before the rest",
+    )
     mutate.set_defaults(func=run_mutate)
+
+
+def survivors_of(session_path: str | os.PathLike[str]) -> list[str]:
+    """The job ids of the mutants that survived in a session file (``ValueError`` if it is none)."""
+    path = Path(session_path)
+    if not path.is_file():
+        raise ValueError(f"cprop-ref mutate: --survivors-first {str(path)!r}: no such session file")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT job_id FROM work_results WHERE test_outcome = 'SURVIVED' ORDER BY job_id")
+            return [job_id for (job_id,) in rows.fetchall()]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as err:
+        raise ValueError(f"cprop-ref mutate: --survivors-first {str(path)!r}: not a session file ({err})") from None
 
 
 def run_mutate(args: argparse.Namespace) -> int:
@@ -959,20 +1176,28 @@ def run_mutate(args: argparse.Namespace) -> int:
             if value is not None and value <= 0:
                 raise ValueError(f"cprop-ref mutate: invalid {option}={value}: must be > 0")
         settings = Settings.verify_defaults()
+        first = survivors_of(args.survivors_first) if args.survivors_first else []
         if args.examples is not None:
             if args.examples < 1:
                 raise ValueError(f"cprop-ref mutate: invalid --examples={args.examples}: must be >= 1")
             settings = Settings(args.examples, settings.checks, settings.dtypes)
-        report = run_session(
-            session,
-            target,
-            settings,
-            jobs=args.jobs,
-            sample=args.sample,
-            seed=args.seed,
-            timeout=args.timeout,
-            progress=lambda line: print(line, file=sys.stderr),
-        )
+        if args.report_only:
+            if not session.exists():
+                raise ValueError(f"cprop-ref mutate: --report-only: no session {str(session)!r}")
+            report = load_report(session, target, settings)
+        else:
+            report = run_session(
+                session,
+                target,
+                settings,
+                jobs=args.jobs,
+                sample=args.sample,
+                seed=args.seed,
+                timeout=args.timeout,
+                progress=lambda line: print(line, file=sys.stderr),
+                first=first,
+                retry_survivors=args.retry_survivors,
+            )
     except (ValueError, ImportError) as err:
         print(str(err), file=sys.stderr)
         return 2
@@ -985,7 +1210,7 @@ def run_mutate(args: argparse.Namespace) -> int:
 # -- differential re-check of equivalent mutants -----------------------------------------------
 
 
-def record_outputs(target: Target, cases_file: str) -> dict[str, Any]:
+def record_outputs(factory: str, cases_file: str) -> dict[str, Any]:
     """Every output of the (installed) port on the pickled cases: after each step the
     parameters, scales and statistics, or the exception that stopped the case."""
     import pickle
@@ -995,8 +1220,9 @@ def record_outputs(target: Target, cases_file: str) -> dict[str, Any]:
     from . import load_port
     from .cases import ClosedLoopCase, InjectedCase, OpenLoopCase, ResumeCase
     from .protocol import optional
+    from .usage import GroupsCase, RefusalCase
 
-    port = load_port(target.factory)
+    port = load_port(factory)
     cases = pickle.loads(Path(cases_file).read_bytes())
     outputs: list[list[Any]] = []
 
@@ -1008,11 +1234,20 @@ def record_outputs(target: Target, cases_file: str) -> dict[str, Any]:
         return out
 
     for case in cases:
-        if not isinstance(case, (OpenLoopCase, ResumeCase, InjectedCase, ClosedLoopCase)):
+        if not isinstance(case, (OpenLoopCase, ResumeCase, InjectedCase, ClosedLoopCase, RefusalCase, GroupsCase)):
             raise TypeError(f"no differential run for {type(case).__name__}")
         record: list[Any] = []
         try:
-            if isinstance(case, (OpenLoopCase, ResumeCase)):
+            if isinstance(case, RefusalCase):
+                port(case.config, [np.array(p) for p in case.params])
+                record.append("built")
+            elif isinstance(case, GroupsCase):
+                run = port.groups(case.configs, [[np.array(p) for p in ps] for ps in case.params])
+                record.append(snapshot(run))
+                for grads in case.grads:
+                    run.step(grads)
+                    record.append(snapshot(run))
+            elif isinstance(case, (OpenLoopCase, ResumeCase)):
                 run = port(case.config, [np.array(p) for p in case.params])
                 record.append(snapshot(run))
                 for i, grads in enumerate(case.grads):
@@ -1097,10 +1332,15 @@ def first_difference(a: Any, b: Any, where: str = "") -> str | None:
 
 
 def differential_check(
-    target: Target, mutation: Any, cases: Sequence[Any], reference_outputs: Any | None = None
+    target: Target,
+    mutation: Any,
+    cases: Sequence[Any],
+    reference_outputs: Any | None = None,
+    factory: str | None = None,
 ) -> tuple[str | None, Any]:
-    """Run the unmutated port and the mutant on ``cases`` (each in its own process) and return
-    where their outputs first differ (``None``: identical) and the unmutated outputs (reusable)."""
+    """Run the unmutated port and the mutant on ``cases`` (each in its own process, through
+    ``factory``, default the target's first) and return where their outputs first differ
+    (``None``: identical) and the unmutated outputs (reusable for the same factory)."""
     import pickle
 
     with tempfile.TemporaryDirectory(prefix="cprop-differential-") as tmp:
@@ -1108,7 +1348,7 @@ def differential_check(
         cases_file.write_bytes(pickle.dumps(list(cases)))
 
         def outputs(m: Any) -> Any:
-            job = _job(target, Settings(1, (), ()), m)
+            job = _job(target, Settings(1, (), ()), m, factory)
             job["record"] = str(cases_file)
             payload = run_job(job, timeout=None)
             if payload["outcome"] == "error":

@@ -54,6 +54,12 @@ class Unsupported(NotImplementedError):
     """Raised by a port for a configuration it does not implement (the reason as message)."""
 
 
+class MissingMethod(Unsupported):
+    """Raised by the harness for a check that needs an optional method or hook the port does not
+    have (``load_state``, ``save`` / ``restore``, ``groups``): a feature left out, not a
+    configuration declined, so the minimum-coverage rule (:mod:`.report`) does not count it."""
+
+
 @runtime_checkable
 class PortRun(Protocol):
     """A port's optimizer, built for one configuration (see the module docstring)."""

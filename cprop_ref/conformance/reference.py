@@ -33,13 +33,42 @@ def build_reference(config: PortConfig, params: list[np.ndarray], backend: str =
     return cls(params, **config.hyperparams, **_backend_kwargs(cls, backend))
 
 
+def build_reference_groups(
+    configs: Sequence[PortConfig], params: Sequence[list[np.ndarray]], backend: str = "numpy"
+) -> Any:
+    """The cprop-ref optimizer over parameter groups: ``configs[g]``'s hyperparameters for
+    ``params[g]`` (for ``CProp``: its base optimizer's groups; the wrapper's own are ``configs[0]``'s)."""
+    config = configs[0]
+    if config.optimizer == "CProp":
+        base_cls = _BASES[config.base or ""]
+        groups = [{"params": ps, **c.base_hyperparams} for ps, c in zip(params, configs)]
+        base = base_cls(groups, **config.base_hyperparams, **_backend_kwargs(base_cls, backend))
+        return CProp(base, **config.hyperparams, **_backend_kwargs(CProp, backend))
+    cls = _SPECIALISED[config.optimizer]
+    groups = [{"params": ps, **c.hyperparams} for ps, c in zip(params, configs)]
+    return cls(groups, **config.hyperparams, **_backend_kwargs(cls, backend))
+
+
 class ReferenceRun:
     """cprop-ref's optimizer behind the port protocol, with read-outs of its whole state."""
+
+    backend = "numpy"
 
     def __init__(self, config: PortConfig, params: Sequence[np.ndarray]) -> None:
         self.config = config
         self._params = [np.array(p, dtype=config.np_dtype, copy=True) for p in params]
-        self.optimizer = build_reference(config, self._params)
+        self.optimizer = build_reference(config, self._params, backend=self.backend)
+
+    @classmethod
+    def grouped(cls, configs: Sequence[PortConfig], params: Sequence[Sequence[np.ndarray]]) -> ReferenceRun:
+        """One run over parameter groups (the protocol's ``groups`` hook, :mod:`.usage`): the
+        tensors of every group, group after group."""
+        run = cls.__new__(cls)
+        run.config = configs[0]
+        grouped = [[np.array(p, dtype=run.config.np_dtype, copy=True) for p in ps] for ps in params]
+        run._params = [p for ps in grouped for p in ps]
+        run.optimizer = build_reference_groups(configs, grouped, backend=cls.backend)
+        return run
 
     def step(self, grads: Sequence[np.ndarray | None]) -> None:
         self.optimizer.step(list(grads))
@@ -125,12 +154,12 @@ class _BackendRun(ReferenceRun):
 
     backend = "numba"
 
-    def __init__(self, config: PortConfig, params: Sequence[np.ndarray]) -> None:
-        self.config = config
-        self._params = [np.array(p, dtype=config.np_dtype, copy=True) for p in params]
-        self.optimizer = build_reference(config, self._params, backend=self.backend)
-
 
 def numba_port(config: PortConfig, params: Sequence[np.ndarray]) -> ReferenceRun:
     """cprop-ref's default (Numba) backend as a port: ``cprop-ref verify cprop_ref.conformance.reference:numba_port``."""
     return _BackendRun(config, params)
+
+
+# The protocol's optional parameter-groups hook (:mod:`.usage`): the optimizers' own param groups.
+reference_port.groups = ReferenceRun.grouped  # type: ignore[attr-defined]
+numba_port.groups = _BackendRun.grouped  # type: ignore[attr-defined]

@@ -89,6 +89,8 @@ class Mismatch:
             headline = f"CRASH in check '{self.check}' {when}: the port raised"
         elif self.quantity == "read-out":
             headline = f"MALFORMED READ-OUT in check '{self.check}' {when}"
+        elif self.quantity == "refusal":
+            headline = f"NOT REFUSED in check '{self.check}': an invalid hyperparameter, when building the optimizer"
         else:
             headline = f"MISMATCH in check '{self.check}': {self.quantity} of tensor {self.tensor}, element {self.element}, {when}"
         lines = [headline, f"  configuration : {self.config.describe()}"]
@@ -96,7 +98,7 @@ class Mismatch:
             lines.append(f"  the port raised: {self.detail}")
             if self.trace:
                 lines += ["  in the port:", *("    " + line for line in self.trace.splitlines())]
-        elif self.quantity == "read-out":
+        elif self.quantity in ("read-out", "refusal"):
             lines.append(f"  {self.detail}")
         else:
             lines += [
@@ -145,12 +147,50 @@ class Coverage:
     seen_again: dict[tuple[str, ...], int] = field(default_factory=dict)
     #: The code-path switches (``checks.PATH_SWITCHES``) the cases exercised.
     paths: set[str] = field(default_factory=set)
+    #: Declines because the port has no optional method or hook the check needs (:class:`.protocol.MissingMethod`).
+    missing_methods: set[str] = field(default_factory=set)
 
     def add_compared(self, quantity: str, count: int) -> None:
         self.compared[quantity] = self.compared.get(quantity, 0) + count
 
-    def add_unsupported(self, reason: str) -> None:
+    def add_unsupported(self, reason: str, missing_method: bool = False) -> None:
         self.unsupported[reason] = self.unsupported.get(reason, 0) + 1
+        if missing_method:
+            self.missing_methods.add(reason)
+
+    @property
+    def declined_configurations(self) -> int:
+        """Cases the port declined for their configuration (not for a missing optional method)."""
+        return sum(n for reason, n in self.unsupported.items() if reason not in self.missing_methods)
+
+
+#: The minimum-coverage rule: a port passes only if it ran at least this share of the open loop's
+#: cases (generated and edge cases; the check every port can run, needing only ``step`` and
+#: ``params``), and at least one case of every check it did not decline wholesale for a missing
+#: optional method. A port that declines nearly everything has shown nothing.
+MIN_OPEN_LOOP_SHARE = 0.05
+
+
+def coverage_shortfalls(coverage: dict[str, Coverage]) -> list[str]:
+    """Why ``coverage`` is too little to call a port conforming (empty: enough), each naming the
+    check, what ran and what the port declined."""
+    out = []
+    for check, cov in coverage.items():
+        ran = cov.examples + cov.edge_examples
+        declined = cov.declined_configurations
+        reasons = "; ".join(
+            f"{reason} ({n})"
+            for reason, n in sorted(cov.unsupported.items(), key=lambda kv: -kv[1])
+            if reason not in cov.missing_methods
+        )
+        if check == "open_loop" and ran + declined and ran < MIN_OPEN_LOOP_SHARE * (ran + declined):
+            out.append(
+                f"open_loop: the port ran {ran} of {ran + declined} cases ({100.0 * ran / (ran + declined):.1f}%; "
+                f"at least {100.0 * MIN_OPEN_LOOP_SHARE:g}% needed); declined: {reasons}"
+            )
+        elif ran == 0 and declined:
+            out.append(f"{check}: the port ran none of its {declined} cases; declined: {reasons}")
+    return out
 
 
 @dataclass
@@ -163,11 +203,23 @@ class SuiteReport:
     errors: list[str] = field(default_factory=list)
 
     @property
+    def shortfalls(self) -> list[str]:
+        """The minimum-coverage rule's findings (:func:`coverage_shortfalls`)."""
+        return coverage_shortfalls(self.coverage)
+
+    @property
     def passed(self) -> bool:
-        return not self.failures and not self.errors
+        return not self.failures and not self.errors and not self.shortfalls
 
     def format(self) -> str:
-        lines = [f"cprop-ref conformance report for port {self.port}: {'PASSED' if self.passed else 'FAILED'}"]
+        if self.failures or self.errors:
+            verdict = "FAILED"
+        elif self.shortfalls:
+            verdict = "FAILED: INSUFFICIENT COVERAGE (the port declined too much to be called conforming)"
+        else:
+            verdict = "PASSED"
+        lines = [f"cprop-ref conformance report for port {self.port}: {verdict}"]
+        lines += [f"  insufficient coverage: {why}" for why in self.shortfalls]
         for name, cov in self.coverage.items():
             compared = ", ".join(f"{q} {n}" for q, n in sorted(cov.compared.items())) or "nothing"
             lines.append(
@@ -212,6 +264,19 @@ def _literal(x: Any) -> str:
     return repr(x)
 
 
+def python_literal(x: Any) -> str:
+    """Python source for plain data (dicts, lists, tuples, numbers, strings), non-finite floats as
+    ``float('inf')`` so that the source runs (``repr`` writes a bare ``inf``)."""
+    if isinstance(x, dict):
+        return "{" + ", ".join(f"{python_literal(k)}: {python_literal(v)}" for k, v in x.items()) + "}"
+    if isinstance(x, (list, tuple)):
+        inner = ", ".join(python_literal(v) for v in x)
+        return f"[{inner}]" if isinstance(x, list) else f"({inner}{',' if len(x) == 1 else ''})"
+    if isinstance(x, float) and not math.isfinite(x):
+        return f"float('{x}')"
+    return repr(x)
+
+
 def array_literal(a: np.ndarray | None) -> str:
     """Python source that rebuilds ``a`` exactly (``tolist`` floats repr round-trip)."""
     if a is None:
@@ -235,7 +300,7 @@ def snippet(port_spec: str | None, config: PortConfig, call: str, **arrays_sourc
     lines = [
         "import numpy as np",
         "from cprop_ref.conformance import PortConfig, load_port, " + call.split("(")[0],
-        f"config = PortConfig.from_json({config.to_json()!r})",
+        f"config = PortConfig.from_json({python_literal(config.to_json())})",
         port_line,
         *(f"{name} = {source}" for name, source in arrays_source.items()),
         call,

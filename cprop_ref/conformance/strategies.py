@@ -11,7 +11,8 @@ and shrinking still moves towards short streams, few tensors and simple configur
 - :func:`gradient_streams`: 0-d, empty and odd shapes, several tensors; magnitudes from
   subnormal to the largest finite value (squares that underflow or overflow); exact zeros, constant streams, sign
   flips, a drifting mean, and tensors that receive no gradient on some steps;
-- :func:`open_loop_cases`, :func:`injected_cases`, :func:`closed_loop_cases`: the checks' inputs.
+- :func:`open_loop_cases`, :func:`injected_cases`, :func:`closed_loop_cases`,
+  :func:`resume_cases`, :func:`refusal_cases`, :func:`groups_cases`: the checks' inputs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..scale import bias_correction, effective_sample_size
 from .cases import ClosedLoopCase, InjectedCase, OpenLoopCase, ResumeCase
 from .config import PortConfig
 from .dtypes import DTYPES, HALF_DTYPES, compute_dtype, largest, to_storage
+from .usage import GroupsCase, RefusalCase, invalid_variants
 
 BETAS = (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0 - 1e-7)
 C_VALUES = (0.0, 0.5, 1.0, 3.0, 5.0, 100.0)
@@ -257,3 +259,30 @@ def closed_loop_cases(draw: Any, dtypes: tuple[str, ...] = DTYPES, max_steps: in
     start = problem.default_start() * draw(st.sampled_from((1.0, -3.0, 1e-3)), label="start scale")
     noises = noise * rng.standard_normal((steps, dim))
     return ClosedLoopCase(config, to_storage(start, config.dtype), np.asarray(problem.curvature), noises)
+
+
+@st.composite
+def refusal_cases(draw: Any, dtypes: tuple[str, ...] = DTYPES) -> RefusalCase:
+    """A drawn valid configuration with one of its own hyperparameters made invalid
+    (:func:`.usage.invalid_variants`): the port must refuse it with ``ValueError``."""
+    config = draw(configs(dtypes), label="valid configuration")
+    invalid, change = draw(st.sampled_from(invalid_variants(config)), label="invalid change")
+    params, _ = draw(gradient_streams(config.dtype, max_steps=1), label="parameters")
+    return RefusalCase(invalid, params, change)
+
+
+@st.composite
+def groups_cases(draw: Any, dtypes: tuple[str, ...] = DTYPES, max_steps: int = 8) -> GroupsCase:
+    """Two parameter groups of one optimizer and dtype with separately drawn hyperparameters (for
+    the wrapper: its base optimizer's), each with its own tensors and gradient stream."""
+    first = draw(configs(dtypes), label="configuration of group 0")
+    second = draw(configs((first.dtype,), optimizers=(first.name,)), label="configuration of group 1")
+    if first.optimizer == "CProp":  # one wrapper around one base optimizer: its groups differ
+        second = PortConfig("CProp", dict(first.hyperparams), first.dtype, first.base, dict(second.base_hyperparams))
+    steps = draw(st.integers(1, max_steps), label="steps")
+    groups = [
+        draw(gradient_streams(first.dtype, max_steps=steps, min_steps=steps, max_tensors=2), label=f"group {g}")
+        for g in range(2)
+    ]
+    grads = [[g for _, stream in groups for g in stream[i]] for i in range(steps)]
+    return GroupsCase([first, second], [params for params, _ in groups], grads)

@@ -15,10 +15,15 @@ from typing import Any
 
 from .dtypes import DTYPES
 from .edges import edge_cases
-from .protocol import Unsupported
+from .protocol import MissingMethod, Unsupported
 from .report import ConformanceMismatch, Coverage, SuiteReport
 
+#: The checks that compare a port's numbers with the reference's after every step.
 CHECKS: tuple[str, ...] = ("open_loop", "injected", "closed_loop", "resume")
+#: The checks of what users rely on besides one parameter list's numbers (:mod:`.usage`).
+USAGE_CHECKS: tuple[str, ...] = ("refusals", "groups")
+#: What ``cprop-ref verify`` runs by default (and the mutation score is defined with): all of them.
+VERIFY_CHECKS: tuple[str, ...] = CHECKS + USAGE_CHECKS
 
 
 def case_strategy(check: str, dtypes: tuple[str, ...] = DTYPES) -> Any:
@@ -33,7 +38,11 @@ def case_strategy(check: str, dtypes: tuple[str, ...] = DTYPES) -> Any:
         return strategies.closed_loop_cases(dtypes)
     if check == "resume":
         return strategies.resume_cases(dtypes)
-    raise ValueError(f"invalid check={check!r}: one of {', '.join(CHECKS)}")
+    if check == "refusals":
+        return strategies.refusal_cases(dtypes)
+    if check == "groups":
+        return strategies.groups_cases(dtypes)
+    raise ValueError(f"invalid check={check!r}: one of {', '.join(VERIFY_CHECKS)}")
 
 
 def run_case(case: Any, port: Any, coverage: Coverage, port_spec: str | None) -> None:
@@ -41,7 +50,7 @@ def run_case(case: Any, port: Any, coverage: Coverage, port_spec: str | None) ->
     try:
         case.run(port, port_spec=port_spec, coverage=coverage)
     except Unsupported as err:
-        coverage.add_unsupported(str(err) or type(err).__name__)
+        coverage.add_unsupported(str(err) or type(err).__name__, missing_method=isinstance(err, MissingMethod))
 
 
 def run_check(
@@ -157,7 +166,7 @@ def run_suite(
     port: Any,
     *,
     port_spec: str | None = None,
-    checks: tuple[str, ...] = CHECKS,
+    checks: tuple[str, ...] = VERIFY_CHECKS,
     max_examples: int = 50,
     derandomize: bool = True,
     dtypes: tuple[str, ...] = DTYPES,

@@ -6,6 +6,12 @@ adapts another package; scales and CProp statistics are read through the optimiz
 ``scales()`` / ``cprop_statistics()`` methods when it has them, and states are injected
 through its ``state`` dict with the protocol's names (torch's own SGD / Adam names for a
 wrapped base optimizer).
+
+The parameters are what a model hands an optimizer: leaf tensors that require gradients
+(``nn.Parameter``'s ``requires_grad=True``), so a step that records an autograd graph or
+changes a leaf in place outside ``torch.no_grad()`` fails as it would for a user (after each
+step the adapter checks that every parameter is still such a leaf). The protocol's parameter
+groups (``groups(configs, params)``, :mod:`.usage`) are torch's ``param_groups``.
 """
 
 from __future__ import annotations
@@ -65,6 +71,11 @@ def _tensors_keeping_layout(params: Sequence[np.ndarray], dtype: Any, device: An
     return [t.to(device=device, dtype=dtype) for t in tensors]
 
 
+def _trainable(tensors: list[Any]) -> list[Any]:
+    """The tensors as a model's parameters: leaves that require gradients (as ``nn.Parameter``)."""
+    return [t.requires_grad_(True) if t.is_floating_point() else t for t in tensors]
+
+
 class TorchRun:
     """A torch optimizer behind the port protocol."""
 
@@ -78,6 +89,13 @@ class TorchRun:
         for p, g in zip(self.tensors, grads):
             p.grad = None if g is None else _from_numpy(g, p.dtype, p.device)
         self.optimizer.step()
+        for k, p in enumerate(self.tensors):
+            if not (p.is_leaf and p.requires_grad):
+                raise RuntimeError(
+                    f"after the step, parameter {k} is no longer a leaf tensor that requires grad "
+                    f"(is_leaf={p.is_leaf}, requires_grad={p.requires_grad}): the step recorded an autograd "
+                    "graph or replaced the parameter (a step runs under torch.no_grad())"
+                )
 
     def params(self) -> list[np.ndarray]:
         return [_to_numpy(p) for p in self.tensors]
@@ -150,22 +168,29 @@ class TorchPort:
         self.device = device
 
     def __call__(self, config: PortConfig, params: Sequence[np.ndarray]) -> TorchRun:
+        return self.groups([config], [params])
+
+    def groups(self, configs: Sequence[PortConfig], params: Sequence[Sequence[np.ndarray]]) -> TorchRun:
+        """One optimizer over parameter groups: ``configs[g]``'s hyperparameters for the tensors
+        ``params[g]`` (torch's ``param_groups``; for ``CProp``, the base optimizer's groups)."""
         classes = self.classes or _cprop_ref_classes()
+        config = configs[0]
         if config.dtype not in _TORCH_DTYPES:
             raise Unsupported(f"dtype {config.dtype}")
-        dtype = _TORCH_DTYPES[config.dtype]
-        tensors = _tensors_keeping_layout(params, dtype, self.device)
         if config.optimizer not in classes:
             raise Unsupported(f"no class for {config.optimizer}")
+        dtype = _TORCH_DTYPES[config.dtype]
+        grouped = [_trainable(_tensors_keeping_layout(ps, dtype, self.device)) for ps in params]
         if config.optimizer == "CProp":
             base_cls = getattr(torch.optim, config.base or "")
-            base_hp = dict(config.base_hyperparams)
-            base_hp.setdefault("foreach", False)  # one code path, the documented per-tensor one
-            base = base_cls(tensors, **base_hp)
+            groups = [{"params": ts, **c.base_hyperparams} for ts, c in zip(grouped, configs)]
+            # one code path, the documented per-tensor one
+            base = base_cls(groups, **{"foreach": False, **config.base_hyperparams})
             optimizer = classes["CProp"](base, **config.hyperparams)
         else:
-            optimizer = classes[config.optimizer](tensors, **config.hyperparams)
-        return TorchRun(optimizer, tensors, config, self.device)
+            groups = [{"params": ts, **c.hyperparams} for ts, c in zip(grouped, configs)]
+            optimizer = classes[config.optimizer](groups if len(groups) > 1 else grouped[0], **config.hyperparams)
+        return TorchRun(optimizer, [t for ts in grouped for t in ts], config, self.device)
 
 
 def torch_port(config: PortConfig, params: Sequence[np.ndarray]) -> TorchRun:
@@ -176,3 +201,13 @@ def torch_port(config: PortConfig, params: Sequence[np.ndarray]) -> TorchRun:
 def torch_port_cuda(config: PortConfig, params: Sequence[np.ndarray]) -> TorchRun:
     """cprop-ref's torch port on the first CUDA device."""
     return TorchPort(device="cuda")(config, params)
+
+
+def with_groups(factory: Any, port: TorchPort) -> Any:
+    """``factory`` with the protocol's optional ``groups`` hook (:mod:`.usage`) of ``port``."""
+    factory.groups = port.groups
+    return factory
+
+
+with_groups(torch_port, TorchPort())
+with_groups(torch_port_cuda, TorchPort(device="cuda"))

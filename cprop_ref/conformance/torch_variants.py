@@ -41,3 +41,10 @@ def torch_port_foreach_cuda(config: PortConfig, params: Sequence[np.ndarray]) ->
 def torch_port_fused_cuda(config: PortConfig, params: Sequence[np.ndarray]) -> TorchRun:
     """cprop-ref's torch port with ``fused=True`` on the first CUDA device."""
     return TorchPort(classes=variant_classes(fused=True), device="cuda")(config, params)
+
+
+# The protocol's optional parameter-groups hook (conformance/usage.py), with the same options.
+torch_port_foreach.groups = lambda configs, params: TorchPort(classes=variant_classes(foreach=True)).groups(
+    configs, params
+)  # type: ignore[attr-defined]
+torch_port_fused.groups = lambda configs, params: TorchPort(classes=variant_classes(fused=True)).groups(configs, params)  # type: ignore[attr-defined]

@@ -1,0 +1,306 @@
+"""Two checks of what a port's users rely on besides the numbers of one parameter list:
+
+- ``refusals`` (e): an invalid hyperparameter (a negative learning rate, a ``beta`` outside
+  ``[0, 1)``, an unknown CDF, Nesterov without momentum, ...) is refused when the optimizer is
+  built, with ``ValueError``, as the reference refuses it, and the refusal changes nothing
+  (the parameters handed to the factory are as they were);
+- ``groups`` (f): one optimizer over two *parameter groups* with different hyperparameters
+  (torch's ``param_groups``, optax's ``multi_transform``, ...): each group moves as an
+  optimizer of its own configuration would, every step compared as in the open loop.
+
+The groups check needs an optional hook of the factory, ``port.groups(configs, params)``:
+``configs`` one :class:`~.config.PortConfig` per group (same optimizer, base and dtype; for
+the wrapper ``CProp`` the same wrapper hyperparameters, since it wraps one base optimizer
+whose groups differ), ``params`` the parameters of each group; it returns one run over all
+tensors, group after group, with the read-outs of :mod:`.protocol`. A factory without it is
+counted as declining the check.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .bounds import RunBounds
+from .checks import (
+    CALL_TIME_LIMIT,
+    _check_run,
+    _Comparer,
+    _done,
+    _note_config_paths,
+    _port_call,
+    _read_outs,
+    _step_both,
+    _time_limit,
+)
+from .config import PortConfig
+from .dtypes import to_storage
+from .protocol import MissingMethod, Unsupported
+from .reference import ReferenceRun
+from .report import Coverage, array_literal, python_literal, snippet
+
+Grads = Sequence[np.ndarray | None]
+
+
+def reference_refusal(config: PortConfig, params: Sequence[np.ndarray]) -> str | None:
+    """The reference's ``ValueError`` message for ``config`` (``None``: the reference accepts it)."""
+    try:
+        ReferenceRun(config, [to_storage(p, config.dtype) for p in params])
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def check_refusal(
+    port: Any,
+    config: PortConfig,
+    params: Sequence[np.ndarray],
+    invalid: str,
+    *,
+    port_spec: str | None = None,
+    coverage: Coverage | None = None,
+) -> Coverage:
+    """(e) ``config`` holds one invalid hyperparameter (``invalid`` names it, ``"lr=-0.1"``): the
+    port's factory must raise ``ValueError`` (``Unsupported`` declines the configuration), and
+    leave the parameters it was handed unchanged. The reference's refusal is what makes the
+    case invalid: a case the reference accepts is a harness error (``ValueError``)."""
+    coverage = Coverage() if coverage is None else coverage
+    expected = reference_refusal(config, params)
+    if expected is None:
+        raise ValueError(f"check_refusal: the reference accepts {config.describe()}; not an invalid configuration")
+
+    def make_snippet(step: int) -> str:
+        return snippet(
+            port_spec,
+            config,
+            f"check_refusal(port, config, params, {invalid!r})",
+            params="[" + ", ".join(array_literal(np.asarray(p, config.np_dtype)) for p in params) + "]",
+        )
+
+    comparer = _Comparer("refusals", config, coverage, make_snippet)
+    arrays = [to_storage(p, config.dtype).copy() for p in params]
+    kept = [a.copy() for a in arrays]
+
+    def fail(detail: str, trace: str = "") -> None:
+        comparer.fail(0, -1, (), "refusal", math.nan, math.nan, 0.0, detail, trace=trace)
+
+    try:
+        with _time_limit(CALL_TIME_LIMIT[0]):
+            port(config, arrays)
+    except Unsupported:
+        raise
+    except ValueError:
+        changed = [k for k, (a, b) in enumerate(zip(arrays, kept)) if not np.array_equal(a, b, equal_nan=True)]
+        if changed:
+            fail(
+                f"the port refused {invalid} but changed parameter {changed[0]} it was handed (a refusal changes nothing)"
+            )
+        coverage.add_compared("refusal", 1)
+        return _done(coverage, config)
+    except Exception as err:  # noqa: BLE001 - any other exception is the finding
+        frames = [f for f in traceback.extract_tb(err.__traceback__) if "cprop_ref/conformance/" not in f.filename]
+        fail(
+            f"{invalid}: the port raised {type(err).__name__}: {err}; expected ValueError, as the reference "
+            f"raises ({expected})",
+            trace="".join(traceback.format_list(frames[-6:])).rstrip(),
+        )
+    fail(f"{invalid}: the port built the optimizer; the reference refuses it with ValueError ({expected})")
+    return coverage  # not reached: fail raises
+
+
+class _GroupedReference:
+    """The reference for a run over parameter groups: one reference run per group (groups do
+    not interact), its tensors and read-outs one list, group after group."""
+
+    def __init__(self, configs: Sequence[PortConfig], params: Sequence[Sequence[np.ndarray]]) -> None:
+        self.runs = [ReferenceRun(c, ps) for c, ps in zip(configs, params)]
+        self.sizes = [len(ps) for ps in params]
+
+    def _split(self, values: Sequence[Any]) -> list[list[Any]]:
+        out, start = [], 0
+        for n in self.sizes:
+            out.append(list(values[start : start + n]))
+            start += n
+        return out
+
+    def step(self, grads: Grads) -> None:
+        for run, gs in zip(self.runs, self._split(grads)):
+            run.step(gs)
+
+    def params(self) -> list[np.ndarray]:
+        return [p for run in self.runs for p in run.params()]
+
+    def states(self) -> list[dict[str, Any]]:
+        return [st for run in self.runs for st in run.states()]
+
+    def scales(self) -> list[np.ndarray | None]:
+        return [s for run in self.runs for s in run.scales()]
+
+
+class _GroupedBounds:
+    """The bounds of a run over parameter groups: each tensor's from its own group's configuration."""
+
+    def __init__(self, configs: Sequence[PortConfig], shapes: Sequence[Sequence[tuple[int, ...]]]) -> None:
+        self.config = configs[0]  # the dtype, shared by the groups
+        self.groups = [RunBounds(c, list(s)) for c, s in zip(configs, shapes)]
+        self.tensors = [tb for rb in self.groups for tb in rb.tensors]
+        self.where = [(g, k) for g, s in enumerate(shapes) for k in range(len(s))]
+
+    def advance(self, k: int, *args: Any) -> dict[str, np.ndarray]:
+        group, local = self.where[k]
+        return self.groups[group].advance(local, *args)
+
+
+def check_groups(
+    port: Any,
+    configs: Sequence[PortConfig],
+    params: Sequence[Sequence[np.ndarray]],
+    grads: Sequence[Grads],
+    *,
+    port_spec: str | None = None,
+    coverage: Coverage | None = None,
+) -> Coverage:
+    """(f) One run over parameter groups (``configs[g]``, ``params[g]``), the same gradient stream
+    (``grads[i]``: every tensor, group after group) into it and into one reference run per group;
+    every step compared as in the open loop, each tensor within its own group's bounds."""
+    coverage = Coverage() if coverage is None else coverage
+    config = configs[0]
+    for other in configs[1:]:
+        if (other.optimizer, other.base, other.dtype) != (config.optimizer, config.base, config.dtype) or (
+            config.optimizer == "CProp" and other.hyperparams != config.hyperparams
+        ):
+            raise ValueError(
+                "check_groups: the groups' configurations must share the optimizer, base, dtype and, for "
+                f"the wrapper, its own hyperparameters: {config.describe()} / {other.describe()}"
+            )
+    hook = getattr(port, "groups", None)
+    if not callable(hook):
+        raise MissingMethod("the port has no groups(configs, params) hook: the parameter-groups check needs it")
+
+    def make_snippet(step: int) -> str:
+        stream = "[" + ", ".join("[" + ", ".join(array_literal(g) for g in gs) + "]" for gs in grads[:step]) + "]"
+        return snippet(
+            port_spec,
+            config,
+            "check_groups(port, configs, params, grads)",
+            configs="[" + ", ".join(f"PortConfig.from_json({python_literal(c.to_json())})" for c in configs) + "]",
+            params="["
+            + ", ".join(
+                "[" + ", ".join(array_literal(np.asarray(p, c.np_dtype)) for p in ps) + "]"
+                for c, ps in zip(configs, params)
+            )
+            + "]",
+            grads=stream,
+        )
+
+    comparer = _Comparer("groups", config, coverage, make_snippet)
+    stored = [[to_storage(p, config.dtype).copy() for p in ps] for ps in params]
+    ref = _GroupedReference(configs, stored)
+    for c in configs:
+        _note_config_paths(coverage, c, None)
+    run = _port_call_groups(comparer, hook, configs, stored)
+    shapes = [[np.shape(p) for p in ps] for ps in stored]
+    flat_shapes = [s for group in shapes for s in group]
+    bounds = _GroupedBounds(configs, shapes)
+    initial, _, _ = _read_outs(comparer, 0, run, flat_shapes, config)
+    for k, (port_p, ref_p) in enumerate(zip(initial, ref.params())):
+        comparer.compare(0, k, "param", port_p, ref_p, 0.0)
+    for step, gs in enumerate(grads, start=1):
+        _step_both(comparer, step, run, ref, bounds, gs)  # type: ignore[arg-type]
+    for c in configs[1:]:
+        coverage.configurations.add(c.describe())
+    return _done(coverage, config)
+
+
+def _port_call_groups(
+    comparer: _Comparer, hook: Any, configs: Sequence[PortConfig], params: list[list[np.ndarray]]
+) -> Any:
+    run = _port_call(
+        comparer,
+        0,
+        "building the optimizer over parameter groups",
+        lambda: hook(list(configs), [[p.copy() for p in ps] for ps in params]),
+    )
+    _check_run(comparer, run, 0)
+    return run
+
+
+@dataclass
+class RefusalCase:
+    """``config`` with one invalid hyperparameter, named by ``invalid`` (``"cprop_beta=1.0"``)."""
+
+    config: PortConfig
+    params: list[np.ndarray]
+    invalid: str
+
+    def run(self, port: Any, port_spec: str | None = None, coverage: Coverage | None = None) -> Coverage:
+        return check_refusal(port, self.config, self.params, self.invalid, port_spec=port_spec, coverage=coverage)
+
+
+@dataclass
+class GroupsCase:
+    """Two (or more) parameter groups: ``configs[g]`` over ``params[g]``; ``grads[i]`` flat over all tensors."""
+
+    configs: list[PortConfig]
+    params: list[list[np.ndarray]]
+    grads: list[list[np.ndarray | None]]
+
+    @property
+    def config(self) -> PortConfig:
+        return self.configs[0]
+
+    def run(self, port: Any, port_spec: str | None = None, coverage: Coverage | None = None) -> Coverage:
+        return check_groups(port, self.configs, self.params, self.grads, port_spec=port_spec, coverage=coverage)
+
+
+#: Invalid values of each hyperparameter (``docs/algorithm.md``'s ranges: rates and ``c``, ``eps``,
+#: weight decay, momentum ``>= 0`` and finite; decays in ``[0, 1)``; dampening in ``[0, 1]``; one of
+#: the four CDFs). The wrapper's own names (``beta``, ``c``, ...) take the ``cprop_`` ones' values.
+INVALID_VALUES: dict[str, tuple[Any, ...]] = {
+    "lr": (-0.1, math.nan, math.inf),
+    "cprop_beta": (1.0, -0.5, math.nan),
+    "cprop_c": (-1.0, math.inf),
+    "cprop_eps": (-1e-8, math.nan),
+    "cprop_cdf": ("cauchy",),
+    "momentum": (-0.5,),
+    "dampening": (1.5, -0.1),
+    "weight_decay": (-1.0, math.inf),
+    "betas": ((1.0, 0.999), (0.9, 1.0), (-0.1, 0.999)),
+    "eps": (-1e-8,),
+}
+#: Combinations that are invalid together (the reference's SGD: Nesterov needs momentum > 0
+#: and no dampening).
+INVALID_COMBINATIONS: tuple[dict[str, Any], ...] = (
+    {"nesterov": True, "momentum": 0.0, "dampening": 0.0},
+    {"nesterov": True, "momentum": 0.9, "dampening": 0.5},
+)
+_WRAPPER_NAMES = {"cprop_beta": "beta", "cprop_c": "c", "cprop_eps": "eps", "cprop_cdf": "cdf"}
+
+
+def invalid_variants(config: PortConfig) -> list[tuple[PortConfig, str]]:
+    """Every configuration that differs from ``config`` in one invalid hyperparameter of the
+    optimizer's own (for the wrapper: CProp's ``beta``, ``c``, ``eps``, ``cdf``; its base optimizer's
+    are the framework's), or in an invalid combination, each with the change named."""
+    out = []
+    own = config.hyperparams
+    for name, values in INVALID_VALUES.items():
+        key = _WRAPPER_NAMES.get(name, name) if config.optimizer == "CProp" else name
+        if key not in own:
+            continue
+        for value in values:
+            out.append((_replace(config, {key: value}), f"{key}={value!r}"))
+    if config.optimizer == "CPropSGD":
+        for combination in INVALID_COMBINATIONS:
+            out.append((_replace(config, combination), ", ".join(f"{k}={v!r}" for k, v in combination.items())))
+    return out
+
+
+def _replace(config: PortConfig, changes: dict[str, Any]) -> PortConfig:
+    return PortConfig(
+        config.optimizer, {**config.hyperparams, **changes}, config.dtype, config.base, dict(config.base_hyperparams)
+    )
