@@ -331,10 +331,10 @@ def test_a_port_that_declines_nearly_everything_does_not_pass():
 def test_the_edge_cases_alone_exercise_every_path_switch():
     """Rare edges by construction, not by luck: the edge cases of the checks, without a single
     generated example (so whatever the seed), exercise every path switch that the coverage
-    report accounts for (``checks.PATH_SWITCHES``) in some check."""
-    from cprop_ref.conformance.checks import PATH_SWITCHES
+    report accounts for (``report.PATH_SWITCHES``) in some check."""
     from cprop_ref.conformance.dtypes import DTYPES
     from cprop_ref.conformance.edges import edge_cases
+    from cprop_ref.conformance.report import PATH_SWITCHES
     from cprop_ref.conformance.suite import VERIFY_CHECKS
 
     seen: set[str] = set()

@@ -204,35 +204,6 @@ def _port_call(comparer: _Comparer, step: int, what: str, fn: Callable[[], Any])
         )
 
 
-#: The code-path switches of a CProp implementation that the coverage report accounts for.
-PATH_SWITCHES: tuple[str, ...] = (
-    "beta = 0 (n = 1 at every step)",
-    "beta near 1 (>= 0.999)",
-    "c = 0",
-    "eps = 0",
-    "cdf normal",
-    "cdf bft",
-    "cdf bfo",
-    "cdf logistic",
-    "momentum with dampening",
-    "Nesterov",
-    "AMSGrad",
-    "weight decay >= 1",
-    "CPropAdam beta1 == cprop_beta (shared m)",
-    "CPropAdam beta2 == cprop_beta (shared v)",
-    "Adam beta == 1 - cprop_beta",
-    "16-bit parameters",
-    "non-contiguous layouts",
-    "t > 1000",
-    "v overflowed to inf",
-    "a variance of exactly 1.0",
-    "scale exactly 0",
-    "scale saturated at 1",
-    "zero gradient",
-    "update overflowed to inf",
-)
-
-
 def _note_config_paths(coverage: Coverage, config: PortConfig, layouts: Sequence[str] | None) -> None:
     cp, hp = config.cprop(), config.base_update()
     paths = coverage.paths

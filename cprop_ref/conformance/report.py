@@ -127,6 +127,35 @@ class ConformanceMismatch(AssertionError):
         self.mismatch = mismatch
 
 
+#: The code-path switches of a CProp implementation that the coverage report accounts for.
+PATH_SWITCHES: tuple[str, ...] = (
+    "beta = 0 (n = 1 at every step)",
+    "beta near 1 (>= 0.999)",
+    "c = 0",
+    "eps = 0",
+    "cdf normal",
+    "cdf bft",
+    "cdf bfo",
+    "cdf logistic",
+    "momentum with dampening",
+    "Nesterov",
+    "AMSGrad",
+    "weight decay >= 1",
+    "CPropAdam beta1 == cprop_beta (shared m)",
+    "CPropAdam beta2 == cprop_beta (shared v)",
+    "Adam beta == 1 - cprop_beta",
+    "16-bit parameters",
+    "non-contiguous layouts",
+    "t > 1000",
+    "v overflowed to inf",
+    "a variance of exactly 1.0",
+    "scale exactly 0",
+    "scale saturated at 1",
+    "zero gradient",
+    "update overflowed to inf",
+)
+
+
 @dataclass
 class Coverage:
     """What one check compared: examples run, steps, elements compared per quantity, the
@@ -145,7 +174,7 @@ class Coverage:
     base_differences: int = 0
     #: Cases that failed again in a way already reported (by signature), while searching for others.
     seen_again: dict[tuple[str, ...], int] = field(default_factory=dict)
-    #: The code-path switches (``checks.PATH_SWITCHES``) the cases exercised.
+    #: The code-path switches (``PATH_SWITCHES``) the cases exercised.
     paths: set[str] = field(default_factory=set)
     #: Declines because the port has no optional method or hook the check needs (:class:`.protocol.MissingMethod`).
     missing_methods: set[str] = field(default_factory=set)
@@ -230,8 +259,6 @@ class SuiteReport:
             for reason, n in sorted(cov.unsupported.items()):
                 lines.append(f"  {'':<12} declined by the port {n} times: {reason}")
             if cov.paths:
-                from .checks import PATH_SWITCHES
-
                 missed = [p for p in PATH_SWITCHES if p not in cov.paths]
                 lines.append(
                     f"  {'':<12} path switches exercised: {len([p for p in PATH_SWITCHES if p in cov.paths])} of "
