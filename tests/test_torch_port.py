@@ -197,6 +197,24 @@ def test_bad_hyperparameters_raise_value_error_naming_them(build, name):
         build([torch.ones(2)])
 
 
+@pytest.mark.parametrize(
+    "build, group, name",
+    [
+        (lambda p: CPropAdam(p), {"lr": -1.0}, "lr"),
+        (lambda p: CPropAdam(p), {"cprop_cdf": "probit"}, "cprop_cdf"),
+        (lambda p: CPropSGD(p, lr=0.1), {"momentum": 0.0, "nesterov": True}, "nesterov"),
+        (lambda p: CPropSGD(p, lr=0.1), {"cprop_beta": 1.0}, "cprop_beta"),
+    ],
+)
+def test_add_param_group_refuses_bad_hyperparameters_and_adds_nothing(build, group, name):
+    """A group added after construction is checked as the constructor checks its defaults
+    (not only at the next step), and a refused group is not added."""
+    opt = build([torch.ones(2)])
+    with pytest.raises(ValueError, match=f"param group 1.*{name}|{name}.*param group 1"):
+        opt.add_param_group({"params": [torch.ones(3)], **group})
+    assert len(opt.param_groups) == 1
+
+
 def test_a_hyperparameter_broken_between_steps_changes_nothing():
     x = torch.ones(2)
     opt = CPropSGD([x], lr=0.1)

@@ -93,13 +93,15 @@ class CPropOptimizerMixin:
             p.copy_(self._step_tensor(p.to(dtype), grad.to(dtype), self.state[p], hp))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """torch's ``add_param_group``, then the checks of ``fused`` (:func:`.variants.check_parameters`);
-        a group that fails them is not added."""
+        """torch's ``add_param_group``, then the checks of ``fused`` (:func:`.variants.check_parameters`)
+        and of every hyperparameter (as the constructor checks the defaults, not only at the
+        next step); a group that fails them is not added."""
         super().add_param_group(param_group)  # type: ignore[misc]
         group = self.param_groups[-1]
         where = f"{type(self).__name__} param group {len(self.param_groups) - 1}"
         try:
             check_parameters(group["params"], group.get("foreach"), group.get("fused"), where)
+            self._check_groups()
         except Exception:
             self.param_groups.pop()
             raise
