@@ -318,7 +318,14 @@ REGRESSION_MUTANTS = (
         "if wanted == p.dtype or p not in self.state:",
         "if wanted != p.dtype or p not in self.state:",
     ),
-    ("refusals", "torch_port", "sgd.py", "cprop/DropCallStatement", "check_sgd_group(defaults, name)", "None"),
+    (
+        "refusals",
+        "torch_port",
+        "sgd.py",
+        "cprop/DropCallStatement",
+        'check_sgd_group(hp, f"{type(self).__name__} param group {i}")',
+        "None",
+    ),
     (
         "groups",
         "torch_port_foreach",

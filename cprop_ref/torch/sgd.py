@@ -63,7 +63,8 @@ class CPropSGD(CPropOptimizerMixin, torch.optim.Optimizer):
     ) -> None:
         name = type(self).__name__
         defaults = validated(self.hyperparams, dict(locals()), name)
-        check_sgd_group(defaults, name)
+        # Nesterov's rule is checked per group, the defaults' group included, by
+        # ``_check_groups`` as torch's constructor adds it (``add_param_group``).
         super().__init__(params, with_variant_options(defaults, foreach, fused, name))
 
     def _check_groups(self) -> list[dict[str, Any]]:
