@@ -323,7 +323,7 @@ REGRESSION_MUTANTS = (
         "torch_port",
         "sgd.py",
         "cprop/DropCallStatement",
-        'check_sgd_group(hp, f"{type(self).__name__} param group {i}")',
+        "check_sgd_group(hp, where)",
         "None",
     ),
     (

@@ -23,7 +23,7 @@ from .config import PortConfig
 from .protocol import Port, PortRun, Unsupported, copy_keeping_layout
 from .reference import ReferenceRun, reference_port
 from .report import ConformanceMismatch, Coverage, Mismatch, SuiteReport
-from .usage import check_groups, check_refusal
+from .usage import check_group_refusal, check_groups, check_option_refusals, check_refusal
 
 
 def load_port(spec: str) -> Any:
@@ -67,6 +67,8 @@ __all__ = [
     "check_injected_step",
     "check_closed_loop",
     "check_resume",
+    "check_group_refusal",
+    "check_option_refusals",
     "check_refusal",
     "check_groups",
     "copy_keeping_layout",

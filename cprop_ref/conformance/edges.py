@@ -29,7 +29,7 @@ import numpy as np
 from .cases import ClosedLoopCase, InjectedCase, OpenLoopCase, ResumeCase
 from .config import PortConfig
 from .dtypes import to_storage
-from .usage import GroupsCase, RefusalCase, invalid_variants
+from .usage import GroupRefusalCase, GroupsCase, OptionRefusalCase, RefusalCase, invalid_variants
 
 _SGD = dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False)
 _ADAM = dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False)
@@ -224,15 +224,25 @@ def resume_edges() -> list[ResumeCase]:
     return cases
 
 
-def refusal_edges() -> list[RefusalCase]:
+def refusal_edges() -> list[RefusalCase | GroupRefusalCase | OptionRefusalCase]:
     """Every invalid value of :data:`.usage.INVALID_VALUES` (and combination) in each of the five
-    optimizers, float32 (the refusal does not depend on the dtype; the generated cases draw it)."""
+    optimizers, float32 (the refusal does not depend on the dtype; the generated cases draw it);
+    each of them in the second of two parameter groups of the two optimizers of the port's own;
+    and the port's own invalid options in each of the five."""
     configs = [sgd(momentum=0.9), adam(), wrapper("SGD"), wrapper("Adam"), wrapper("AdamW", weight_decay=0.01)]
-    return [
+    cases: list[RefusalCase | GroupRefusalCase | OptionRefusalCase] = [
         RefusalCase(invalid, _params(config.dtype), change)
         for config in configs
         for invalid, change in invalid_variants(config)
     ]
+    cases += [
+        GroupRefusalCase(config, invalid, [_params(config.dtype, (2, 3)), _params(config.dtype)], change)
+        for config in configs
+        if config.optimizer != "CProp"
+        for invalid, change in invalid_variants(config)
+    ]
+    cases += [OptionRefusalCase(config, _params(config.dtype)) for config in configs]
+    return cases
 
 
 def groups_edges() -> list[GroupsCase]:

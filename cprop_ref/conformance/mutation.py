@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -580,17 +581,6 @@ TORCH_EQUIVALENTS: tuple[EquivalentMutant, ...] = (
         "killed: the foreach path calls _prepare_state directly, and torch_port_foreach runs it.)",
         definition="_step_tensor",
     ),
-    EquivalentMutant(
-        "sgd.py",
-        "cprop/DropCallStatement",
-        'check_sgd_group(hp, f"{type(self).__name__} param group {i}")',
-        "None",
-        "Before each step CPropSGD re-checks each group's SGD hyperparameters (Nesterov needs momentum "
-        "> 0 and dampening 0) and raises ValueError for an invalid one; the constructor makes the same "
-        "check, so only a group edited into an invalid state between steps reaches it. The protocol's "
-        "configurations are valid and never edited: for every input it can give, no output changes "
-        "(bad input is the port's own tests' business, not verify's).",
-    ),
 )
 
 TORCH_EQUIVALENTS += (
@@ -642,15 +632,6 @@ TORCH_EQUIVALENTS += (
 )
 TORCH_EQUIVALENTS += (
     EquivalentMutant(
-        "sgd.py",
-        "core/ZeroIterationForLoop",
-        "for i, hp in enumerate(groups):",
-        "for i, hp in []:",
-        "The loop of the step-time re-check of every group's SGD hyperparameters emptied: the same "
-        "as dropping its one call (listed above). The protocol's configurations are valid and never "
-        "edited between steps.",
-    ),
-    EquivalentMutant(
         "wrapper.py",
         "cprop/DropCallStatement",
         "super().add_param_group(param_group)",
@@ -660,6 +641,46 @@ TORCH_EQUIVALENTS += (
         "list (param_groups is the base's): without the call the list replaced is empty instead, "
         "and nothing reads it.",
         definition="add_param_group",
+    ),
+)
+_ROUTED = (
+    "The choice between the per-tensor and the foreach path changed: {what}. The two compute the "
+    "same numbers bit for bit and keep the same state (tests/test_torch_variants.py compares them "
+    "with torch.equal), so only the speed changes, which no conformance check is about. (The "
+    "compiled path is not among them: its roundings differ in the last bit, so a mutant that "
+    "routes a step to it is counted as a survivor.)"
+)
+TORCH_EQUIVALENTS += (
+    EquivalentMutant(
+        "variants.py",
+        "core/ReplaceFalseWithTrue",
+        "_, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)",
+        "_, foreach = _default_to_fused_or_foreach(params, differentiable=True, use_fused=False)",
+        _ROUTED.format(
+            what="torch's default rule asked for a differentiable step, which it never takes with "
+            "foreach, so the default is always the per-tensor path (on the CPU it is anyway)"
+        ),
+    ),
+    EquivalentMutant(
+        "foreach.py",
+        "core/NumberReplacer",
+        "if min(ts) < 1:",
+        "if min(ts) < 0:",
+        "The foreach path's refusal of a step count t < 1 (no gradient yet) made a refusal of t < 0: "
+        "as for cprop_scale's own guard (listed above), the optimizers compute a scale only after "
+        "the step count's increment, or for tensors with a state, so t >= 1 always and no output "
+        "changes.",
+    ),
+    EquivalentMutant(
+        "functional.py",
+        "core/ReplaceBinaryOperator_BitAnd_BitOr",
+        "difference = torch.where(torch.isinf(v_hat) & torch.isnan(difference), torch.inf, difference)",
+        "difference = torch.where(torch.isinf(v_hat) | torch.isnan(difference), torch.inf, difference)",
+        "v_hat - m_hat^2 is NaN only as inf - inf, with v_hat = inf: v is a weighted sum of squares "
+        "of finite gradients (>= 0, finite or +inf) and the bias correction a positive finite "
+        "number, and m_hat is finite or +-inf, never NaN; so isnan(difference) implies "
+        "isinf(v_hat). Where v_hat = inf and the difference is not NaN, it is inf already. Either "
+        "way the result is the same: the & and | masks select the same elements.",
     ),
 )
 _SAME_IN_GROUP = (
@@ -1220,7 +1241,7 @@ def record_outputs(factory: str, cases_file: str) -> dict[str, Any]:
     from . import load_port
     from .cases import ClosedLoopCase, InjectedCase, OpenLoopCase, ResumeCase
     from .protocol import optional
-    from .usage import GroupsCase, RefusalCase
+    from .usage import GroupRefusalCase, GroupsCase, OptionRefusalCase, RefusalCase
 
     port = load_port(factory)
     cases = pickle.loads(Path(cases_file).read_bytes())
@@ -1234,13 +1255,22 @@ def record_outputs(factory: str, cases_file: str) -> dict[str, Any]:
         return out
 
     for case in cases:
-        if not isinstance(case, (OpenLoopCase, ResumeCase, InjectedCase, ClosedLoopCase, RefusalCase, GroupsCase)):
+        kinds = (OpenLoopCase, ResumeCase, InjectedCase, ClosedLoopCase, RefusalCase, GroupsCase)
+        if not isinstance(case, (*kinds, GroupRefusalCase, OptionRefusalCase)):
             raise TypeError(f"no differential run for {type(case).__name__}")
         record: list[Any] = []
         try:
             if isinstance(case, RefusalCase):
                 port(case.config, [np.array(p) for p in case.params])
                 record.append("built")
+            elif isinstance(case, GroupRefusalCase):  # each build: its exception (and message), in turn
+                alone = [np.array(p) for p in case.params[1]]
+                grouped = [[np.array(p) for p in ps] for ps in case.params]
+                record.append(_outcome_of(functools.partial(port, case.invalid, alone)))
+                record.append(_outcome_of(functools.partial(port.groups, [case.valid, case.invalid], grouped)))
+            elif isinstance(case, OptionRefusalCase):
+                for label, build in port.option_refusals(case.config, [np.array(p) for p in case.params]):
+                    record.append((label, _outcome_of(build)))
             elif isinstance(case, GroupsCase):
                 run = port.groups(case.configs, [[np.array(p) for p in ps] for ps in case.params])
                 record.append(snapshot(run))
@@ -1277,6 +1307,16 @@ def record_outputs(factory: str, cases_file: str) -> dict[str, Any]:
     out_file = Path(cases_file).with_suffix(".outputs.pkl")
     out_file.write_bytes(pickle.dumps(outputs))
     return {"killed_by": None, "outputs": str(out_file)}
+
+
+def _outcome_of(build: Any) -> Any:
+    """What a build that should be refused did: ``"built"``, or its exception's type and message
+    (a refusal's message is part of what the refusals check reads)."""
+    try:
+        build()
+    except Exception as err:  # noqa: BLE001 - recorded, compared between unmutated and mutant
+        return ("exception", type(err).__name__, str(err))
+    return "built"
 
 
 def draw_cases(examples: int, dtypes: Sequence[str], checks: Sequence[str]) -> list[Any]:

@@ -27,7 +27,7 @@ from ..scale import bias_correction, effective_sample_size
 from .cases import ClosedLoopCase, InjectedCase, OpenLoopCase, ResumeCase
 from .config import PortConfig
 from .dtypes import DTYPES, HALF_DTYPES, compute_dtype, largest, to_storage
-from .usage import GroupsCase, RefusalCase, invalid_variants
+from .usage import GroupRefusalCase, GroupsCase, OptionRefusalCase, RefusalCase, invalid_variants
 
 BETAS = (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0 - 1e-7)
 C_VALUES = (0.0, 0.5, 1.0, 3.0, 5.0, 100.0)
@@ -262,12 +262,21 @@ def closed_loop_cases(draw: Any, dtypes: tuple[str, ...] = DTYPES, max_steps: in
 
 
 @st.composite
-def refusal_cases(draw: Any, dtypes: tuple[str, ...] = DTYPES) -> RefusalCase:
+def refusal_cases(draw: Any, dtypes: tuple[str, ...] = DTYPES) -> RefusalCase | GroupRefusalCase | OptionRefusalCase:
     """A drawn valid configuration with one of its own hyperparameters made invalid
-    (:func:`.usage.invalid_variants`): the port must refuse it with ``ValueError``."""
+    (:func:`.usage.invalid_variants`): the port must refuse it with ``ValueError``; in half of
+    the cases of an optimizer of the port's own that configuration is the second of two
+    parameter groups, and in one case of four the change is one of the port's own invalid
+    options instead (its ``option_refusals`` hook)."""
     config = draw(configs(dtypes), label="valid configuration")
-    invalid, change = draw(st.sampled_from(invalid_variants(config)), label="invalid change")
+    kind = draw(st.sampled_from(("hyperparameter", "group", "hyperparameter", "options")), label="kind of refusal")
     params, _ = draw(gradient_streams(config.dtype, max_steps=1), label="parameters")
+    if kind == "options":
+        return OptionRefusalCase(config, params)
+    invalid, change = draw(st.sampled_from(invalid_variants(config)), label="invalid change")
+    if kind == "group" and config.optimizer != "CProp":
+        first, _ = draw(gradient_streams(config.dtype, max_steps=1, max_tensors=2), label="parameters of group 0")
+        return GroupRefusalCase(config, invalid, [first, params], change)
     return RefusalCase(invalid, params, change)
 
 

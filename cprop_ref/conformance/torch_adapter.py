@@ -172,25 +172,61 @@ class TorchPort:
 
     def groups(self, configs: Sequence[PortConfig], params: Sequence[Sequence[np.ndarray]]) -> TorchRun:
         """One optimizer over parameter groups: ``configs[g]``'s hyperparameters for the tensors
-        ``params[g]`` (torch's ``param_groups``; for ``CProp``, the base optimizer's groups)."""
+        ``params[g]`` (torch's ``param_groups``; for ``CProp``, the base optimizer's groups). The
+        optimizer is built over the first group and each later one is added with
+        ``add_param_group``, as a user adds parameters to a built optimizer (the constructor's
+        own list of groups goes through the same method)."""
+        return self.build(configs, params)
+
+    def build(
+        self,
+        configs: Sequence[PortConfig],
+        params: Sequence[Sequence[np.ndarray]],
+        device: str | None = None,
+        **options: Any,
+    ) -> TorchRun:
+        """:meth:`groups` on ``device`` (default the port's), with ``options`` (``foreach=True``, ...)
+        passed to cprop-ref's class (for ``CProp``, to the wrapper)."""
         classes = self.classes or _cprop_ref_classes()
+        device = self.device if device is None else device
         config = configs[0]
         if config.dtype not in _TORCH_DTYPES:
             raise Unsupported(f"dtype {config.dtype}")
         if config.optimizer not in classes:
             raise Unsupported(f"no class for {config.optimizer}")
         dtype = _TORCH_DTYPES[config.dtype]
-        grouped = [_trainable(_tensors_keeping_layout(ps, dtype, self.device)) for ps in params]
+        grouped = [_trainable(_tensors_keeping_layout(ps, dtype, device)) for ps in params]
         if config.optimizer == "CProp":
             base_cls = getattr(torch.optim, config.base or "")
             groups = [{"params": ts, **c.base_hyperparams} for ts, c in zip(grouped, configs)]
             # one code path, the documented per-tensor one
-            base = base_cls(groups, **{"foreach": False, **config.base_hyperparams})
-            optimizer = classes["CProp"](base, **config.hyperparams)
+            base = base_cls(groups[:1], **{"foreach": False, **config.base_hyperparams})
+            optimizer = classes["CProp"](base, **config.hyperparams, **options)
         else:
             groups = [{"params": ts, **c.hyperparams} for ts, c in zip(grouped, configs)]
-            optimizer = classes[config.optimizer](groups if len(groups) > 1 else grouped[0], **config.hyperparams)
-        return TorchRun(optimizer, [t for ts in grouped for t in ts], config, self.device)
+            optimizer = classes[config.optimizer](groups[:1], **config.hyperparams, **options)
+        for group in groups[1:]:
+            optimizer.add_param_group(group)
+        return TorchRun(optimizer, [t for ts in grouped for t in ts], config, device)
+
+
+def option_refusals_of(port: TorchPort) -> Any:
+    """The protocol's optional ``option_refusals`` hook (:mod:`.usage`) for cprop-ref's torch
+    optimizers built by ``port``: the ``foreach`` / ``fused`` options torch.optim refuses."""
+
+    def option_refusals(config: PortConfig, params: Sequence[np.ndarray]) -> list[tuple[str, Any]]:
+        def build(device: str | None = None, **options: Any) -> Any:
+            return lambda: port.build([config], [params], device, **options)
+
+        return [
+            ("foreach=True, fused=True", build(foreach=True, fused=True)),
+            ("foreach='yes'", build(foreach="yes")),
+            ("fused=1", build(fused=1)),
+            # a device that torch.compile has no backend for: refused at construction
+            ("fused=True, device=meta", build("meta", foreach=None, fused=True)),
+        ]
+
+    return option_refusals
 
 
 def torch_port(config: PortConfig, params: Sequence[np.ndarray]) -> TorchRun:
@@ -204,8 +240,10 @@ def torch_port_cuda(config: PortConfig, params: Sequence[np.ndarray]) -> TorchRu
 
 
 def with_groups(factory: Any, port: TorchPort) -> Any:
-    """``factory`` with the protocol's optional ``groups`` hook (:mod:`.usage`) of ``port``."""
+    """``factory`` with the protocol's optional hooks (:mod:`.usage`) of ``port``: ``groups`` and,
+    for cprop-ref's own torch optimizers, ``option_refusals``."""
     factory.groups = port.groups
+    factory.option_refusals = option_refusals_of(port)
     return factory
 
 

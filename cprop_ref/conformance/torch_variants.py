@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .config import PortConfig
-from .torch_adapter import TorchPort, TorchRun
+from .torch_adapter import TorchPort, TorchRun, with_groups
 
 
 def variant_classes(**options: bool) -> dict[str, functools.partial]:
@@ -43,8 +43,8 @@ def torch_port_fused_cuda(config: PortConfig, params: Sequence[np.ndarray]) -> T
     return TorchPort(classes=variant_classes(fused=True), device="cuda")(config, params)
 
 
-# The protocol's optional parameter-groups hook (conformance/usage.py), with the same options.
-torch_port_foreach.groups = lambda configs, params: TorchPort(classes=variant_classes(foreach=True)).groups(
-    configs, params
-)  # type: ignore[attr-defined]
-torch_port_fused.groups = lambda configs, params: TorchPort(classes=variant_classes(fused=True)).groups(configs, params)  # type: ignore[attr-defined]
+# The protocol's optional hooks (conformance/usage.py), with the same options.
+with_groups(torch_port_foreach, TorchPort(classes=variant_classes(foreach=True)))
+with_groups(torch_port_fused, TorchPort(classes=variant_classes(fused=True)))
+with_groups(torch_port_foreach_cuda, TorchPort(classes=variant_classes(foreach=True), device="cuda"))
+with_groups(torch_port_fused_cuda, TorchPort(classes=variant_classes(fused=True), device="cuda"))

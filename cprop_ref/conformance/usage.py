@@ -8,6 +8,21 @@
   (torch's ``param_groups``, optax's ``multi_transform``, ...): each group moves as an
   optimizer of its own configuration would, every step compared as in the open loop.
 
+The refusals check has two more kinds of case, each needing an optional hook:
+
+- an invalid hyperparameter in the *second* of two parameter groups (the ``groups`` hook below;
+  the port's own optimizers, not the wrapper, whose own hyperparameters the groups share): it
+  is refused as in a one-group optimizer, and the message names the group by its index as the
+  groups were given, 0-based: the number 1 occurs in it once more than in the message of the
+  same refusal in a one-group optimizer (``"param group 1: lr ..."``, not ``"param group 2"``);
+- the port's own options that must be refused, which the harness cannot know: the hook
+  ``port.option_refusals(config, params)`` returns ``(label, build)`` pairs, ``label`` naming
+  the options (``"foreach=True, fused=True"``) and ``build()`` building the optimizer for the
+  valid ``config`` over ``params`` with them. Each ``build()`` must raise ``ValueError`` whose
+  message names one of the options of its label, and leave ``params`` unchanged. (The torch
+  port's hook: ``foreach`` and ``fused`` together, either of them not a bool, ``fused=True``
+  over parameters on a device the compiled path does not take.)
+
 The groups check needs an optional hook of the factory, ``port.groups(configs, params)``:
 ``configs`` one :class:`~.config.PortConfig` per group (same optimizer, base and dtype; for
 the wrapper ``CProp`` the same wrapper hyperparameters, since it wraps one base optimizer
@@ -19,6 +34,7 @@ counted as declining the check.
 from __future__ import annotations
 
 import math
+import re
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,33 +100,155 @@ def check_refusal(
 
     comparer = _Comparer("refusals", config, coverage, make_snippet)
     arrays = [to_storage(p, config.dtype).copy() for p in params]
-    kept = [a.copy() for a in arrays]
+    _expect_refusal(comparer, lambda: port(config, arrays), arrays, invalid, f"as the reference raises: {expected}")
+    return _done(coverage, config)
+
+
+def _expect_refusal(comparer: _Comparer, build: Any, arrays: Sequence[np.ndarray], invalid: str, expected: str) -> str:
+    """``build()`` must raise ``ValueError`` (``Unsupported`` passes through) and leave ``arrays``
+    as they were; the message of the refusal. ``expected`` says what the reference does."""
+    kept = [np.array(a, copy=True) for a in arrays]
 
     def fail(detail: str, trace: str = "") -> None:
         comparer.fail(0, -1, (), "refusal", math.nan, math.nan, 0.0, detail, trace=trace)
 
     try:
         with _time_limit(CALL_TIME_LIMIT[0]):
-            port(config, arrays)
+            build()
     except Unsupported:
         raise
-    except ValueError:
+    except ValueError as err:
         changed = [k for k, (a, b) in enumerate(zip(arrays, kept)) if not np.array_equal(a, b, equal_nan=True)]
         if changed:
             fail(
                 f"the port refused {invalid} but changed parameter {changed[0]} it was handed (a refusal changes nothing)"
             )
-        coverage.add_compared("refusal", 1)
-        return _done(coverage, config)
+        comparer.coverage.add_compared("refusal", 1)
+        return str(err)
     except Exception as err:  # noqa: BLE001 - any other exception is the finding
         frames = [f for f in traceback.extract_tb(err.__traceback__) if "cprop_ref/conformance/" not in f.filename]
         fail(
-            f"{invalid}: the port raised {type(err).__name__}: {err}; expected ValueError, as the reference "
-            f"raises ({expected})",
+            f"{invalid}: the port raised {type(err).__name__}: {err}; expected ValueError ({expected})",
             trace="".join(traceback.format_list(frames[-6:])).rstrip(),
         )
-    fail(f"{invalid}: the port built the optimizer; the reference refuses it with ValueError ({expected})")
-    return coverage  # not reached: fail raises
+    fail(f"{invalid}: the port built the optimizer; expected ValueError ({expected})")
+    return ""  # not reached: fail raises
+
+
+#: A number on its own in a message (not a digit of another number, a decimal or an exponent).
+def _count_number(message: str, number: int) -> int:
+    return len(re.findall(rf"(?<![\w.+-]){number}(?![\w.])", message))
+
+
+def check_group_refusal(
+    port: Any,
+    valid: PortConfig,
+    invalid: PortConfig,
+    params: Sequence[Sequence[np.ndarray]],
+    change: str,
+    *,
+    port_spec: str | None = None,
+    coverage: Coverage | None = None,
+) -> Coverage:
+    """(e) ``invalid`` (``valid`` with one invalid hyperparameter, ``change`` naming it) as the
+    second of two parameter groups, through the port's ``groups`` hook: refused with
+    ``ValueError``, nothing changed, and the message names the group by its index, 1: that
+    number occurs in it once more than in the message of ``invalid`` in a one-group optimizer."""
+    coverage = Coverage() if coverage is None else coverage
+    if invalid.optimizer == "CProp":
+        raise ValueError("check_group_refusal: the wrapper's own hyperparameters are shared by its groups")
+    expected = reference_refusal(invalid, params[1])
+    if expected is None:
+        raise ValueError(
+            f"check_group_refusal: the reference accepts {invalid.describe()}; not an invalid configuration"
+        )
+    hook = getattr(port, "groups", None)
+    if not callable(hook):
+        raise MissingMethod("the port has no groups(configs, params) hook: the group refusal needs it")
+
+    def make_snippet(step: int) -> str:
+        return snippet(
+            port_spec,
+            invalid,
+            f"check_group_refusal(port, valid, config, params, {change!r})",
+            valid=f"PortConfig.from_json({python_literal(valid.to_json())})",
+            params="["
+            + ", ".join(
+                "[" + ", ".join(array_literal(np.asarray(p, invalid.np_dtype)) for p in ps) + "]" for ps in params
+            )
+            + "]",
+        )
+
+    comparer = _Comparer("refusals", invalid, coverage, make_snippet)
+    single = [to_storage(p, invalid.dtype).copy() for p in params[1]]
+    alone = _expect_refusal(comparer, lambda: port(invalid, single), single, change, f"the reference: {expected}")
+    grouped = [[to_storage(p, invalid.dtype).copy() for p in ps] for ps in params]
+    in_group = _expect_refusal(
+        comparer,
+        lambda: hook([valid, invalid], grouped),
+        [a for ps in grouped for a in ps],
+        f"{change} in parameter group 1",
+        f"the reference: {expected}",
+    )
+    if _count_number(in_group, 1) != _count_number(alone, 1) + 1:
+        comparer.fail(
+            0,
+            -1,
+            (),
+            "refusal",
+            math.nan,
+            math.nan,
+            0.0,
+            f"{change} in the second parameter group (index 1) was refused with {in_group!r}, which does not "
+            f"name the group: the number 1 should occur in it once more than in the one-group refusal {alone!r}",
+        )
+    return _done(coverage, invalid)
+
+
+def check_option_refusals(
+    port: Any,
+    config: PortConfig,
+    params: Sequence[np.ndarray],
+    *,
+    port_spec: str | None = None,
+    coverage: Coverage | None = None,
+) -> Coverage:
+    """(e) The port's own invalid options (its ``option_refusals(config, params)`` hook, for a
+    valid ``config``): each ``build()`` raises ``ValueError`` naming one of its label's options
+    and leaves the parameters unchanged."""
+    coverage = Coverage() if coverage is None else coverage
+    hook = getattr(port, "option_refusals", None)
+    if not callable(hook):
+        raise MissingMethod("the port has no option_refusals(config, params) hook: it declares no options to refuse")
+
+    def make_snippet(step: int) -> str:
+        return snippet(
+            port_spec,
+            config,
+            "check_option_refusals(port, config, params)",
+            params="[" + ", ".join(array_literal(np.asarray(p, config.np_dtype)) for p in params) + "]",
+        )
+
+    comparer = _Comparer("refusals", config, coverage, make_snippet)
+    arrays = [to_storage(p, config.dtype).copy() for p in params]
+    refusals = list(hook(config, arrays))
+    if not refusals:
+        raise MissingMethod("the port's option_refusals hook declares no options for this configuration")
+    for label, build in refusals:
+        message = _expect_refusal(comparer, build, arrays, label, "the port declares these options invalid")
+        names = [item.split("=", 1)[0].strip() for item in label.split(",") if "=" in item]
+        if names and not any(name in message for name in names):
+            comparer.fail(
+                0,
+                -1,
+                (),
+                "refusal",
+                math.nan,
+                math.nan,
+                0.0,
+                f"{label}: refused with {message!r}, which names none of the options {', '.join(names)}",
+            )
+    return _done(coverage, config)
 
 
 class _GroupedReference:
@@ -240,6 +378,37 @@ class RefusalCase:
 
     def run(self, port: Any, port_spec: str | None = None, coverage: Coverage | None = None) -> Coverage:
         return check_refusal(port, self.config, self.params, self.invalid, port_spec=port_spec, coverage=coverage)
+
+
+@dataclass
+class GroupRefusalCase:
+    """``invalid`` (``valid`` with one invalid hyperparameter, named by ``change``) as the second
+    of two parameter groups (``params[g]``)."""
+
+    valid: PortConfig
+    invalid: PortConfig
+    params: list[list[np.ndarray]]
+    change: str
+
+    @property
+    def config(self) -> PortConfig:
+        return self.invalid
+
+    def run(self, port: Any, port_spec: str | None = None, coverage: Coverage | None = None) -> Coverage:
+        return check_group_refusal(
+            port, self.valid, self.invalid, self.params, self.change, port_spec=port_spec, coverage=coverage
+        )
+
+
+@dataclass
+class OptionRefusalCase:
+    """A valid ``config`` over ``params``: the port's own invalid options must be refused."""
+
+    config: PortConfig
+    params: list[np.ndarray]
+
+    def run(self, port: Any, port_spec: str | None = None, coverage: Coverage | None = None) -> Coverage:
+        return check_option_refusals(port, self.config, self.params, port_spec=port_spec, coverage=coverage)
 
 
 @dataclass

@@ -76,7 +76,7 @@ class CPropAdam(CPropOptimizerMixin, torch.optim.Optimizer):
     ) -> None:
         name = type(self).__name__
         defaults = validated(self.hyperparams, dict(locals()), name)
-        super().__init__(params, with_variant_options(defaults, foreach, fused, name))
+        super().__init__(params, with_variant_options(defaults, foreach, fused))
 
     @staticmethod
     def sharing_allowed(hp: dict[str, Any]) -> tuple[bool, bool]:

@@ -12,12 +12,13 @@ import torch
 from ..hyperparams import Validator, validated
 from .foreach import Workspace
 from .functional import cprop_scale, statistics_dtype, update_statistics_
-from .variants import check_options, check_parameters, implementation
+from .variants import check_parameters, implementation
 
 
-def with_variant_options(defaults: dict[str, Any], foreach: Any, fused: Any, where: str) -> dict[str, Any]:
-    """``defaults`` with ``foreach`` and ``fused`` (checked: :func:`.variants.check_options`)."""
-    check_options(foreach, fused, where)
+def with_variant_options(defaults: dict[str, Any], foreach: Any, fused: Any) -> dict[str, Any]:
+    """``defaults`` with ``foreach`` and ``fused``. They are checked, as every group's are, by
+    ``add_param_group`` (:func:`.variants.check_parameters`), which the constructor calls for each
+    group: one check, whose message names the group."""
     return {**defaults, "foreach": foreach, "fused": fused}
 
 
@@ -54,11 +55,15 @@ class CPropOptimizerMixin:
     state: Any
     hyperparams: dict[str, Validator]
 
+    def _check_group(self, group: dict[str, Any], where: str) -> dict[str, Any]:
+        """One group's hyperparameters, checked (``ValueError`` naming ``where``)."""
+        return validated(self.hyperparams, group, where)
+
     def _check_groups(self) -> list[dict[str, Any]]:
         """The groups' hyperparameters checked before anything changes (users edit
         ``param_groups`` between steps)."""
         name = type(self).__name__
-        return [validated(self.hyperparams, g, f"{name} param group {i}") for i, g in enumerate(self.param_groups)]
+        return [self._check_group(g, f"{name} param group {i}") for i, g in enumerate(self.param_groups)]
 
     # -- the step ---------------------------------------------------------------------------
 
@@ -101,7 +106,7 @@ class CPropOptimizerMixin:
         where = f"{type(self).__name__} param group {len(self.param_groups) - 1}"
         try:
             check_parameters(group["params"], group.get("foreach"), group.get("fused"), where)
-            self._check_groups()
+            self._check_group(group, where)  # the new group only: the others were checked when added
         except Exception:
             self.param_groups.pop()
             raise

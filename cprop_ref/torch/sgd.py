@@ -64,14 +64,13 @@ class CPropSGD(CPropOptimizerMixin, torch.optim.Optimizer):
         name = type(self).__name__
         defaults = validated(self.hyperparams, dict(locals()), name)
         # Nesterov's rule is checked per group, the defaults' group included, by
-        # ``_check_groups`` as torch's constructor adds it (``add_param_group``).
-        super().__init__(params, with_variant_options(defaults, foreach, fused, name))
+        # ``_check_group`` as torch's constructor adds it (``add_param_group``).
+        super().__init__(params, with_variant_options(defaults, foreach, fused))
 
-    def _check_groups(self) -> list[dict[str, Any]]:
-        groups = super()._check_groups()
-        for i, hp in enumerate(groups):
-            check_sgd_group(hp, f"{type(self).__name__} param group {i}")
-        return groups
+    def _check_group(self, group: dict[str, Any], where: str) -> dict[str, Any]:
+        hp = super()._check_group(group, where)
+        check_sgd_group(hp, where)
+        return hp
 
     def _new_param(self, p: torch.Tensor, g: torch.Tensor, s: torch.Tensor, state: dict[str, Any], hp: dict[str, Any]):
         """``p - lr * (d * s)``: the scale multiplies the update, after momentum (``s = 0``: no update)."""

@@ -44,8 +44,14 @@ def check_parameters(params: Iterable[torch.Tensor], foreach: Any, fused: Any, w
     compiled path takes, all on one device (a group's numbers go to the kernels as one tensor
     on that device; ``foreach`` groups the tensors by device and dtype as torch.optim does)."""
     check_options(foreach, fused, where)
-    params = list(params)
-    if not fused or not params:
+    if fused:
+        check_fused_parameters(list(params), where)
+
+
+def check_fused_parameters(params: list[torch.Tensor], where: str) -> None:
+    """``ValueError`` naming ``where`` and the parameter unless every parameter is on one device
+    and of a dtype that the compiled path takes there, and that device's compiler is present."""
+    if not params:
         return
     first = params[0].device
     for j, p in enumerate(params):
