@@ -325,3 +325,27 @@ def test_a_state_dict_saved_on_the_cpu_loads_onto_the_parameters_device(name):
     for p in params:
         p.grad = torch.empty_like(p)
     opt.step()
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (3, "expected a dict, got int"),
+        ({"state": {}, "param_groups": []}, "has no 'base', 'cprop': not a state dict of CProp"),
+    ],
+)
+def test_the_wrapper_refuses_a_state_dict_that_is_not_its_own_and_changes_nothing(bad, message):
+    """``CProp.load_state_dict`` of something that is not a wrapper's state dict (another
+    optimizer's, say) raises ``ValueError`` naming what is missing, and the optimizer is as it was."""
+    p = torch.zeros(3, requires_grad=True)
+    opt = CProp(torch.optim.SGD([p], lr=0.1, momentum=0.9), beta=0.5)
+    p.grad = torch.tensor([1.0, -2.0, 0.5])
+    opt.step()
+    before = opt.state_dict()
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(bad)
+    after = opt.state_dict()
+    assert after["cprop"] == before["cprop"] and after["base"]["param_groups"] == before["base"]["param_groups"]
+    for key in before["state"]:
+        for name, value in before["state"][key].items():
+            assert torch.equal(torch.as_tensor(after["state"][key][name]), torch.as_tensor(value))

@@ -223,8 +223,14 @@ class CProp(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore CProp's hyperparameters and statistics and the base optimizer's state."""
-        if not isinstance(state_dict, dict) or not {"base", "cprop", "state", "param_groups"} <= set(state_dict):
-            raise ValueError("CProp.load_state_dict: expected a dict with 'state', 'param_groups', 'base', 'cprop'")
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"CProp.load_state_dict: expected a dict, got {type(state_dict).__name__}")
+        missing = {"base", "cprop", "state", "param_groups"} - set(state_dict)
+        if missing:
+            raise ValueError(
+                f"CProp.load_state_dict: the state dict has no {', '.join(map(repr, sorted(missing)))}: "
+                "not a state dict of CProp (expected 'state', 'param_groups', 'base', 'cprop')"
+            )
         hp = validated(WRAPPER_HYPERPARAMS, state_dict["cprop"], "CProp.load_state_dict")
         own = {"state": state_dict["state"], "param_groups": state_dict["param_groups"]}
         self.base_optimizer.load_state_dict(state_dict["base"])
