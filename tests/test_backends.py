@@ -41,7 +41,17 @@ from cprop_ref import CProp, CPropAdam, CPropSGD
 from cprop_ref.cdf import CDF_NAMES
 from cprop_ref.tolerance import scale_tolerance, unit_roundoff
 from tests.hypothesis_budget import examples
-from tests.optimizer_catalogue import BY_NAME, CATALOGUE, DRAWS, DTYPES, KERNEL_DTYPES, OptimizerInfo, by_draw_id, drawn
+from tests.optimizer_catalogue import (
+    BY_NAME,
+    CATALOGUE,
+    DRAWS,
+    DTYPES,
+    KERNEL_DTYPES,
+    OptimizerInfo,
+    by_draw_id,
+    drawn,
+    swept_cdf,
+)
 
 #: The drawn optimizers: the catalogue's entries with a ``draw_id`` (``tests/optimizer_catalogue.py``).
 KINDS = tuple(info.draw_id for info in drawn())
@@ -56,20 +66,25 @@ def configurations(draw: Any, weight_decay: bool = True) -> dict[str, Any]:
     nesterov = momentum > 0.0 and draw(st.booleans())
     cprop_beta = draw(st.sampled_from(DRAWS["cprop_beta"]))
     betas = draw(st.sampled_from([(0.9, 0.999), (cprop_beta, cprop_beta), (0.9, cprop_beta), (0.5, 0.99)]))
+    decay = draw(st.sampled_from(DRAWS["weight_decay"])) if weight_decay else 0.0
+    if "betas" in by_draw_id(kind).hyperparameters:  # the Adam family: do its moments share?
+        default_structure = decay != 0.0 or cprop_beta not in betas
+    else:
+        default_structure = momentum > 0.0
     return {
         "kind": kind,
         "lr": draw(st.sampled_from(DRAWS["lr"])),
         "momentum": momentum,
         "dampening": 0.0 if nesterov else draw(st.sampled_from(DRAWS["dampening"])),
         "nesterov": nesterov,
-        "weight_decay": draw(st.sampled_from(DRAWS["weight_decay"])) if weight_decay else 0.0,
+        "weight_decay": decay,
         "betas": betas,
         "eps": draw(st.sampled_from(DRAWS["eps"])),
         "amsgrad": draw(st.booleans()),
         "cprop_beta": cprop_beta,
         "cprop_c": draw(st.sampled_from(DRAWS["cprop_c"])),
         "cprop_eps": draw(st.sampled_from(DRAWS["cprop_eps"])),
-        "cprop_cdf": draw(st.sampled_from(DRAWS["cprop_cdf"])),
+        "cprop_cdf": swept_cdf(draw(st.sampled_from(DRAWS["cprop_cdf"])), default_structure),
     }
 
 
