@@ -662,6 +662,17 @@ TORCH_EQUIVALENTS += (
         ),
     ),
     EquivalentMutant(
+        "variants.py",
+        "core/AddNot",
+        "if foreach is None:",
+        "if not foreach is None:",
+        _ROUTED.format(
+            what="torch's default rule is asked where foreach was given and not where it was left to it: "
+            "on the CPU the rule answers the per-tensor path, so foreach=True steps per tensor and the "
+            "default (None, falsy) does as before"
+        ),
+    ),
+    EquivalentMutant(
         "foreach.py",
         "core/NumberReplacer",
         "if min(ts) < 1:",
@@ -686,14 +697,22 @@ TORCH_EQUIVALENTS += (
 _SAME_IN_GROUP = (
     "The multi-tensor path reads a property that every entry of its list shares from the first "
     "entry; the mutant reads it from the last: the hyperparameters of one param group (every item "
-    "of a group's list carries the group's one checked dict) or the dtype of one device-and-dtype "
-    "bucket (group_by_device_and_dtype puts only tensors of one dtype together). The same object, "
-    "whichever entry it is read from."
+    "of a group's list carries the group's one checked dict) or the device or dtype of one device-and-dtype "
+    "bucket (group_by_device_and_dtype puts only tensors of one device and dtype together). The "
+    "same object, whichever entry it is read from."
 )
 TORCH_EQUIVALENTS += tuple(
     EquivalentMutant(file, "core/NumberReplacer", before, before.replace("[0]", "[ -1]"), _SAME_IN_GROUP)
     for file in ("sgd.py", "adam.py")
     for before in ("hp = items[0][2]", "dtype = statistics_dtype(originals[0].dtype)")
+) + (
+    EquivalentMutant(
+        "foreach.py",
+        "core/NumberReplacer",
+        'if not like or like[0].device.type != "cpu":',
+        'if not like or like[ -1].device.type != "cpu":',
+        _SAME_IN_GROUP,
+    ),
 )
 
 KNOWN_EQUIVALENTS: dict[str, tuple[EquivalentMutant, ...]] = {"cprop_ref.torch": TORCH_EQUIVALENTS}
