@@ -1287,6 +1287,19 @@ def record_outputs(factory: str, cases_file: str) -> dict[str, Any]:
                 grouped = [[np.array(p) for p in ps] for ps in case.params]
                 record.append(_outcome_of(functools.partial(port, case.invalid, alone)))
                 record.append(_outcome_of(functools.partial(port.groups, [case.valid, case.invalid], grouped)))
+                run = port(case.valid, [np.array(p) for p in case.params[0]])
+                add = optional(run, "add_group")
+                if add is not None:  # a refused add, then a step: the refusal changed nothing
+                    record.append(
+                        _outcome_of(functools.partial(add, case.invalid, [np.array(p) for p in case.params[1]]))
+                    )
+                    run.step(
+                        [
+                            np.linspace(-1.0, 1.0, np.size(p)).reshape(np.shape(p)).astype(p.dtype)
+                            for p in case.params[0]
+                        ]
+                    )
+                    record.append(snapshot(run))
             elif isinstance(case, OptionRefusalCase):
                 for label, build in port.option_refusals(case.config, [np.array(p) for p in case.params]):
                     record.append((label, _outcome_of(build)))

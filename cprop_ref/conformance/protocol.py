@@ -31,6 +31,10 @@ and shared buffers (``torch.from_numpy`` of its results keeps both). The harness
 values only, so a port that copies into contiguous storage still passes; one that loses or
 misplaces the update of a non-contiguous parameter fails.
 
+**Adding a group** (optional): ``add_group(config, params)`` adds a parameter group with
+``config``'s hyperparameters over ``params`` to the built run (torch: ``add_param_group``); the
+refusals check adds an invalid one and asks that it be refused and change nothing.
+
 **Resume** (optional): ``save()`` returns the port's own serialised state (bytes, e.g.
 ``torch.save`` of ``state_dict()``) and ``restore(data)`` loads it into the run, which the
 harness builds afresh from the same configuration and the current parameters; see

@@ -100,6 +100,15 @@ class TorchRun:
     def params(self) -> list[np.ndarray]:
         return [_to_numpy(p) for p in self.tensors]
 
+    def add_group(self, config: PortConfig, params: Sequence[np.ndarray]) -> None:
+        """``add_param_group`` of ``params`` with ``config``'s hyperparameters (the wrapper: its
+        base optimizer's) on the built optimizer; the new tensors join the read-outs."""
+        dtype = _TORCH_DTYPES[self.config.dtype]
+        tensors = _trainable(_tensors_keeping_layout(params, dtype, self.device))
+        hyperparams = config.base_hyperparams if config.optimizer == "CProp" else config.hyperparams
+        self.optimizer.add_param_group({"params": tensors, **hyperparams})
+        self.tensors.extend(tensors)
+
     def save(self) -> bytes:
         """The optimizer's ``state_dict()`` serialised with ``torch.save`` (what a user checkpoints)."""
         buffer = io.BytesIO()

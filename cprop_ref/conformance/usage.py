@@ -56,7 +56,7 @@ from .checks import (
 )
 from .config import PortConfig
 from .dtypes import to_storage
-from .protocol import MissingMethod, Unsupported
+from .protocol import MissingMethod, Unsupported, optional
 from .reference import ReferenceRun
 from .report import Coverage, array_literal, python_literal, snippet
 
@@ -190,6 +190,12 @@ def check_group_refusal(
         f"{change} in parameter group 1",
         f"the reference: {expected}",
     )
+    _check_names_group_1(comparer, change, in_group, alone)
+    _check_refused_add_group(comparer, port, valid, invalid, params, change, expected, alone)
+    return _done(coverage, invalid)
+
+
+def _check_names_group_1(comparer: _Comparer, change: str, in_group: str, alone: str) -> None:
     if _count_number(in_group, 1) != _count_number(alone, 1) + 1:
         comparer.fail(
             0,
@@ -202,7 +208,57 @@ def check_group_refusal(
             f"{change} in the second parameter group (index 1) was refused with {in_group!r}, which does not "
             f"name the group: the number 1 should occur in it once more than in the one-group refusal {alone!r}",
         )
-    return _done(coverage, invalid)
+
+
+def _check_refused_add_group(
+    comparer: _Comparer,
+    port: Any,
+    valid: PortConfig,
+    invalid: PortConfig,
+    params: Sequence[Sequence[np.ndarray]],
+    change: str,
+    expected: str,
+    alone: str,
+) -> None:
+    """Where the run has ``add_group(config, params)``: adding ``invalid`` as group 1 to a built
+    one-group run is refused like the constructor's group 1, and changes nothing: the run's next
+    step is, bit for bit, the step of the same port built without the attempt."""
+    first = [to_storage(p, valid.dtype).copy() for p in params[0]]
+    run = _port_call(comparer, 0, "building the optimizer", lambda: port(valid, first))
+    add = optional(run, "add_group")
+    if add is None:
+        return
+    second = [to_storage(p, invalid.dtype).copy() for p in params[1]]
+    added = _expect_refusal(
+        comparer,
+        lambda: add(invalid, second),
+        second,
+        f"{change} added as parameter group 1 to a built optimizer",
+        f"the reference: {expected}",
+    )
+    _check_names_group_1(comparer, f"{change} added with add_group", added, alone)
+    untouched = _port_call(
+        comparer,
+        0,
+        "building the optimizer",
+        lambda: port(valid, [to_storage(p, valid.dtype).copy() for p in params[0]]),
+    )
+    grads = [to_storage(np.linspace(-1.0, 1.0, np.size(p)).reshape(np.shape(p)), valid.dtype) for p in params[0]]
+    _port_call(comparer, 1, "a step after a refused add_group", lambda: run.step([g.copy() for g in grads]))
+    untouched.step([g.copy() for g in grads])
+    for k, (a, b) in enumerate(zip(run.params(), untouched.params())):
+        if not np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True):
+            comparer.fail(
+                1,
+                k,
+                (),
+                "refusal",
+                math.nan,
+                math.nan,
+                0.0,
+                f"after add_group refused {change}, the next step of parameter {k} differs from the step of an "
+                "optimizer that never saw the group (a refused call must change nothing)",
+            )
 
 
 def check_option_refusals(
