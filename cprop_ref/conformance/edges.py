@@ -133,6 +133,21 @@ def open_loop_edges() -> list[OpenLoopCase]:
         params = [to_storage(np.array([3.0e38, -3.0e38, 1.0]), config.dtype)]
         rows = [[-1.0, 1.0, -1.0], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0]]
         cases.append(OpenLoopCase(config, params, _stream(rows, config.dtype)))
+    # an update with an infinite (then NaN) element beside finite ones whose scale is below 1
+    # (an infinite parameter under weight decay): the finite elements are still scaled by s
+    # (a multi-tensor path that guards the whole tensor must not treat them otherwise)
+    for config in (
+        sgd(cprop=dict(beta=0.5, c=3.0), weight_decay=0.5),
+        adam(cprop=dict(beta=0.5, c=3.0), weight_decay=0.5),
+        wrapper("SGD", cprop=dict(beta=0.5, c=3.0), weight_decay=0.5),
+    ):
+        params = [to_storage(np.array([np.inf, 1.0, -2.0]), config.dtype)]
+        cases.append(OpenLoopCase(config, params, _stream(_FLIPS, config.dtype)))
+    # one element's squares overflow (v = inf: its standard error is inf) beside elements whose
+    # standard error is small: theirs must still be sqrt(ratio) + eps, eps not lost in a guard
+    beside = [[1e20, 1e-3, 2e-3], [-1e20, -1e-3, -1.5e-3], [1e20, 2e-3, 1e-3]]
+    add(sgd(cprop=dict(beta=0.9, c=1.0, eps=1e-6)), beside)
+    add(adam(cprop=dict(beta=0.9, c=1.0, eps=1e-6)), beside)
     # torch.optim.Adam's first moment in lerp form overflows (|g - m| > max) where the
     # reference's weighted sum does not: the framework's difference, counted apart
     add(
