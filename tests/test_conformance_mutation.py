@@ -143,6 +143,25 @@ def test_a_mutant_is_reached_when_its_statement_ran(user_port):
     assert mutation.reached(target, items["user_port.py:core/ReplaceComparisonOperator_Gt_GtE:0"], covered)
 
 
+def test_a_decorator_is_reached_only_where_its_function_ran(user_port):
+    """A decorator runs at import; it counts as reached only where the decorated function ran (a
+    method only another factory calls exercises nothing a mutant of its decorator changes)."""
+    user_port.write_text(
+        "class A:\n    @staticmethod\n    def used(x):\n        return x\n\n"
+        "    @staticmethod\n    def unused(x):\n        return x\n"
+    )
+    target = Target.resolve("user_port", str(user_port), "user_port:make")
+    decorators = sorted(
+        (m.start_pos[0], m)
+        for m in (i.mutations[0] for i in enumerate_mutants(target))
+        if m.operator_name == "core/RemoveDecorator"
+    )
+    assert [line for line, _ in decorators] == [2, 6]
+    covered = {"user_port.py": [1, 2, 3, 4, 6, 7]}  # the import, then A.used(1)
+    assert mutation.reached(target, decorators[0][1], covered)
+    assert not mutation.reached(target, decorators[1][1], covered)
+
+
 def test_bad_targets_name_what_is_wrong(tmp_path, user_port):
     with pytest.raises(ValueError, match="--factory is needed for module 'user_port'"):
         Target.resolve("user_port", str(user_port))

@@ -449,11 +449,26 @@ def _function_body_lines(source: str) -> set[int]:
     return lines
 
 
+def _decorated_bodies(source: str) -> dict[int, set[int]]:
+    """``{line of a function's decorator: the lines of that function's body}``."""
+    import ast
+
+    out: dict[int, set[int]] = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.decorator_list:
+            body = set(range(node.body[0].lineno, (node.end_lineno or node.body[0].lineno) + 1))
+            for decorator in node.decorator_list:
+                for line in range(decorator.lineno, (decorator.end_lineno or decorator.lineno) + 1):
+                    out[line] = body
+    return out
+
+
 def reached(target: Target, mutation: Any, covered: dict[str, list[int]]) -> bool:
     """Whether the unmutated run executed the statement ``mutation`` changes. A statement that
-    runs at import (a module constant, a decorator, a dataclass default) counts as reached only
-    where some function of its file ran too: importing a file whose functions the factory never
-    calls (``fused.py`` under the per-tensor factory) exercises nothing a mutant could change."""
+    runs at import (a module constant, a dataclass default) counts as reached only where some
+    function of its file ran too, and a function's decorator only where that function ran:
+    importing a file whose functions the factory never calls (``fused.py`` under the per-tensor
+    factory), or defining a method it never calls, exercises nothing a mutant could change."""
     relative = str(mutation.module_path)
     lines = set(covered.get(relative, ()))
     source = target.file_path(relative).read_text(encoding="utf-8")
@@ -462,6 +477,9 @@ def reached(target: Target, mutation: Any, covered: dict[str, list[int]]) -> boo
     ran = any(line in lines or starts.get(line, line) in lines for line in range(first, last + 1))
     if not ran:
         return False
+    decorated = _decorated_bodies(source)
+    if first in decorated:  # a decorator (the mutation's span may run on over the function)
+        return bool(lines & decorated[first])
     in_functions = _function_body_lines(source)
     if any(line in in_functions for line in range(first, last + 1)):
         return True
