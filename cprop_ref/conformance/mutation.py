@@ -733,6 +733,121 @@ TORCH_EQUIVALENTS += tuple(
     ),
 )
 
+_SCRATCH = (
+    "The foreach path's scratch (foreach.Workspace: buffers kept between steps that its operations "
+    "write into instead of fresh tensors): {what}. The same operations run on the same values, into "
+    "other memory that is free at that moment or into fresh tensors: no value changes, only how much "
+    "memory a step allocates."
+)
+_FAST_OR_GUARDED = (
+    "Which tensors the foreach path's scale computes on its fast path (no guards) and which on the "
+    "guarded one (the eager port's operations): {what}. The fast path is the guarded path's "
+    "operations in the same order wherever its result is finite, and a tensor whose fast result is "
+    "not finite is recomputed on the guarded path (cprop_scales' docstring), so moving tensors "
+    "between the two changes no value, only the speed."
+)
+
+
+def _foreach_equivalent(operator: str, before: str, after: str, reason: str) -> EquivalentMutant:
+    return EquivalentMutant("foreach.py", operator, before, after, reason)
+
+
+_LISTS = 'if not like or like[0].device.type != "cpu":'
+_FAST = "fast = [k for k, dof in enumerate(dofs) if dof != 0.0 and _in_dtype(dof + eps, dtype) > 0.0]"
+TORCH_EQUIVALENTS += (
+    _foreach_equivalent(
+        "core/AddNot",
+        _LISTS,
+        _LISTS.replace("if not like", "if not not like"),
+        _SCRATCH.format(what="no scratch for a non-empty list of tensors: fresh tensors instead"),
+    ),
+    _foreach_equivalent(
+        "core/ReplaceOrWithAnd",
+        _LISTS,
+        _LISTS.replace(" or ", " and "),
+        _SCRATCH.format(what="scratch on every device, not only on the CPU"),
+    ),
+    _foreach_equivalent(
+        "core/NumberReplacer",
+        "key = (like[0].device, like[0].dtype)",
+        "key = (like[0].device, like[ -1].dtype)",
+        _SAME_IN_GROUP,
+    ),
+    _foreach_equivalent(
+        "core/NumberReplacer",
+        "buffer = torch.empty(count * total, dtype=like[0].dtype, device=like[0].device)",
+        "buffer = torch.empty(count * total, dtype=like[ -1].dtype, device=like[0].device)",
+        _SAME_IN_GROUP,
+    ),
+    _foreach_equivalent(
+        "core/NumberReplacer",
+        'neg_zs = into(pick[0], "div", m_hats, variances)  # m_hat / se = -z',
+        'neg_zs = into(pick[ 1], "div", m_hats, variances)  # m_hat / se = -z',
+        _SCRATCH.format(
+            what="-z written into the second scratch list, the standard errors' own, which this element-wise "
+            "division reads element by element and nothing reads after it"
+        ),
+    ),
+    _foreach_equivalent(
+        "core/NumberReplacer",
+        "ps = _cdf_of_negated(neg_zs, cdf_name, pick[2])",
+        "ps = _cdf_of_negated(neg_zs, cdf_name, pick[ 1])",
+        _SCRATCH.format(what="the CDF written into the standard errors' scratch, which nothing reads after -z"),
+    ),
+    _foreach_equivalent(
+        "core/AddNot",
+        "return None if lists is None else [lists[k] for k in indices]",
+        "return None if not lists is None else [lists[k] for k in indices]",
+        _SCRATCH.format(what="no scratch picked for the fast path's tensors: fresh tensors instead"),
+    ),
+    EquivalentMutant(
+        "sgd.py",
+        "core/NumberReplacer",
+        'multi.update_statistics_(ms, vs, gs, hp["cprop_beta"], work[0])',
+        'multi.update_statistics_(ms, vs, gs, hp["cprop_beta"], work[ -1])',
+        _SCRATCH.format(
+            what="the statistics' update uses the third scratch list instead of the first; both are free then"
+        ),
+    ),
+    _foreach_equivalent(
+        "core/ReplaceBinaryOperator_Add_Sub",
+        _FAST,
+        _FAST.replace("dof + eps", "dof - eps"),
+        _FAST_OR_GUARDED.format(what="a tensor goes the fast way where n - 1 - eps, not n - 1 + eps, is positive"),
+    ),
+    _foreach_equivalent(
+        "core/NumberReplacer",
+        _FAST,
+        _FAST.replace("> 0.0]", "> -1.0]"),
+        _FAST_OR_GUARDED.format(what="a denominator n - 1 + eps that is 0 in the dtype goes the fast way too"),
+    ),
+    _foreach_equivalent(
+        "cprop/DropCallStatement",
+        "torch._foreach_clamp_min_(variances, 0.0)",
+        "None",
+        _FAST_OR_GUARDED.format(
+            what="the fast path's variance is not clamped at 0: a variance rounded below 0 gives a NaN "
+            "standard error there, so that tensor is recomputed guarded"
+        ),
+    ),
+    _foreach_equivalent(
+        "core/ZeroIterationForLoop",
+        "for k, p, ok in zip(fast, ps, finite):",
+        "for k, p, ok in []:",
+        _FAST_OR_GUARDED.format(what="no fast result is kept: every tensor is recomputed guarded"),
+    ),
+    EquivalentMutant(
+        "base.py",
+        "core/ReplaceOrWithAnd",
+        "if wanted == p.dtype or p not in self.state:",
+        "if wanted == p.dtype and p not in self.state:",
+        "load_state_dict re-reads the saved floating state of 16-bit parameters in float32; the mutant "
+        "re-reads it for float32 and float64 parameters too, in their own dtype, into which torch's "
+        "load_state_dict has just cast the same saved values: the same values (a copy). A parameter "
+        "without a state after loading had none saved, so there is nothing to re-read either way.",
+    ),
+)
+
 KNOWN_EQUIVALENTS: dict[str, tuple[EquivalentMutant, ...]] = {"cprop_ref.torch": TORCH_EQUIVALENTS}
 
 
