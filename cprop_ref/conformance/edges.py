@@ -148,6 +148,10 @@ def open_loop_edges() -> list[OpenLoopCase]:
     beside = [[1e20, 1e-3, 2e-3], [-1e20, -1e-3, -1.5e-3], [1e20, 2e-3, 1e-3]]
     add(sgd(cprop=dict(beta=0.9, c=1.0, eps=1e-6)), beside)
     add(adam(cprop=dict(beta=0.9, c=1.0, eps=1e-6)), beside)
+    # a zero variance (powers of 2: every moment exact) with eps = 1e-8: z = -g / eps about -1e14,
+    # whose cube overflows float32; the logistic CDF has no cubic term, and none may be added
+    # (0 * inf is NaN)
+    add(sgd(cprop=dict(beta=0.5, c=1.0, cdf="logistic")), [[2.0**20] * 3] * 3)
     # torch.optim.Adam's first moment in lerp form overflows (|g - m| > max) where the
     # reference's weighted sum does not: the framework's difference, counted apart
     add(

@@ -848,6 +848,114 @@ TORCH_EQUIVALENTS += (
     ),
 )
 
+_DEFAULT_RULE = "_, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)"
+_BUFFER = "buffer = torch.empty(count * total, dtype=like[0].dtype, device=like[0].device)"
+TORCH_EQUIVALENTS += (
+    EquivalentMutant(
+        "variants.py",
+        "core/ReplaceFalseWithTrue",
+        _DEFAULT_RULE,
+        _DEFAULT_RULE.replace("use_fused=False", "use_fused=True"),
+        _ROUTED.format(
+            what="torch's default rule asked as if fused were allowed: where it would pick fused it answers "
+            "foreach=False (the per-tensor path), and on the CPU it answers the per-tensor path anyway"
+        ),
+    ),
+    EquivalentMutant(
+        "variants.py",
+        "core/ReplaceComparisonOperator_Is_IsNot",
+        "if foreach is None:",
+        "if foreach is not None:",
+        _ROUTED.format(
+            what="torch's default rule is asked where foreach was given and not where it was left to it: "
+            "on the CPU the rule answers the per-tensor path, so foreach=True steps per tensor and the "
+            "default (None, falsy) does as before"
+        ),
+    ),
+    _foreach_equivalent(
+        "core/ReplaceUnaryOperator_Delete_Not",
+        _LISTS,
+        _LISTS.replace("if not like", "if  like"),
+        _SCRATCH.format(what="no scratch for a non-empty list of tensors: fresh tensors instead"),
+    ),
+    _foreach_equivalent(
+        "core/ReplaceComparisonOperator_NotEq_Eq",
+        _LISTS,
+        _LISTS.replace('!= "cpu"', '== "cpu"'),
+        _SCRATCH.format(what="scratch only off the CPU: fresh tensors on it"),
+    ),
+    _foreach_equivalent(
+        "core/NumberReplacer",
+        "key = (like[0].device, like[0].dtype)",
+        "key = (like[ -1].device, like[0].dtype)",
+        _SAME_IN_GROUP,
+    ),
+    _foreach_equivalent(
+        "core/ReplaceComparisonOperator_Lt_LtE",
+        "if buffer is None or buffer.numel() < count * total:",
+        "if buffer is None or buffer.numel() <= count * total:",
+        _SCRATCH.format(what="a new buffer also where the kept one has exactly the size needed"),
+    ),
+    _foreach_equivalent(
+        "core/NumberReplacer",
+        _BUFFER,
+        _BUFFER.replace("device=like[0]", "device=like[ -1]"),
+        _SAME_IN_GROUP,
+    ),
+    _foreach_equivalent("core/NumberReplacer", "dtype = ms[0].dtype", "dtype = ms[ -1].dtype", _SAME_IN_GROUP),
+    _foreach_equivalent(
+        "core/ReplaceComparisonOperator_Is_IsNot",
+        "return None if lists is None else [lists[k] for k in indices]",
+        "return None if lists is not None else [lists[k] for k in indices]",
+        _SCRATCH.format(what="no scratch picked for the fast path's tensors: fresh tensors instead"),
+    ),
+    EquivalentMutant(
+        "sgd.py",
+        "core/NumberReplacer",
+        "work = self._workspace().lists(ps, 3)",
+        "work = self._workspace().lists(ps, 4)",
+        _SCRATCH.format(what="one more scratch list, which nothing uses"),
+    ),
+    EquivalentMutant(
+        "sgd.py",
+        "core/NumberReplacer",
+        'multi.update_statistics_(ms, vs, gs, hp["cprop_beta"], work[0])',
+        'multi.update_statistics_(ms, vs, gs, hp["cprop_beta"], work[ 1])',
+        _SCRATCH.format(
+            what="the statistics' update uses the second scratch list instead of the first; both are free then"
+        ),
+    ),
+    _foreach_equivalent(
+        "core/ReplaceComparisonOperator_Gt_GtE",
+        _FAST,
+        _FAST.replace("> 0.0]", ">= 0.0]"),
+        _FAST_OR_GUARDED.format(what="a denominator n - 1 + eps that is 0 in the dtype goes the fast way too"),
+    ),
+    _foreach_equivalent(
+        "core/NumberReplacer",
+        _FAST,
+        _FAST.replace("> 0.0]", "> 1.0]"),
+        _FAST_OR_GUARDED.format(what="a tensor whose n - 1 + eps is at most 1 goes the guarded way"),
+    ),
+    _foreach_equivalent(
+        "core/NumberReplacer",
+        "torch._foreach_clamp_min_(variances, 0.0)",
+        "torch._foreach_clamp_min_(variances, -1.0)",
+        _FAST_OR_GUARDED.format(
+            what="the fast path's variance is clamped at -1, not 0: a variance rounded below 0 gives a NaN "
+            "standard error there, so that tensor is recomputed guarded"
+        ),
+    ),
+    _foreach_equivalent(
+        "core/ReplaceBinaryOperator_BitAnd_BitOr",
+        "difference = torch.where(torch.isinf(v) & torch.isnan(difference), torch.inf, difference)",
+        "difference = torch.where(torch.isinf(v) | torch.isnan(difference), torch.inf, difference)",
+        "The foreach twin of the standard error's mask (listed above for functional.py): v - m_hat^2 is "
+        "NaN only as inf - inf, so isnan(difference) implies isinf(v), and where v = inf and the "
+        "difference is not NaN it is inf already: both masks pick the same elements.",
+    ),
+)
+
 KNOWN_EQUIVALENTS: dict[str, tuple[EquivalentMutant, ...]] = {"cprop_ref.torch": TORCH_EQUIVALENTS}
 
 
@@ -1186,12 +1294,16 @@ def run_session(
     db = session.open()
     say = progress or (lambda line: None)
     if retry_survivors:  # after open(): only a session of this target and these settings
+        # A listed equivalent survives any harness: the differential test re-checks it instead.
+        listed = {
+            r.job_id for r in load_report(session_path, target, settings, equivalents=equivalents, db=db).equivalent
+        }
         db.close()
-        again = survivors_of(session_path)
+        again = [job_id for job_id in survivors_of(session_path) if job_id not in listed]
         session.forget(again)
         first = [*again, *first]
         db = session.open()
-        say(f"running the {len(again)} survivors again first")
+        say(f"running the {len(again)} survivors not listed as equivalent again first")
     try:
         if session.baseline() != session.baseline():  # NaN: the unmutated port has not been run yet
             baselines, covered = {}, {}
@@ -1311,7 +1423,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mutate.add_argument(
         "--retry-survivors",
         action="store_true",
-        help="run this session's survivors again (after the harness grew), before the pending mutants",
+        help="run this session's survivors again (after the harness grew), before the pending mutants; "
+        "the listed equivalent ones stay as they are",
     )
     mutate.add_argument(
         "--survivors-first",

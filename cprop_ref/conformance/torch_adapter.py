@@ -100,11 +100,12 @@ class TorchRun:
     def params(self) -> list[np.ndarray]:
         return [_to_numpy(p) for p in self.tensors]
 
-    def add_group(self, config: PortConfig, params: Sequence[np.ndarray]) -> None:
+    def add_group(self, config: PortConfig, params: Sequence[np.ndarray], device: str | None = None) -> None:
         """``add_param_group`` of ``params`` with ``config``'s hyperparameters (the wrapper: its
-        base optimizer's) on the built optimizer; the new tensors join the read-outs."""
+        base optimizer's) on the built optimizer, on ``device`` (default the run's); the new
+        tensors join the read-outs."""
         dtype = _TORCH_DTYPES[self.config.dtype]
-        tensors = _trainable(_tensors_keeping_layout(params, dtype, self.device))
+        tensors = _trainable(_tensors_keeping_layout(params, dtype, device or self.device))
         hyperparams = config.base_hyperparams if config.optimizer == "CProp" else config.hyperparams
         self.optimizer.add_param_group({"params": tensors, **hyperparams})
         self.tensors.extend(tensors)
@@ -227,12 +228,21 @@ def option_refusals_of(port: TorchPort) -> Any:
         def build(device: str | None = None, **options: Any) -> Any:
             return lambda: port.build([config], [params], device, **options)
 
+        def add_meta_group() -> None:
+            try:
+                run = port.build([config], [params], None, foreach=None, fused=True)
+            except RuntimeError as err:  # no C++ compiler here: fused=True cannot be built at all
+                raise Unsupported(f"fused=True cannot be built on this machine: {err}") from None
+            run.add_group(config, [np.asarray(p) for p in params], device="meta")
+
         return [
             ("foreach=True, fused=True", build(foreach=True, fused=True)),
             ("foreach='yes'", build(foreach="yes")),
             ("fused=1", build(fused=1)),
             # a device that torch.compile has no backend for: refused at construction
             ("fused=True, device=meta", build("meta", foreach=None, fused=True)),
+            # the same parameters in a group added to a built fused=True optimizer
+            ("fused=True, an added group on device=meta", add_meta_group),
         ]
 
     return option_refusals
