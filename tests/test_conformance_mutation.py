@@ -346,6 +346,15 @@ REGRESSION_MUTANTS = (
         "None",
     ),
     (
+        "refusals",
+        "torch_port",
+        "base.py",
+        "core/NumberReplacer",
+        'where = f"{type(self).__name__} param group {len(self.param_groups) - 1}"',
+        'where = f"{type(self).__name__} param group {len(self.param_groups) - 0}"',
+    ),
+    ("refusals", "torch_port", "base.py", "cprop/DropCallStatement", "self.param_groups.pop()", "None"),
+    (
         "groups",
         "torch_port_foreach",
         "base.py",
