@@ -63,6 +63,14 @@ from .report import Coverage, array_literal, python_literal, snippet
 Grads = Sequence[np.ndarray | None]
 
 
+def _hook(port: Any, name: str, call: str, purpose: str) -> Any:
+    """The factory's optional hook ``name``; ``MissingMethod`` (a check declined) without it."""
+    hook = getattr(port, name, None)
+    if not callable(hook):
+        raise MissingMethod(f"the port has no {call} hook: {purpose}")
+    return hook
+
+
 def reference_refusal(config: PortConfig, params: Sequence[np.ndarray]) -> str | None:
     """The reference's ``ValueError`` message for ``config`` (``None``: the reference accepts it)."""
     try:
@@ -162,9 +170,7 @@ def check_group_refusal(
         raise ValueError(
             f"check_group_refusal: the reference accepts {invalid.describe()}; not an invalid configuration"
         )
-    hook = getattr(port, "groups", None)
-    if not callable(hook):
-        raise MissingMethod("the port has no groups(configs, params) hook: the group refusal needs it")
+    hook = _hook(port, "groups", "groups(configs, params)", "the group refusal needs it")
 
     def make_snippet(step: int) -> str:
         return snippet(
@@ -273,9 +279,7 @@ def check_option_refusals(
     valid ``config``): each ``build()`` raises ``ValueError`` naming one of its label's options
     and leaves the parameters unchanged."""
     coverage = Coverage() if coverage is None else coverage
-    hook = getattr(port, "option_refusals", None)
-    if not callable(hook):
-        raise MissingMethod("the port has no option_refusals(config, params) hook: it declares no options to refuse")
+    hook = _hook(port, "option_refusals", "option_refusals(config, params)", "it declares no options to refuse")
 
     def make_snippet(step: int) -> str:
         return snippet(
@@ -372,9 +376,7 @@ def check_groups(
                 "check_groups: the groups' configurations must share the optimizer, base, dtype and, for "
                 f"the wrapper, its own hyperparameters: {config.describe()} / {other.describe()}"
             )
-    hook = getattr(port, "groups", None)
-    if not callable(hook):
-        raise MissingMethod("the port has no groups(configs, params) hook: the parameter-groups check needs it")
+    hook = _hook(port, "groups", "groups(configs, params)", "the parameter-groups check needs it")
 
     def make_snippet(step: int) -> str:
         stream = "[" + ", ".join("[" + ", ".join(array_literal(g) for g in gs) + "]" for gs in grads[:step]) + "]"
