@@ -118,7 +118,7 @@ def _expect_refusal(comparer: _Comparer, build: Any, arrays: Sequence[np.ndarray
     kept = [np.array(a, copy=True) for a in arrays]
 
     def fail(detail: str, trace: str = "") -> None:
-        comparer.fail(0, -1, (), "refusal", math.nan, math.nan, 0.0, detail, trace=trace)
+        _refusal_failed(comparer, detail, trace=trace)
 
     try:
         with _time_limit(CALL_TIME_LIMIT[0]):
@@ -201,16 +201,15 @@ def check_group_refusal(
     return _done(coverage, invalid)
 
 
+def _refusal_failed(comparer: _Comparer, detail: str, step: int = 0, tensor: int = -1, trace: str = "") -> None:
+    """Report a refusal that went wrong (raises :class:`~.report.ConformanceMismatch`)."""
+    comparer.fail(step, tensor, (), "refusal", math.nan, math.nan, 0.0, detail, trace=trace)
+
+
 def _check_names_group_1(comparer: _Comparer, change: str, in_group: str, alone: str) -> None:
     if _count_number(in_group, 1) != _count_number(alone, 1) + 1:
-        comparer.fail(
-            0,
-            -1,
-            (),
-            "refusal",
-            math.nan,
-            math.nan,
-            0.0,
+        _refusal_failed(
+            comparer,
             f"{change} in the second parameter group (index 1) was refused with {in_group!r}, which does not "
             f"name the group: the number 1 should occur in it once more than in the one-group refusal {alone!r}",
         )
@@ -254,16 +253,12 @@ def _check_refused_add_group(
     untouched.step([g.copy() for g in grads])
     for k, (a, b) in enumerate(zip(run.params(), untouched.params())):
         if not np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True):
-            comparer.fail(
-                1,
-                k,
-                (),
-                "refusal",
-                math.nan,
-                math.nan,
-                0.0,
+            _refusal_failed(
+                comparer,
                 f"after add_group refused {change}, the next step of parameter {k} differs from the step of an "
                 "optimizer that never saw the group (a refused call must change nothing)",
+                step=1,
+                tensor=k,
             )
 
 
@@ -298,14 +293,8 @@ def check_option_refusals(
         message = _expect_refusal(comparer, build, arrays, label, "the port declares these options invalid")
         names = [item.split("=", 1)[0].strip() for item in label.split(",") if "=" in item]
         if names and not any(name in message for name in names):
-            comparer.fail(
-                0,
-                -1,
-                (),
-                "refusal",
-                math.nan,
-                math.nan,
-                0.0,
+            _refusal_failed(
+                comparer,
                 f"{label}: refused with {message!r}, which names none of the options {', '.join(names)}",
             )
     return _done(coverage, config)
