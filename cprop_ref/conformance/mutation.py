@@ -420,6 +420,7 @@ class _LineTracer:
         return {name: sorted(lines) for name, lines in sorted(out.items())}
 
 
+@functools.lru_cache(maxsize=16)  # reached() asks for every mutant of a file; callers only read
 def _statement_starts(source: str) -> dict[int, int]:
     """``{line: first line of the simple statement (or compound header) it belongs to}``: a
     mutation inside a multi-line statement runs when the statement does."""
@@ -436,6 +437,7 @@ def _statement_starts(source: str) -> dict[int, int]:
     return starts
 
 
+@functools.lru_cache(maxsize=16)  # reached() asks for every mutant of a file; callers only read
 def _function_body_lines(source: str) -> set[int]:
     """The lines inside function bodies: they run when the function is called, the rest of a
     module (imports, constants, class bodies, decorators, ``def`` lines) when it is imported."""
@@ -449,6 +451,7 @@ def _function_body_lines(source: str) -> set[int]:
     return lines
 
 
+@functools.lru_cache(maxsize=16)  # reached() asks for every mutant of a file; callers only read
 def _decorated_bodies(source: str) -> dict[int, set[int]]:
     """``{line of a function's decorator: the lines of that function's body}``."""
     import ast
@@ -661,6 +664,11 @@ TORCH_EQUIVALENTS += (
         definition="add_param_group",
     ),
 )
+_RULE_WHERE_GIVEN = (
+    "torch's default rule is asked where foreach was given and not where it was left to it: on the "
+    "CPU the rule answers the per-tensor path, so foreach=True steps per tensor and the default "
+    "(None, falsy) does as before"
+)
 _ROUTED = (
     "The choice between the per-tensor and the foreach path changed: {what}. The two compute the "
     "same numbers bit for bit and keep the same state (tests/test_torch_variants.py compares them "
@@ -684,11 +692,7 @@ TORCH_EQUIVALENTS += (
         "core/AddNot",
         "if foreach is None:",
         "if not foreach is None:",
-        _ROUTED.format(
-            what="torch's default rule is asked where foreach was given and not where it was left to it: "
-            "on the CPU the rule answers the per-tensor path, so foreach=True steps per tensor and the "
-            "default (None, falsy) does as before"
-        ),
+        _ROUTED.format(what=_RULE_WHERE_GIVEN),
     ),
     EquivalentMutant(
         "foreach.py",
@@ -866,11 +870,7 @@ TORCH_EQUIVALENTS += (
         "core/ReplaceComparisonOperator_Is_IsNot",
         "if foreach is None:",
         "if foreach is not None:",
-        _ROUTED.format(
-            what="torch's default rule is asked where foreach was given and not where it was left to it: "
-            "on the CPU the rule answers the per-tensor path, so foreach=True steps per tensor and the "
-            "default (None, falsy) does as before"
-        ),
+        _ROUTED.format(what=_RULE_WHERE_GIVEN),
     ),
     _foreach_equivalent(
         "core/ReplaceUnaryOperator_Delete_Not",
@@ -1506,7 +1506,7 @@ def record_outputs(factory: str, cases_file: str) -> dict[str, Any]:
     from . import load_port
     from .cases import ClosedLoopCase, InjectedCase, OpenLoopCase, ResumeCase
     from .protocol import optional
-    from .usage import GroupRefusalCase, GroupsCase, OptionRefusalCase, RefusalCase
+    from .usage import GroupRefusalCase, GroupsCase, OptionRefusalCase, RefusalCase, probe_gradients
 
     port = load_port(factory)
     cases = pickle.loads(Path(cases_file).read_bytes())
@@ -1539,12 +1539,7 @@ def record_outputs(factory: str, cases_file: str) -> dict[str, Any]:
                     record.append(
                         _outcome_of(functools.partial(add, case.invalid, [np.array(p) for p in case.params[1]]))
                     )
-                    run.step(
-                        [
-                            np.linspace(-1.0, 1.0, np.size(p)).reshape(np.shape(p)).astype(p.dtype)
-                            for p in case.params[0]
-                        ]
-                    )
+                    run.step(probe_gradients(case.params[0], case.valid.dtype))
                     record.append(snapshot(run))
             elif isinstance(case, OptionRefusalCase):
                 for label, build in port.option_refusals(case.config, [np.array(p) for p in case.params]):

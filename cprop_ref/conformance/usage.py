@@ -71,6 +71,17 @@ def _hook(port: Any, name: str, call: str, purpose: str) -> Any:
     return hook
 
 
+def _stored(params: Sequence[np.ndarray], dtype: str) -> list[np.ndarray]:
+    """Fresh copies of ``params`` in ``dtype``'s storage (what the harness hands a port)."""
+    return [to_storage(p, dtype).copy() for p in params]
+
+
+def probe_gradients(params: Sequence[np.ndarray], dtype: str) -> list[np.ndarray]:
+    """One gradient per tensor, ``linspace(-1, 1)`` over its elements: the step that shows whether
+    a refused ``add_group`` left anything behind (the differential run takes the same)."""
+    return [to_storage(np.linspace(-1.0, 1.0, np.size(p)).reshape(np.shape(p)), dtype) for p in params]
+
+
 def reference_refusal(config: PortConfig, params: Sequence[np.ndarray]) -> str | None:
     """The reference's ``ValueError`` message for ``config`` (``None``: the reference accepts it)."""
     try:
@@ -107,7 +118,7 @@ def check_refusal(
         )
 
     comparer = _Comparer("refusals", config, coverage, make_snippet)
-    arrays = [to_storage(p, config.dtype).copy() for p in params]
+    arrays = _stored(params, config.dtype)
     _expect_refusal(comparer, lambda: port(config, arrays), arrays, invalid, f"as the reference raises: {expected}")
     return _done(coverage, config)
 
@@ -143,8 +154,9 @@ def _expect_refusal(comparer: _Comparer, build: Any, arrays: Sequence[np.ndarray
     return ""  # not reached: fail raises
 
 
-#: A number on its own in a message (not a digit of another number, a decimal or an exponent).
 def _count_number(message: str, number: int) -> int:
+    """How often ``number`` stands on its own in ``message`` (not a digit of another number, a
+    decimal or an exponent)."""
     return len(re.findall(rf"(?<![\w.+-]){number}(?![\w.])", message))
 
 
@@ -186,9 +198,9 @@ def check_group_refusal(
         )
 
     comparer = _Comparer("refusals", invalid, coverage, make_snippet)
-    single = [to_storage(p, invalid.dtype).copy() for p in params[1]]
+    single = _stored(params[1], invalid.dtype)
     alone = _expect_refusal(comparer, lambda: port(invalid, single), single, change, f"the reference: {expected}")
-    grouped = [[to_storage(p, invalid.dtype).copy() for p in ps] for ps in params]
+    grouped = [_stored(ps, invalid.dtype) for ps in params]
     in_group = _expect_refusal(
         comparer,
         lambda: hook([valid, invalid], grouped),
@@ -228,12 +240,12 @@ def _check_refused_add_group(
     """Where the run has ``add_group(config, params)``: adding ``invalid`` as group 1 to a built
     one-group run is refused like the constructor's group 1, and changes nothing: the run's next
     step is, bit for bit, the step of the same port built without the attempt."""
-    first = [to_storage(p, valid.dtype).copy() for p in params[0]]
+    first = _stored(params[0], valid.dtype)
     run = _port_call(comparer, 0, "building the optimizer", lambda: port(valid, first))
     add = optional(run, "add_group")
     if add is None:
         return
-    second = [to_storage(p, invalid.dtype).copy() for p in params[1]]
+    second = _stored(params[1], invalid.dtype)
     added = _expect_refusal(
         comparer,
         lambda: add(invalid, second),
@@ -246,9 +258,9 @@ def _check_refused_add_group(
         comparer,
         0,
         "building the optimizer",
-        lambda: port(valid, [to_storage(p, valid.dtype).copy() for p in params[0]]),
+        lambda: port(valid, _stored(params[0], valid.dtype)),
     )
-    grads = [to_storage(np.linspace(-1.0, 1.0, np.size(p)).reshape(np.shape(p)), valid.dtype) for p in params[0]]
+    grads = probe_gradients(params[0], valid.dtype)
     _port_call(comparer, 1, "a step after a refused add_group", lambda: run.step([g.copy() for g in grads]))
     untouched.step([g.copy() for g in grads])
     for k, (a, b) in enumerate(zip(run.params(), untouched.params())):
@@ -285,7 +297,7 @@ def check_option_refusals(
         )
 
     comparer = _Comparer("refusals", config, coverage, make_snippet)
-    arrays = [to_storage(p, config.dtype).copy() for p in params]
+    arrays = _stored(params, config.dtype)
     refusals = list(hook(config, arrays))
     if not refusals:
         raise MissingMethod("the port's option_refusals hook declares no options for this configuration")
@@ -384,7 +396,7 @@ def check_groups(
         )
 
     comparer = _Comparer("groups", config, coverage, make_snippet)
-    stored = [[to_storage(p, config.dtype).copy() for p in ps] for ps in params]
+    stored = [_stored(ps, config.dtype) for ps in params]
     ref = _GroupedReference(configs, stored)
     for c in configs:
         _note_config_paths(coverage, c, None)
