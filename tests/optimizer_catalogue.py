@@ -37,6 +37,7 @@ import numpy as np
 
 from cprop_ref import SGD, Adam, AdamW, CProp, CPropAdam, CPropSGD
 from cprop_ref.cdf import CDF_NAMES
+from cprop_ref.functional import cprop_adam_sharing_allowed
 from tests.hypothesis_budget import PROFILE
 
 BACKENDS: tuple[str, ...] = ("numpy", "numba")
@@ -438,6 +439,16 @@ def sweep_marks(backend: str, dtype: Any, cdf: str) -> tuple[Any, ...]:
 
     kernel = backend == "numba" and any(np.dtype(dtype) == np.dtype(k) for k in KERNEL_DTYPES)
     return (pytest.mark.slow,) if kernel and cdf != DEFAULT_SET_CDF else ()
+
+
+def default_kernel_variant(hyperparameters: Mapping[str, Any]) -> bool:
+    """Whether ``hyperparameters`` run the kernels' default variant: for the Adam family (they
+    hold ``betas``, ``weight_decay``, ``cprop_beta``) CProp's moments private, the library's own
+    rule (:func:`cprop_ref.functional.cprop_adam_sharing_allowed`) allowing neither to be shared;
+    for the SGD family (``momentum``) a momentum buffer."""
+    if "betas" in hyperparameters:
+        return not any(cprop_adam_sharing_allowed(dict(hyperparameters)))
+    return hyperparameters["momentum"] > 0.0
 
 
 def swept_cdf(cdf: str, default_variant: bool) -> str:

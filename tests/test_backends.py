@@ -49,6 +49,7 @@ from tests.optimizer_catalogue import (
     KERNEL_DTYPES,
     OptimizerInfo,
     by_draw_id,
+    default_kernel_variant,
     drawn,
     swept_cdf,
 )
@@ -67,10 +68,10 @@ def configurations(draw: Any, weight_decay: bool = True) -> dict[str, Any]:
     cprop_beta = draw(st.sampled_from(DRAWS["cprop_beta"]))
     betas = draw(st.sampled_from([(0.9, 0.999), (cprop_beta, cprop_beta), (0.9, cprop_beta), (0.5, 0.99)]))
     decay = draw(st.sampled_from(DRAWS["weight_decay"])) if weight_decay else 0.0
-    if "betas" in by_draw_id(kind).hyperparameters:  # the Adam family: do its moments share?
-        default_structure = decay != 0.0 or cprop_beta not in betas
-    else:
-        default_structure = momentum > 0.0
+    adam_family = "betas" in by_draw_id(kind).hyperparameters
+    default_structure = default_kernel_variant(
+        {"betas": betas, "weight_decay": decay, "cprop_beta": cprop_beta} if adam_family else {"momentum": momentum}
+    )
     return {
         "kind": kind,
         "lr": draw(st.sampled_from(DRAWS["lr"])),

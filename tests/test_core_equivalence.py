@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cprop_ref import SGD, Adam, CProp, CPropAdam, CPropSGD
-from tests.optimizer_catalogue import swept_cdf
+from tests.optimizer_catalogue import default_kernel_variant, swept_cdf
 from tests.strategies_core import cdfs, gradient_streams
 
 U = 2.0**-53
@@ -87,11 +87,7 @@ def assert_states_identical(kind: str, special, wrapper) -> None:
 
 def check_run(kind, base, cp, grads, resync: bool, backend: str) -> None:
     if backend == "numba":  # the CDF x kernel structure cross-product under thorough only
-        if kind == "adam":
-            default_structure = base["weight_decay"] != 0.0 or cp["beta"] not in base["betas"]
-        else:
-            default_structure = base["momentum"] > 0.0
-        cp = {**cp, "cdf": swept_cdf(cp["cdf"], default_structure)}
+        cp = {**cp, "cdf": swept_cdf(cp["cdf"], default_kernel_variant({**base, "cprop_beta": cp["beta"]}))}
     x0 = np.linspace(-2.0, 2.0, grads.shape[1])
     special, wrapper = make_pair(kind, base, cp, x0, backend)
     (p_special,) = special.params

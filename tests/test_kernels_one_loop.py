@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from cprop_ref import CPropAdam, CPropSGD
 from cprop_ref.cdf import CDF_NAMES
+from cprop_ref.functional import cprop_adam_sharing_allowed
 from cprop_ref.kernels import adam as adam_kernels
 from cprop_ref.kernels import dispatch
 from cprop_ref.kernels import sgd as sgd_kernels
@@ -122,10 +123,9 @@ ANCHOR_PRIVACY = (True, True)
 
 
 def privacy(cfg: dict[str, Any]) -> tuple[bool, bool]:
-    """Whether CProp keeps its own first and second moment (not Adam's)."""
-    beta1, beta2 = cfg["betas"]
-    shares = cfg["weight_decay"] == 0.0
-    return not (shares and beta1 == cfg["cprop_beta"]), not (shares and beta2 == cfg["cprop_beta"])
+    """Whether CProp keeps its own first and second moment (not Adam's): the library's rule."""
+    share_m, share_v = cprop_adam_sharing_allowed(cfg)
+    return not share_m, not share_v
 
 
 def flag_row(cfg: dict[str, Any], one_loop: bool) -> np.ndarray:

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from cprop_ref import CDF_NAMES, CPropSGD
 from cprop_ref.scale import CPropStats, bias_correction, cprop_scale, cprop_step, init_stats, update_moments
-from tests.optimizer_catalogue import BY_NAME, swept_cdf
+from tests.optimizer_catalogue import BY_NAME, default_kernel_variant, swept_cdf
 from tests.reliability_support import BACKENDS
 
 SUBNORMAL64 = float(np.finfo(np.float64).smallest_subnormal)
@@ -45,8 +45,10 @@ def _optimizer(kind, params, backend, beta, c, eps, cdf, lr):
     info = BY_NAME[kind]
     hyper = {"lr": lr} | ({"momentum": 0.9} if "momentum" in info.hyperparameters else {})
     if info.cprop:
-        if backend == "numba" and "betas" in info.hyperparameters:  # Adam's betas (0.9, 0.999): v shared at 0.999
-            cdf = swept_cdf(cdf, beta not in (0.9, 0.999))
+        if backend == "numba" and "betas" in info.hyperparameters:  # Adam's default betas: v shared at 0.999
+            cdf = swept_cdf(
+                cdf, default_kernel_variant({"betas": (0.9, 0.999), "weight_decay": 0.0, "cprop_beta": beta})
+            )
         hyper |= {"cprop_beta": beta, "cprop_c": c, "cprop_eps": eps, "cprop_cdf": cdf}
     return info.make(params, backend=backend, **hyper)
 
