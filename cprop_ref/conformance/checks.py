@@ -31,7 +31,7 @@ from .dtypes import storage_floor, storage_roundoff, to_storage
 from .layouts import apply_layouts, gradient_layouts
 from .protocol import MissingMethod, Unsupported, optional
 from .reference import ReferenceRun
-from .report import ConformanceMismatch, Coverage, Mismatch, array_literal, snippet, state_literal
+from .report import ConformanceMismatch, Coverage, Mismatch, array_literal, arrays_literal, snippet, state_literal
 
 Grads = Sequence[np.ndarray | None]
 
@@ -454,12 +454,12 @@ def check_open_loop(
     coverage = Coverage() if coverage is None else coverage
 
     def make_snippet(step: int) -> str:
-        stream = "[" + ", ".join("[" + ", ".join(array_literal(g) for g in gs) + "]" for gs in grads[:step]) + "]"
+        stream = "[" + ", ".join(arrays_literal(gs) for gs in grads[:step]) + "]"
         return snippet(
             port_spec,
             config,
             "check_open_loop(port, config, params, grads, layouts=layouts)",
-            params="[" + ", ".join(array_literal(np.asarray(p, config.np_dtype)) for p in params) + "]",
+            params=arrays_literal(params, config.np_dtype),
             grads=stream,
             layouts=repr(None if layouts is None else list(layouts)),
         )
@@ -498,9 +498,9 @@ def check_injected_step(
             port_spec,
             config,
             "check_injected_step(port, config, params, states, grads, layouts=layouts)",
-            params="[" + ", ".join(array_literal(np.asarray(p, config.np_dtype)) for p in params) + "]",
+            params=arrays_literal(params, config.np_dtype),
             states="[" + ", ".join(state_literal(st) for st in states) + "]",
-            grads="[" + ", ".join(array_literal(g) for g in grads) + "]",
+            grads=arrays_literal(grads),
             layouts=repr(None if layouts is None else list(layouts)),
         )
 
@@ -594,16 +594,12 @@ def check_resume(
         raise ValueError(f"check_resume: resume_at={resume_at} must be in [1, {len(grads) - 1}] for {len(grads)} steps")
 
     def make_snippet(step: int) -> str:
-        stream = (
-            "["
-            + ", ".join("[" + ", ".join(array_literal(g) for g in gs) + "]" for gs in grads[: max(step, resume_at + 1)])
-            + "]"
-        )
+        stream = "[" + ", ".join(arrays_literal(gs) for gs in grads[: max(step, resume_at + 1)]) + "]"
         return snippet(
             port_spec,
             config,
             f"check_resume(port, config, params, grads, {resume_at}, layouts=layouts)",
-            params="[" + ", ".join(array_literal(np.asarray(p, config.np_dtype)) for p in params) + "]",
+            params=arrays_literal(params, config.np_dtype),
             grads=stream,
             layouts=repr(None if layouts is None else list(layouts)),
         )

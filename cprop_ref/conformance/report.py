@@ -312,6 +312,11 @@ def array_literal(a: np.ndarray | None) -> str:
     return f"np.array({_literal(a.tolist())}, dtype=np.{a.dtype})"
 
 
+def arrays_literal(arrays: Any, dtype: Any = None) -> str:
+    """Python source for the list ``arrays`` (each as :func:`array_literal`, cast to ``dtype`` first where given)."""
+    return "[" + ", ".join(array_literal(a if dtype is None else np.asarray(a, dtype)) for a in arrays) + "]"
+
+
 def state_literal(state: dict[str, Any]) -> str:
     items = ", ".join(f"{k!r}: {array_literal(v) if isinstance(v, np.ndarray) else repr(v)}" for k, v in state.items())
     return "{" + items + "}"

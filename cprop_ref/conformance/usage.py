@@ -58,7 +58,7 @@ from .config import PortConfig
 from .dtypes import to_storage
 from .protocol import MissingMethod, Unsupported, optional
 from .reference import ReferenceRun
-from .report import Coverage, array_literal, python_literal, snippet
+from .report import Coverage, arrays_literal, python_literal, snippet
 
 Grads = Sequence[np.ndarray | None]
 
@@ -114,7 +114,7 @@ def check_refusal(
             port_spec,
             config,
             f"check_refusal(port, config, params, {invalid!r})",
-            params="[" + ", ".join(array_literal(np.asarray(p, config.np_dtype)) for p in params) + "]",
+            params=arrays_literal(params, config.np_dtype),
         )
 
     comparer = _Comparer("refusals", config, coverage, make_snippet)
@@ -190,11 +190,7 @@ def check_group_refusal(
             invalid,
             f"check_group_refusal(port, valid, config, params, {change!r})",
             valid=f"PortConfig.from_json({python_literal(valid.to_json())})",
-            params="["
-            + ", ".join(
-                "[" + ", ".join(array_literal(np.asarray(p, invalid.np_dtype)) for p in ps) + "]" for ps in params
-            )
-            + "]",
+            params="[" + ", ".join(arrays_literal(ps, invalid.np_dtype) for ps in params) + "]",
         )
 
     comparer = _Comparer("refusals", invalid, coverage, make_snippet)
@@ -293,7 +289,7 @@ def check_option_refusals(
             port_spec,
             config,
             "check_option_refusals(port, config, params)",
-            params="[" + ", ".join(array_literal(np.asarray(p, config.np_dtype)) for p in params) + "]",
+            params=arrays_literal(params, config.np_dtype),
         )
 
     comparer = _Comparer("refusals", config, coverage, make_snippet)
@@ -380,18 +376,13 @@ def check_groups(
     hook = _hook(port, "groups", "groups(configs, params)", "the parameter-groups check needs it")
 
     def make_snippet(step: int) -> str:
-        stream = "[" + ", ".join("[" + ", ".join(array_literal(g) for g in gs) + "]" for gs in grads[:step]) + "]"
+        stream = "[" + ", ".join(arrays_literal(gs) for gs in grads[:step]) + "]"
         return snippet(
             port_spec,
             config,
             "check_groups(port, configs, params, grads)",
             configs="[" + ", ".join(f"PortConfig.from_json({python_literal(c.to_json())})" for c in configs) + "]",
-            params="["
-            + ", ".join(
-                "[" + ", ".join(array_literal(np.asarray(p, c.np_dtype)) for p in ps) + "]"
-                for c, ps in zip(configs, params)
-            )
-            + "]",
+            params="[" + ", ".join(arrays_literal(ps, c.np_dtype) for c, ps in zip(configs, params)) + "]",
             grads=stream,
         )
 
